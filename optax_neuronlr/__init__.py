@@ -1,0 +1,40 @@
+"""optax_neuronlr: dynamic per-neuron and per-parameter learning rates for optax.
+
+Every strategy is an ``optax.GradientTransformationExtraArgs``: a
+``scale_by_<name>`` transform returning ``+rate * direction`` and an alias
+``<name>`` that is ready to use as an optimizer. Rates can be kept per element,
+per neuron or per tensor, on top of any optax direction, and read back with
+:func:`learning_rates`.
+"""
+
+from optax_neuronlr._src.inspect import learning_rates
+from optax_neuronlr._src.inspect import learning_rates_by_state
+from optax_neuronlr._src.inspect import rate_summary
+from optax_neuronlr._src.strategies import grad_history_lr
+from optax_neuronlr._src.strategies import grad_magnitude_lr
+from optax_neuronlr._src.strategies import scale_by_grad_history_lr
+from optax_neuronlr._src.strategies import scale_by_grad_magnitude_lr
+from optax_neuronlr._src.strategies import scale_by_sign_consistency_lr
+from optax_neuronlr._src.strategies import ScaleByGradHistoryLRState
+from optax_neuronlr._src.strategies import ScaleByGradMagnitudeLRState
+from optax_neuronlr._src.strategies import ScaleBySignConsistencyLRState
+from optax_neuronlr._src.strategies import sign_consistency_lr
+from optax_neuronlr._src.units import GRANULARITIES
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "GRANULARITIES",
+    "ScaleByGradHistoryLRState",
+    "ScaleByGradMagnitudeLRState",
+    "ScaleBySignConsistencyLRState",
+    "grad_history_lr",
+    "grad_magnitude_lr",
+    "learning_rates",
+    "learning_rates_by_state",
+    "rate_summary",
+    "scale_by_grad_history_lr",
+    "scale_by_grad_magnitude_lr",
+    "scale_by_sign_consistency_lr",
+    "sign_consistency_lr",
+)

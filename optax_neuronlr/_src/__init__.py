@@ -1,0 +1,1 @@
+"""Implementation modules of optax_neuronlr; import from the package root."""

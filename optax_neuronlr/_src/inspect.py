@@ -1,0 +1,149 @@
+"""Finding per-unit learning rates inside any nested optax state.
+
+Strategy states are found wherever they sit: in ``optax.chain`` tuples,
+``optax.multi_transform`` / ``optax.partition`` states, ``optax.masked``,
+``optax.inject_hyperparams``, ``optax.apply_if_finite``, ``optax.MultiSteps``
+or any other NamedTuple, tuple, list or dict. The rates are recomputed from
+each state's statistics and the scalars of its last step; nothing per-element
+is stored for this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_neuronlr._src import engine
+from optax_neuronlr._src import units as units_lib
+
+
+def _is_strategy_state(x: Any) -> bool:
+  return engine.rule_of(x) is not None
+
+
+def _strategy_states(opt_state: Any) -> list[tuple[str, Any]]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      opt_state, is_leaf=_is_strategy_state
+  )
+  return [(units_lib.path_str(p), s) for p, s in flat if _is_strategy_state(s)]
+
+
+def _masked_to_none(tree: Any) -> Any:
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(lambda x: None if is_masked(x) else x, tree, is_leaf=is_masked)
+
+
+def learning_rates_by_state(opt_state: Any) -> dict[str, Any]:
+  """Per-unit rates of every strategy state in ``opt_state``.
+
+  Args:
+    opt_state: any optax state (possibly nested).
+
+  Returns:
+    ``{path of the strategy state inside opt_state: rates}``, where ``rates`` is
+    shaped like the parameters with one per-unit array per leaf (``None`` for
+    leaves the strategy does not govern, e.g. masked ones).
+  """
+  return {
+      path: _masked_to_none(engine.unit_rates(state))
+      for path, state in _strategy_states(opt_state)
+  }
+
+
+def learning_rates(opt_state: Any) -> Any:
+  """The per-unit rates that the last update applied, shaped like the params.
+
+  Works on any nested optax state (chain, multi_transform, masked,
+  inject_hyperparams, ...) and under ``jax.jit``. Where several strategies
+  govern disjoint parts of the parameters (e.g. two labels of
+  ``optax.multi_transform``), their rates are merged into one tree.
+
+  Each leaf holds one value per unit: the leaf's shape at element
+  granularity, the shape of its neuron axes at neuron granularity (``(out,)``
+  for a Flax ``(in, out)`` kernel), ``()`` at tensor granularity. Leaves that no
+  strategy governs are ``None``. Before the first update, every unit shows
+  ``clip(learning_rate, min_lr, max_lr)``.
+
+  Args:
+    opt_state: any optax state.
+
+  Returns:
+    A pytree of per-unit rates.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no per-unit strategy, or two strategies
+      govern the same leaf (use :func:`learning_rates_by_state` then).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_neuronlr as nlr
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = nlr.grad_history_lr(1e-3, granularity="neuron")
+    >>> nlr.learning_rates(tx.init(params))["w"].shape
+    (2,)
+  """
+  found = learning_rates_by_state(opt_state)
+  if not found:
+    raise ValueError(
+        "opt_state holds no per-unit learning-rate state of optax_neuronlr."
+    )
+  trees = list(found.values())
+  if len(trees) == 1:
+    return trees[0]
+  is_none = lambda x: x is None
+  flats = [jax.tree.flatten(t, is_leaf=is_none) for t in trees]
+  treedef = flats[0][1]
+  if any(td != treedef for _, td in flats):
+    raise ValueError(
+        "strategies in opt_state govern differently structured trees "
+        f"({sorted(found)}); use learning_rates_by_state."
+    )
+  merged = []
+  for leaves in zip(*(f[0] for f in flats)):
+    present = [x for x in leaves if x is not None]
+    if len(present) > 1:
+      raise ValueError(
+          "several strategies govern the same leaf "
+          f"({sorted(found)}); use learning_rates_by_state."
+      )
+    merged.append(present[0] if present else None)
+  return treedef.unflatten(merged)
+
+
+def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
+  """Per-leaf statistics of the per-unit rates, flat, ready for any logger.
+
+  For every leaf governed by a strategy, the keys ``"<leaf path>/<stat>"``
+  with ``stat`` one of ``min``, ``median``, ``max``, ``mean``,
+  ``frac_at_min_lr`` and ``frac_at_max_lr`` (the fractions of units pinned at
+  each clamp). When several strategy states are present, each key is prefixed
+  with the state's path inside ``opt_state``. Computed with ``jnp`` only, so it
+  runs inside ``jax.jit`` and returns scalar arrays.
+
+  Args:
+    opt_state: any optax state.
+
+  Returns:
+    ``{"path/stat": scalar}``.
+  """
+  out: dict[str, jax.Array] = {}
+  states = _strategy_states(opt_state)
+  for state_path, state in states:
+    rates = _masked_to_none(engine.unit_rates(state))
+    lo = state.hyperparams["min_lr"]
+    hi = state.hyperparams["max_lr"]
+    prefix = f"{state_path}/" if len(states) > 1 else ""
+    flat, _ = jax.tree_util.tree_flatten_with_path(rates)
+    for path, r in flat:
+      key = prefix + units_lib.path_str(path)
+      at_lo, at_hi = r <= lo.astype(r.dtype), r >= hi.astype(r.dtype)
+      r = r.astype(jnp.result_type(float))
+      out[f"{key}/min"] = jnp.min(r, initial=jnp.inf)
+      out[f"{key}/median"] = jnp.median(r) if r.size else jnp.asarray(jnp.nan)
+      out[f"{key}/max"] = jnp.max(r, initial=-jnp.inf)
+      out[f"{key}/mean"] = jnp.mean(r) if r.size else jnp.asarray(jnp.nan)
+      out[f"{key}/frac_at_min_lr"] = jnp.mean(at_lo) if r.size else jnp.asarray(0.0)
+      out[f"{key}/frac_at_max_lr"] = jnp.mean(at_hi) if r.size else jnp.asarray(0.0)
+  return out

@@ -1,0 +1,343 @@
+"""Optimizer step time and state size of optax_neuronlr against optax.adam.
+
+What it measures
+----------------
+For a transformer-like parameter tree (token embedding, ``--layers`` blocks of
+attention q/k/v/o kernels ``(d, d)``, MLP kernels ``(d, 4d)`` / ``(4d, d)``,
+biases and layer-norm scales ``(d,)``, a final layer norm and an output head;
+float32, nested dicts, Flax ``(in, out)`` layout) it times the jitted step::
+
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+
+with params and state donated (``donate_argnums=(0, 1)``) and fixed random
+gradients, for ``optax.adam(1e-3)`` (the baseline), ``optax.sgd(1e-3)`` (a
+lower bound: one read-modify-write of the params) and each of
+``nlr.grad_magnitude_lr``, ``nlr.grad_history_lr`` and
+``nlr.sign_consistency_lr`` at granularity element, neuron and tensor.
+
+Every optimizer is compiled and warmed up first. Then ``--repeats`` rounds are
+run; in each round every optimizer runs ``--steps`` steps, in an order that
+rotates from round to round, so that slow phases of a noisy (e.g. 2-core)
+machine hit all optimizers alike. Per optimizer the table gives:
+
+* ``ms/step``: the median over rounds of the mean step time of a round;
+* ``x adam``: that median divided by adam's median;
+* ``x adam min-max``: the range over rounds of the ratio to adam *in the same
+  round*, i.e. how much the ratio moves with the machine's noise;
+* ``state x adam``: the optimizer state size (sum of ``nbytes`` of the state's
+  array leaves) divided by adam's.
+
+How to run
+----------
+::
+
+    python benchmarks/step_time.py                      # CPU, ~4M params
+    python benchmarks/step_time.py --markdown           # table for README
+    python benchmarks/step_time.py --d-model 512 --layers 8 --steps 20
+    python benchmarks/step_time.py --device gpu         # needs a GPU jaxlib
+
+The defaults run in well under 3 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_neuronlr as nlr
+
+Params = dict[str, Any]
+Step = Callable[[Any, Any, Any], tuple[Any, Any]]
+
+STRATEGIES: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "grad_magnitude_lr": nlr.grad_magnitude_lr,
+    "grad_history_lr": nlr.grad_history_lr,
+    "sign_consistency_lr": nlr.sign_consistency_lr,
+}
+BASELINE = "optax.adam"
+
+
+# ---------------------------------------------------------------------------
+# Parameters.
+
+
+def param_shapes(d_model: int, layers: int, vocab: int) -> Params:
+  """Shapes of a transformer-like parameter tree, Flax ``(in, out)`` layout."""
+  d, h = d_model, 4 * d_model
+
+  def dense(n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+    return {"kernel": (n_in, n_out), "bias": (n_out,)}
+
+  def norm() -> dict[str, tuple[int, ...]]:
+    return {"scale": (d,), "bias": (d,)}
+
+  def block() -> Params:
+    return {
+        "ln_1": norm(),
+        "attn": {n: dense(d, d) for n in ("query", "key", "value", "out")},
+        "ln_2": norm(),
+        "mlp": {"fc_in": dense(d, h), "fc_out": dense(h, d)},
+    }
+
+  tree: Params = {"embed": {"embedding": (vocab, d)}}
+  tree.update({f"block_{i}": block() for i in range(layers)})
+  tree["ln_f"] = norm()
+  tree["head"] = dense(d, vocab)
+  return tree
+
+
+def _is_shape(x: Any) -> bool:
+  return isinstance(x, tuple) and all(isinstance(n, int) for n in x)
+
+
+def random_tree(shapes: Params, seed: int, scale: float) -> Params:
+  """Host (numpy) float32 arrays of the given shapes, normal * ``scale``."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: (scale * rng.standard_normal(s)).astype(np.float32),
+      shapes,
+      is_leaf=_is_shape,
+  )
+
+
+def count_params(tree: Params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def tree_nbytes(tree: Any) -> int:
+  """Bytes of the array leaves of ``tree`` (the optimizer state)."""
+  return sum(
+      int(x.nbytes) for x in jax.tree.leaves(tree) if hasattr(x, "nbytes")
+  )
+
+
+# ---------------------------------------------------------------------------
+# Optimizers and the step.
+
+
+def optimizers() -> dict[str, optax.GradientTransformation]:
+  """The baseline, sgd, then every strategy at every granularity."""
+  out: dict[str, optax.GradientTransformation] = {
+      BASELINE: optax.adam(1e-3),
+      "optax.sgd": optax.sgd(1e-3),
+  }
+  for name, make in STRATEGIES.items():
+    for granularity in nlr.GRANULARITIES:
+      out[f"{name}[{granularity}]"] = make(1e-3, granularity=granularity)
+  return out
+
+
+def make_step(tx: optax.GradientTransformation) -> Step:
+  """The jitted step, donating params and state."""
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+@dataclasses.dataclass
+class Runner:
+  """One optimizer's step, with the params and state it carries along."""
+
+  step: Step
+  params: Any
+  state: Any
+  grads: Any
+  state_bytes: int
+
+  def run(self, steps: int) -> float:
+    """Runs ``steps`` steps; returns the mean seconds per step."""
+    params, state = self.params, self.state
+    start = time.perf_counter()
+    for _ in range(steps):
+      params, state = self.step(params, state, self.grads)
+    jax.block_until_ready((params, state))
+    elapsed = time.perf_counter() - start
+    self.params, self.state = params, state
+    return elapsed / steps
+
+
+def make_runner(
+    tx: optax.GradientTransformation,
+    host_params: Params,
+    grads: Any,
+    device: jax.Device,
+    warmup: int,
+) -> Runner:
+  """Fresh params on ``device``, the initial state, compiled and warmed up."""
+  params = jax.device_put(host_params, device)
+  state = jax.jit(tx.init)(params)
+  runner = Runner(make_step(tx), params, state, grads, tree_nbytes(state))
+  runner.run(max(warmup, 1))  # The first call compiles.
+  return runner
+
+
+# ---------------------------------------------------------------------------
+# Measurement and report.
+
+
+@dataclasses.dataclass
+class Result:
+  name: str
+  times: list[float]  # seconds per step, one per round
+  ratios: list[float]  # time / adam's time in the same round
+  state_bytes: int
+  state_ratio: float
+
+  @property
+  def median_ms(self) -> float:
+    return 1e3 * statistics.median(self.times)
+
+
+def measure(runners: dict[str, Runner], steps: int, repeats: int) -> dict[str, list[float]]:
+  """Rounds of ``steps`` steps per optimizer, in an order rotated each round."""
+  names = list(runners)
+  times: dict[str, list[float]] = {n: [] for n in names}
+  for r in range(repeats):
+    k = r % len(names)
+    order = names[k:] + names[:k]
+    if r % 2:
+      order.reverse()
+    for name in order:
+      times[name].append(runners[name].run(steps))
+  return times
+
+
+def results(
+    times: dict[str, list[float]], state_bytes: dict[str, int]
+) -> list[Result]:
+  base_t, base_b = times[BASELINE], state_bytes[BASELINE]
+  out = []
+  for name, ts in times.items():
+    ratios = [t / b for t, b in zip(ts, base_t)]
+    out.append(
+        Result(name, ts, ratios, state_bytes[name], state_bytes[name] / base_b)
+    )
+  return out
+
+
+def table(rows: list[Result], baseline_ms: float) -> tuple[list[str], list[list[str]]]:
+  header = [
+      "optimizer", "ms/step", "x adam", "x adam min-max", "state bytes",
+      "state x adam",
+  ]
+  body = []
+  for r in rows:
+    ratio = r.median_ms / baseline_ms
+    body.append([
+        r.name,
+        f"{r.median_ms:.2f}",
+        f"{ratio:.2f}",
+        f"{min(r.ratios):.2f}-{max(r.ratios):.2f}",
+        f"{r.state_bytes:,}",
+        f"{r.state_ratio:.3g}",
+    ])
+  return header, body
+
+
+def format_markdown(header: list[str], body: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |"]
+  lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+  lines += ["| " + " | ".join(row) + " |" for row in body]
+  return "\n".join(lines)
+
+
+def format_plain(header: list[str], body: list[list[str]]) -> str:
+  widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+  fmt = lambda row: "  ".join(
+      c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+  )
+  return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+# ---------------------------------------------------------------------------
+# Main.
+
+
+def pick_device(kind: str) -> jax.Device:
+  if kind == "cpu":
+    return jax.devices("cpu")[0]
+  try:
+    devices = jax.devices("gpu")
+  except RuntimeError as e:
+    devices, why = [], str(e)
+  else:
+    why = "no GPU devices"
+  if not devices:
+    sys.exit(
+        f"--device gpu: JAX sees no GPU ({why}). Install a CUDA jaxlib "
+        "(pip install 'jax[cuda12]') or use --device cpu."
+    )
+  return devices[0]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+  p.add_argument("--d-model", type=int, default=256)
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--vocab", type=int, default=2048)
+  p.add_argument("--steps", type=int, default=200, help="steps per round")
+  p.add_argument("--repeats", type=int, default=9, help="rounds")
+  p.add_argument("--warmup", type=int, default=3, help="steps after compiling")
+  p.add_argument("--only", default="", help="comma-separated substrings of "
+                 "optimizer names to run (adam always runs)")
+  p.add_argument("--markdown", action="store_true", help="Markdown table")
+  return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+  device = pick_device(args.device)
+  shapes = param_shapes(args.d_model, args.layers, args.vocab)
+  host_params = random_tree(shapes, seed=0, scale=0.02)
+  grads = jax.device_put(random_tree(shapes, seed=1, scale=1e-3), device)
+  n = count_params(host_params)
+  print(
+      f"device: {device.platform} ({device.device_kind}); jax {jax.__version__}, "
+      f"optax {optax.__version__}\n"
+      f"params: {n:,} ({4 * n / 2**20:.1f} MiB float32) in "
+      f"{len(jax.tree.leaves(host_params))} leaves; d_model={args.d_model}, "
+      f"layers={args.layers}, vocab={args.vocab}\n"
+      f"timing: {args.repeats} rounds x {args.steps} steps per optimizer"
+  )
+  wanted = [s for s in args.only.split(",") if s]
+  txs = {
+      k: v for k, v in optimizers().items()
+      if k == BASELINE or not wanted or any(w in k for w in wanted)
+  }
+  start = time.perf_counter()
+  with jax.default_device(device):
+    runners = {
+        name: make_runner(tx, host_params, grads, device, args.warmup)
+        for name, tx in txs.items()
+    }
+    compiled = time.perf_counter()
+    times = measure(runners, args.steps, args.repeats)
+  rows = results(times, {k: r.state_bytes for k, r in runners.items()})
+  header, body = table(rows, rows[0].median_ms)
+  print(format_markdown(header, body) if args.markdown else format_plain(header, body))
+  print(
+      f"adam state: {runners[BASELINE].state_bytes / 2**20:.1f} MiB; "
+      f"compile+warmup {compiled - start:.1f}s, timing "
+      f"{time.perf_counter() - compiled:.1f}s"
+  )
+
+
+if __name__ == "__main__":
+  main()

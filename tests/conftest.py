@@ -1,0 +1,90 @@
+"""Shared fixtures: a nested Flax-style parameter tree and its gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optax_neuronlr as nlr
+
+ALIASES = {
+    "magnitude": nlr.grad_magnitude_lr,
+    "history": nlr.grad_history_lr,
+    "sign": nlr.sign_consistency_lr,
+}
+SCALE_BY = {
+    "magnitude": nlr.scale_by_grad_magnitude_lr,
+    "history": nlr.scale_by_grad_history_lr,
+    "sign": nlr.scale_by_sign_consistency_lr,
+}
+DEFAULT_HP = {
+    "magnitude": {"alpha": 0.01, "min_lr": 1e-6, "max_lr": 1.0},
+    "history": {"beta": 0.9, "eps": 1e-8, "min_lr": 1e-6, "max_lr": 1.0},
+    "sign": {"beta": 0.9, "sign_beta": 0.9, "eps": 1e-8, "min_lr": 1e-6,
+             "max_lr": 1.0},
+}
+
+SHAPES = {
+    "Dense_0/kernel": (6, 5),
+    "Dense_0/bias": (5,),
+    "Conv_0/kernel": (3, 3, 2, 4),
+    "LayerNorm_0/scale": (5,),
+    "temperature": (),
+}
+
+
+def nest(flat: dict) -> dict:
+  """``{"a/b": x}`` -> ``{"a": {"b": x}}``."""
+  out: dict = {}
+  for path, value in flat.items():
+    node = out
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = value
+  return out
+
+
+def flatten(tree) -> dict:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(str(k.key) for k in p): v for p, v in flat}
+
+
+class Quadratic:
+  """``L = sum(a * (p - target)**2) / 2`` plus a fixed noise per step.
+
+  The gradient ``a * (p - target) + noise_k`` is computed from each side's own
+  parameters, so both sides follow their own closed-loop trajectory. ``a`` lies
+  in [0.2, 1], so even the rate ``max_lr = 1`` is stable.
+  """
+
+  def __init__(self, seed: int = 0, steps: int = 40, noise: float = 0.3):
+    rng = np.random.default_rng(seed)
+    self.a = {k: rng.uniform(0.2, 1.0, s) for k, s in SHAPES.items()}
+    self.target = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+    self.init = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+    self.noise = [
+        {k: noise * rng.normal(size=s) for k, s in SHAPES.items()}
+        for _ in range(steps)
+    ]
+
+  def grad_np(self, params: dict, k: int) -> dict:
+    return {
+        n: self.a[n] * (params[n] - self.target[n]) + self.noise[k][n]
+        for n in params
+    }
+
+  def grad_jax(self, params, k: int):
+    flat = flatten(params)
+    return nest({
+        n: jnp.asarray(self.a[n], v.dtype) * (v - jnp.asarray(self.target[n], v.dtype))
+        + jnp.asarray(self.noise[k][n], v.dtype)
+        for n, v in flat.items()
+    })
+
+
+@pytest.fixture
+def quadratic() -> Quadratic:
+  return Quadratic()

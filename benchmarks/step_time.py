@@ -17,16 +17,22 @@ lower bound: one read-modify-write of the params) and each of
 ``nlr.sign_consistency_lr`` at granularity element, neuron and tensor.
 
 Every optimizer is compiled and warmed up first. Then ``--repeats`` rounds are
-run; in each round every optimizer runs ``--steps`` steps, in an order that
-rotates from round to round, so that slow phases of a noisy (e.g. 2-core)
-machine hit all optimizers alike. Per optimizer the table gives:
+run. A round runs a chunk of ``--steps`` steps of adam, then of every other
+optimizer each followed by adam again (``A X1 A X2 A ... A``), in an order
+that rotates from round to round. Each chunk of ``X`` is compared with the
+mean of the two adam chunks around it, so that slow phases of a noisy machine
+(e.g. 2 shared cores) largely cancel out of the ratio. Per optimizer the table
+gives:
 
-* ``ms/step``: the median over rounds of the mean step time of a round;
-* ``x adam``: that median divided by adam's median;
-* ``x adam min-max``: the range over rounds of the ratio to adam *in the same
-  round*, i.e. how much the ratio moves with the machine's noise;
-* ``state x adam``: the optimizer state size (sum of ``nbytes`` of the state's
-  array leaves) divided by adam's.
+* ``ms/step (median)`` / ``(best)``: median / minimum over rounds of the mean
+  step time of a chunk (adam: over all its chunks); "best" is the least
+  disturbed chunk, closest to the cost on an idle machine;
+* ``x adam``: median over rounds of the chunk's ratio to its adam neighbours;
+* ``x adam min-max``: the range of those ratios, i.e. how much noise moves
+  them; for adam, the range of the ratio of each adam chunk to the previous
+  one, the noise floor;
+* ``state bytes`` / ``state x adam``: the optimizer state size (sum of the
+  ``nbytes`` of the state's array leaves), absolute and divided by adam's.
 
 How to run
 ----------
@@ -192,9 +198,11 @@ def make_runner(
 
 @dataclasses.dataclass
 class Result:
+  """Timings of one optimizer over all rounds."""
+
   name: str
-  times: list[float]  # seconds per step, one per round
-  ratios: list[float]  # time / adam's time in the same round
+  times: list[float]  # seconds per step, one per chunk
+  ratios: list[float]  # per chunk: time / mean of the adjacent adam chunks
   state_bytes: int
   state_ratio: float
 
@@ -202,46 +210,76 @@ class Result:
   def median_ms(self) -> float:
     return 1e3 * statistics.median(self.times)
 
+  @property
+  def best_ms(self) -> float:
+    return 1e3 * min(self.times)
 
-def measure(runners: dict[str, Runner], steps: int, repeats: int) -> dict[str, list[float]]:
-  """Rounds of ``steps`` steps per optimizer, in an order rotated each round."""
-  names = list(runners)
-  times: dict[str, list[float]] = {n: [] for n in names}
+  @property
+  def ratio(self) -> float:
+    return statistics.median(self.ratios)
+
+
+def round_order(names: list[str], r: int) -> list[str]:
+  """``names`` rotated by ``r``, reversed on odd rounds."""
+  k = r % len(names)
+  order = names[k:] + names[:k]
+  return order[::-1] if r % 2 else order
+
+
+def measure(
+    runners: dict[str, Runner], steps: int, repeats: int
+) -> dict[str, tuple[list[float], list[float]]]:
+  """Per optimizer: seconds per step of each chunk, and its ratio to adam.
+
+  Each round runs adam, then every other optimizer followed by adam again
+  (``A X1 A X2 A ... A``), in an order rotated from round to round. An
+  optimizer's chunk is compared with the mean of the adam chunks just before
+  and after it, so that slow phases of the machine cancel out of the ratio.
+  For adam itself the "ratio" is that of each adam chunk to the one before,
+  the noise floor of the ratios.
+  """
+  base = runners[BASELINE]
+  others = [n for n in runners if n != BASELINE]
+  out: dict[str, tuple[list[float], list[float]]] = {
+      n: ([], []) for n in runners
+  }
   for r in range(repeats):
-    k = r % len(names)
-    order = names[k:] + names[:k]
-    if r % 2:
-      order.reverse()
-    for name in order:
-      times[name].append(runners[name].run(steps))
-  return times
-
-
-def results(
-    times: dict[str, list[float]], state_bytes: dict[str, int]
-) -> list[Result]:
-  base_t, base_b = times[BASELINE], state_bytes[BASELINE]
-  out = []
-  for name, ts in times.items():
-    ratios = [t / b for t, b in zip(ts, base_t)]
-    out.append(
-        Result(name, ts, ratios, state_bytes[name], state_bytes[name] / base_b)
-    )
+    before = base.run(steps)
+    out[BASELINE][0].append(before)
+    for name in round_order(others, r):
+      t = runners[name].run(steps)
+      after = base.run(steps)
+      out[name][0].append(t)
+      out[name][1].append(t / (0.5 * (before + after)))
+      out[BASELINE][0].append(after)
+      out[BASELINE][1].append(after / before)
+      before = after
   return out
 
 
-def table(rows: list[Result], baseline_ms: float) -> tuple[list[str], list[list[str]]]:
+def results(
+    measured: dict[str, tuple[list[float], list[float]]],
+    state_bytes: dict[str, int],
+) -> list[Result]:
+  base_b = state_bytes[BASELINE]
+  return [
+      Result(name, ts, ratios, state_bytes[name], state_bytes[name] / base_b)
+      for name, (ts, ratios) in measured.items()
+  ]
+
+
+def table(rows: list[Result]) -> tuple[list[str], list[list[str]]]:
   header = [
-      "optimizer", "ms/step", "x adam", "x adam min-max", "state bytes",
-      "state x adam",
+      "optimizer", "ms/step (median)", "ms/step (best)", "x adam",
+      "x adam min-max", "state bytes", "state x adam",
   ]
   body = []
   for r in rows:
-    ratio = r.median_ms / baseline_ms
     body.append([
         r.name,
         f"{r.median_ms:.2f}",
-        f"{ratio:.2f}",
+        f"{r.best_ms:.2f}",
+        "1.00" if r.name == BASELINE else f"{r.ratio:.2f}",
         f"{min(r.ratios):.2f}-{max(r.ratios):.2f}",
         f"{r.state_bytes:,}",
         f"{r.state_ratio:.3g}",
@@ -291,8 +329,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--d-model", type=int, default=256)
   p.add_argument("--layers", type=int, default=4)
   p.add_argument("--vocab", type=int, default=2048)
-  p.add_argument("--steps", type=int, default=200, help="steps per round")
-  p.add_argument("--repeats", type=int, default=9, help="rounds")
+  p.add_argument("--steps", type=int, default=40, help="steps per chunk")
+  p.add_argument("--repeats", type=int, default=15, help="rounds")
   p.add_argument("--warmup", type=int, default=3, help="steps after compiling")
   p.add_argument("--only", default="", help="comma-separated substrings of "
                  "optimizer names to run (adam always runs)")
@@ -314,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
       f"params: {n:,} ({4 * n / 2**20:.1f} MiB float32) in "
       f"{len(jax.tree.leaves(host_params))} leaves; d_model={args.d_model}, "
       f"layers={args.layers}, vocab={args.vocab}\n"
-      f"timing: {args.repeats} rounds x {args.steps} steps per optimizer"
+      f"timing: {args.repeats} rounds x {args.steps} steps per chunk"
   )
   wanted = [s for s in args.only.split(",") if s]
   txs = {
@@ -328,9 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, tx in txs.items()
     }
     compiled = time.perf_counter()
-    times = measure(runners, args.steps, args.repeats)
-  rows = results(times, {k: r.state_bytes for k, r in runners.items()})
-  header, body = table(rows, rows[0].median_ms)
+    measured = measure(runners, args.steps, args.repeats)
+  rows = results(measured, {k: r.state_bytes for k, r in runners.items()})
+  header, body = table(rows)
   print(format_markdown(header, body) if args.markdown else format_plain(header, body))
   print(
       f"adam state: {runners[BASELINE].state_bytes / 2**20:.1f} MiB; "

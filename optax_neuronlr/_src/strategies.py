@@ -73,7 +73,9 @@ class ScaleByGradMagnitudeLRState(NamedTuple):
 
 
 def _magnitude_init(shape, dtype, hp):
-  return (jnp.full(shape, hp["learning_rate"], dtype),)
+  # A copy: for a 0-d leaf `full` would return the hyperparameter scalar itself,
+  # and two state fields sharing one buffer break donation.
+  return (jnp.array(jnp.full(shape, hp["learning_rate"], dtype), copy=True),)
 
 
 def _magnitude_update(stats, observed, hp, previous_hp, count):

@@ -22,8 +22,8 @@ any optimizer; whatever the numbers are, they are printed.
 
 Run from the repository root::
 
-    python examples/compare_strategies.py                 # about a minute on 2 CPU cores
-    python examples/compare_strategies.py --quick         # a few seconds, for smoke tests
+    python examples/compare_strategies.py                 # under a minute on 2 CPU cores
+    python examples/compare_strategies.py --quick         # ~10 s: 4 of the runs, 2 epochs
     python examples/compare_strategies.py --epochs 60 --out /tmp/figure.png
 """
 
@@ -39,18 +39,19 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from flax import nnx
+from matplotlib import ticker
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 import optax_neuronlr as nlr
+
+matplotlib.use("Agg")  # no display needed; no figure exists yet
 
 SEED = 0
 BATCH_SIZE = 64
@@ -222,8 +223,7 @@ def train(strategy: Strategy, data: Data, batches: np.ndarray, bar: tqdm) -> Res
       train_step(model, optimizer, data.x_train, data.y_train, batch)
     losses.append(float(evaluate(model, data.x_train, data.y_train)[0]))
     bar.update()
-  _, accuracy = evaluate(model, data.x_test, data.y_test)
-  accuracy = float(accuracy)
+  accuracy = float(evaluate(model, data.x_test, data.y_test)[1])
   seconds = time.perf_counter() - start
   pinned, rates = (
       rate_statistics(optimizer.opt_state) if strategy.granularity else (None, None)
@@ -233,10 +233,10 @@ def train(strategy: Strategy, data: Data, batches: np.ndarray, bar: tqdm) -> Res
 
 def print_table(results: Sequence[Result], epochs: int) -> None:
   print(
-      f"\n{epochs} epochs, batch {BATCH_SIZE}, same init and batch order for all; "
-      "wall time per run in seconds, including JIT compilation of its train "
-      "step (the shared evaluation is compiled once beforehand); "
-      "'at max_lr' = fraction of units whose final rate is pinned at max_lr "
+      f"\n{epochs} epochs, batch {BATCH_SIZE}, same init and batch order for all runs.\n"
+      "time (s): wall time of the run, INCLUDING JIT compilation of its train step "
+      "(the shared evaluation function is compiled once beforehand).\n"
+      "at max_lr: fraction of units whose final rate is pinned at max_lr "
       "(nlr.rate_summary, mean over parameter leaves)."
   )
   header = (
@@ -259,14 +259,16 @@ def plot(results: Sequence[Result], epochs: int, out: str) -> None:
   names = list(dict.fromkeys(r.strategy.name for r in results))
   colors = dict(zip(names, plt.get_cmap("tab10").colors))
   neuron_runs = [r for r in results if r.strategy.granularity == "neuron"]
-  fig = plt.figure(figsize=(16, 7.5), layout="constrained")
-  grid = fig.add_gridspec(len(neuron_runs), 2, width_ratios=(1.15, 1))
-  plot_losses(fig.add_subplot(grid[:, 0]), results, colors, epochs)
-  first = fig.add_subplot(grid[0, 1])
-  rate_axes = [first] + [
-      fig.add_subplot(grid[i, 1], sharex=first) for i in range(1, len(neuron_runs))
-  ]
+  fig = plt.figure(figsize=(16, 8), layout="constrained")
+  left, right = fig.subfigures(1, 2, width_ratios=(1.15, 1))
+  plot_losses(left.subplots(), results, colors, epochs)
+  rate_axes = right.subplots(len(neuron_runs), 1, sharex=True, squeeze=False)[:, 0]
   plot_rate_histograms(rate_axes, neuron_runs, colors)
+  units = neuron_runs[0].final_rates.size
+  right.suptitle(
+      f"Final per-neuron rates of the neuron-granularity runs ({units} units each:\n"
+      "one per output neuron of every kernel and bias); dotted line: max_lr"
+  )
   fig.savefig(out, dpi=110)
   plt.close(fig)
 
@@ -280,6 +282,7 @@ def plot_losses(
             label=r.strategy.label)
   ax.set_yscale("log")
   ax.set_xlabel("epoch")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel("train cross-entropy on the full train set (log scale)")
   ax.set_title(f"Train loss: digits MLP 64-64-64-10, {epochs} epochs, batch {BATCH_SIZE}")
   ax.grid(True, which="both", alpha=0.3)
@@ -296,36 +299,40 @@ def plot_rate_histograms(
   for ax, r in zip(axes, runs):
     ax.hist(r.final_rates, bins=bins, color=colors[r.strategy.name])
     ax.axvline(r.strategy.max_lr, color="black", ls=":", lw=1.2)
-    ax.text(0.01, 0.9, f"{r.strategy.name}: {r.frac_at_max_lr:.0%} at max_lr",
-            transform=ax.transAxes, va="top", fontsize=9,
-            color=colors[r.strategy.name], fontweight="bold")
+    ax.set_title(f"{r.strategy.name}: {r.frac_at_max_lr:.0%} at max_lr", loc="left",
+                 fontsize=9, color=colors[r.strategy.name], fontweight="bold")
     ax.set_ylabel("units", fontsize=8)
-    ax.tick_params(labelsize=8, labelbottom=ax is axes[-1])
+    ax.tick_params(labelsize=8)
     ax.grid(True, alpha=0.3)
   axes[0].set_xscale("log")
-  axes[0].set_title(
-      f"Final per-neuron rates of the neuron-granularity runs ({everything.size // len(runs)}"
-      " units each: one per\noutput neuron of every kernel and bias); dotted line: max_lr",
-      fontsize=11,
-  )
   axes[-1].set_xlabel("final learning rate of the unit (log scale)")
+
+
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
 
 
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--epochs", type=int, default=None,
+  parser.add_argument("--epochs", type=positive_int, default=None,
                       help=f"training epochs per run (default {EPOCHS}, "
                            f"{QUICK_EPOCHS} with --quick)")
   parser.add_argument("--out", default="compare_strategies.png",
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
-                      help=f"a short run for tests ({QUICK_EPOCHS} epochs)")
+                      help=f"a short run for tests: {len(QUICK_RUNS)} of the "
+                           f"runs, {QUICK_EPOCHS} epochs")
   return parser.parse_args()
 
 
 def main() -> None:
   args = parse_args()
-  epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
+  epochs = args.epochs if args.epochs is not None else (
+      QUICK_EPOCHS if args.quick else EPOCHS
+  )
   data = load_data()
   batches = epoch_batches(data.x_train.shape[0], epochs)
   runs = strategies(args.quick)

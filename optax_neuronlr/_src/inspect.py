@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,11 +26,29 @@ def _is_strategy_state(x: Any) -> bool:
   return engine.rule_of(x) is not None
 
 
+def _is_nnx_variable(x: Any) -> bool:
+  nnx = sys.modules.get("flax.nnx")  # Only when the user already uses NNX.
+  return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def _unwrap_variables(state: Any) -> Any:
+  """Replaces Flax NNX variables (``nnx.Optimizer.opt_state``) by their arrays."""
+  return jax.tree.map(
+      lambda x: x.get_value() if _is_nnx_variable(x) else x,
+      state,
+      is_leaf=_is_nnx_variable,
+  )
+
+
 def _strategy_states(opt_state: Any) -> list[tuple[str, Any]]:
   flat, _ = jax.tree_util.tree_flatten_with_path(
       opt_state, is_leaf=_is_strategy_state
   )
-  return [(units_lib.path_str(p), s) for p, s in flat if _is_strategy_state(s)]
+  return [
+      (units_lib.path_str(p), _unwrap_variables(s))
+      for p, s in flat
+      if _is_strategy_state(s)
+  ]
 
 
 def _masked_to_none(tree: Any) -> Any:
@@ -57,7 +77,8 @@ def learning_rates(opt_state: Any) -> Any:
   """The per-unit rates that the last update applied, shaped like the params.
 
   Works on any nested optax state (chain, multi_transform, masked,
-  inject_hyperparams, ...) and under ``jax.jit``. Where several strategies
+  inject_hyperparams, ...), on the ``opt_state`` of a Flax
+  ``nnx.Optimizer`` as it is, and under ``jax.jit``. Where several strategies
   govern disjoint parts of the parameters (e.g. two labels of
   ``optax.multi_transform``), their rates are merged into one tree.
 

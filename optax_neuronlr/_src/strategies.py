@@ -140,7 +140,8 @@ def scale_by_grad_magnitude_lr(
     neuron_axes: which axes index neurons, for ``granularity="neuron"``: an
       int or tuple of ints for all leaves, a pytree of them, or a callable
       ``params -> pytree``; None means the last axis (Flax ``(in, out)``
-      kernels), use ``0`` for PyTorch ``(out, in)`` weights.
+      kernels), use ``0`` for PyTorch ``(out, in)`` weights. Under
+      ``optax.inject_hyperparams`` list a callable here in ``static_args``.
     state_dtype: dtype of the per-unit rates; None keeps the leaf's dtype, or
       float32 for bf16/f16 leaves.
     direction: optax transform whose output the rates scale (e.g.

@@ -6,7 +6,8 @@ train/test split) with every optimizer below. The initialisation, the minibatch
 order, the number of epochs and the batch size are the same for every run:
 
 * ``optax.sgd(0.1)``, ``optax.sgd(0.01, momentum=0.9)`` (the same effective
-  step, ``lr / (1 - momentum) = 0.1``) and ``optax.adam(1e-3)``;
+  step, ``lr / (1 - momentum) = 0.1``), ``optax.adam(1e-3)``, and
+  ``optax.sgd(1.0)``: what a rule whose units all sit at ``max_lr=1.0`` is;
 * ``nlr.grad_magnitude_lr``, ``nlr.grad_history_lr`` and
   ``nlr.sign_consistency_lr`` with the reference defaults (``learning_rate=1e-3``,
   ``max_lr=1.0``), at element and at neuron granularity;
@@ -139,6 +140,8 @@ def strategies(quick: bool) -> list[Strategy]:
   """
   runs = [
       Strategy("sgd lr=0.1", None, lambda: optax.sgd(0.1)),
+      # What a rule pinned at max_lr=1.0 everywhere reduces to:
+      Strategy("sgd lr=1.0 (= max_lr)", None, lambda: optax.sgd(1.0)),
       Strategy("sgd+mom0.9 lr=0.01", None, lambda: optax.sgd(0.01, momentum=0.9)),
       Strategy("adam lr=1e-3", None, lambda: optax.adam(1e-3)),
   ]
@@ -201,14 +204,11 @@ def warm_up(data: Data) -> None:
 def rate_statistics(opt_state: nnx.State) -> tuple[float, np.ndarray]:
   """Fraction of units at ``max_lr`` (mean over leaves) and all per-unit rates.
 
-  ``nlr.learning_rates`` and ``nlr.rate_summary`` need the raw optax state:
-  an ``nnx.Optimizer`` wraps its leaves in ``nnx.OptVariable``, hence
-  ``nnx.as_pure``.
+  ``opt_state`` is an ``nnx.Optimizer``'s, passed to the library as it is.
   """
-  pure_state = nnx.as_pure(opt_state)
-  summary = nlr.rate_summary(pure_state)
+  summary = nlr.rate_summary(opt_state)
   pinned = [float(v) for k, v in summary.items() if k.endswith("/frac_at_max_lr")]
-  rates = jax.tree.leaves(nlr.learning_rates(pure_state))
+  rates = jax.tree.leaves(nlr.learning_rates(opt_state))
   return float(np.mean(pinned)), np.concatenate([np.ravel(r) for r in rates])
 
 

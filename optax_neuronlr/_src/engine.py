@@ -103,7 +103,15 @@ def stat_dtype(leaf_dtype: Any, state_dtype: Any) -> jnp.dtype:
 
 
 def clamp(rate: jax.Array, hp: Hyper) -> jax.Array:
-  return jnp.clip(rate, hp["min_lr"], hp["max_lr"])
+  """``clip(rate, min_lr, max_lr)`` (``min_lr <= max_lr`` is validated).
+
+  Written with ``where`` rather than ``jnp.clip``: on XLA:CPU, ``clip`` on a
+  donated per-element state makes XLA copy every state leaf each step
+  (measured in benchmarks/step_time.py: 0.9x -> 0.6x adam's step time for
+  ``grad_magnitude_lr``). NaN stays NaN, as with ``clip``.
+  """
+  lo, hi = hp["min_lr"], hp["max_lr"]
+  return jnp.where(rate > hi, hi, jnp.where(rate < lo, lo, rate))
 
 
 def _scalars(values: Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -66,7 +66,15 @@ class Layout:
 
 
 def path_str(path: Sequence[Any]) -> str:
-  """``'a/b/0'`` for a JAX key path, the form used in errors and logs."""
+  """``'a/b/0'`` for a JAX key path, the form used in labels, errors and logs.
+
+  A trailing ``.value`` attribute (the array inside a Flax NNX variable) is
+  dropped, so that a parameter has the same path in an ``nnx.State`` of
+  variables (as ``nnx.Optimizer`` passes to ``init``) and in a tree of arrays
+  (as it passes to ``update``).
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
   parts = []
   for key in path:
     for attr in ("key", "name", "idx"):

@@ -7,9 +7,19 @@ per neuron or per tensor, on top of any optax direction, and read back with
 :func:`learning_rates`.
 """
 
+from optax_neuronlr import schedules
+from optax_neuronlr._src.groups import get_hyperparams
+from optax_neuronlr._src.groups import param_groups
+from optax_neuronlr._src.groups import path_labels
+from optax_neuronlr._src.groups import set_hyperparams
 from optax_neuronlr._src.inspect import learning_rates
 from optax_neuronlr._src.inspect import learning_rates_by_state
 from optax_neuronlr._src.inspect import rate_summary
+from optax_neuronlr._src.layerwise import layerwise_multipliers
+from optax_neuronlr._src.layerwise import scale_by_leaf
+from optax_neuronlr._src.layerwise import ScaleByLeafState
+from optax_neuronlr._src.plateau import reduce_lr_on_plateau
+from optax_neuronlr._src.plateau import ReduceLROnPlateauState
 from optax_neuronlr._src.strategies import grad_history_lr
 from optax_neuronlr._src.strategies import grad_magnitude_lr
 from optax_neuronlr._src.strategies import scale_by_grad_history_lr
@@ -25,16 +35,26 @@ __version__ = "0.1.0"
 
 __all__ = (
     "GRANULARITIES",
+    "ReduceLROnPlateauState",
     "ScaleByGradHistoryLRState",
     "ScaleByGradMagnitudeLRState",
+    "ScaleByLeafState",
     "ScaleBySignConsistencyLRState",
+    "get_hyperparams",
     "grad_history_lr",
     "grad_magnitude_lr",
+    "layerwise_multipliers",
     "learning_rates",
     "learning_rates_by_state",
+    "param_groups",
+    "path_labels",
     "rate_summary",
+    "reduce_lr_on_plateau",
+    "scale_by_leaf",
     "scale_by_grad_history_lr",
     "scale_by_grad_magnitude_lr",
     "scale_by_sign_consistency_lr",
+    "schedules",
+    "set_hyperparams",
     "sign_consistency_lr",
 )

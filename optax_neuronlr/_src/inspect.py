@@ -31,7 +31,7 @@ def _is_nnx_variable(x: Any) -> bool:
   return nnx is not None and isinstance(x, nnx.Variable)
 
 
-def _unwrap_variables(state: Any) -> Any:
+def unwrap_variables(state: Any) -> Any:
   """Replaces Flax NNX variables (``nnx.Optimizer.opt_state``) by their arrays."""
   return jax.tree.map(
       lambda x: x.get_value() if _is_nnx_variable(x) else x,
@@ -45,7 +45,7 @@ def _strategy_states(opt_state: Any) -> list[tuple[str, Any]]:
       opt_state, is_leaf=_is_strategy_state
   )
   return [
-      (units_lib.path_str(p), _unwrap_variables(s))
+      (units_lib.path_str(p), unwrap_variables(s))
       for p, s in flat
       if _is_strategy_state(s)
   ]

@@ -1,0 +1,140 @@
+"""Per-leaf and layer-wise rate multipliers (reference 001, Example 2; 002)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src import validation
+
+
+class ScaleByLeafState(NamedTuple):
+  """State of :func:`scale_by_leaf`: one scalar multiplier per leaf."""
+
+  multipliers: Any
+
+
+def _resolve(multipliers: Any, params: Any) -> list:
+  """One multiplier per array leaf of ``params``, looked up by path."""
+  if callable(multipliers):
+    multipliers = multipliers(params)
+  flat, _ = jax.tree_util.tree_flatten_with_path(multipliers)
+  table = {units_lib.path_str(p): m for p, m in flat}
+  out = []
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    key = units_lib.path_str(path)
+    if key not in table:
+      raise ValueError(
+          f"scale_by_leaf: no multiplier for leaf '{key}' (multipliers has "
+          f"{sorted(table)[:8]})."
+      )
+    out.append(table[key])
+  return out
+
+
+def scale_by_leaf(
+    multipliers: Union[Any, Callable[[Any], Any]],
+) -> optax.GradientTransformationExtraArgs:
+  """Multiplies each leaf's update by a scalar: ``u_l <- c_l * u_l``.
+
+  The multipliers are resolved once, at ``init``, and kept in the state
+  (``ScaleByLeafState.multipliers``, shaped like the params), where they can be
+  read, logged or changed. Combine with any optimizer::
+
+    optax.chain(optax.adam(1e-3),
+                nlr.scale_by_leaf(nlr.layerwise_multipliers(params, 0.9)))
+
+  Args:
+    multipliers: a pytree of scalars mirroring the params (matched by path), or
+      a callable ``params -> pytree``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+
+  def init_fn(params):
+    flat_params, treedef = jax.tree.flatten(params)
+    values = _resolve(multipliers, params)
+    dtype = jnp.result_type(float)
+    return ScaleByLeafState(
+        treedef.unflatten([jnp.asarray(v, dtype) for v in values])
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    scaled = jax.tree.map(
+        lambda u, c: (u * c).astype(u.dtype), updates, state.multipliers
+    )
+    return scaled, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _natural_key(text: str) -> tuple:
+  """Sort key reading digit runs as numbers: ``layers_2`` < ``layers_10``."""
+  return tuple(
+      (0, int(part)) if part.isdigit() else (1, part)
+      for part in re.split(r"(\d+)", text)
+      if part
+  )
+
+
+def _module_of(path: str) -> str:
+  """A leaf's module: its path without the last key (kernel and bias share it)."""
+  return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+def layerwise_multipliers(
+    params: Any,
+    factor: float,
+    *,
+    layer_of: Optional[Callable[[str], int]] = None,
+    reverse: bool = False,
+) -> Any:
+  """``factor ** k`` for layer ``k``, a pytree for :func:`scale_by_leaf`.
+
+  By default a leaf's layer is its module (its path without the last key, so
+  a kernel and its bias share one), and modules are numbered 0, 1, ... in the
+  natural order of their paths (digits compared as numbers: ``layers_2``
+  before ``layers_10``). Paths sort alphabetically otherwise
+  (``decoder`` before ``encoder``): pass ``layer_of`` where that is not the
+  network's order.
+
+  With ``reverse=True`` layer ``k`` of ``L`` gets ``factor ** (L - 1 - k)``: the
+  top layer keeps the base rate and each layer below it is ``factor`` slower
+  (layer-wise rate decay for fine-tuning).
+
+  Reference 001 Example 2 counts every tensor separately (a layer's weight is
+  index ``2j``, its bias ``2j + 1``); ``layer_of`` reproduces it, e.g.
+  ``{"0/kernel": 0, "0/bias": 1, "2/kernel": 2, "2/bias": 3}.__getitem__``.
+
+  Args:
+    params: the parameter tree (dict, linen params or ``nnx.State``).
+    factor: the per-layer factor, ``> 0``.
+    layer_of: optional ``path -> layer index`` (``"/"``-joined paths).
+    reverse: count layers from the top.
+
+  Returns:
+    A pytree shaped like ``params`` of Python floats.
+  """
+  validation.check_range("factor", factor, low=0.0, low_open=True)
+  paths = [units_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  if layer_of is None:
+    modules = sorted({_module_of(p) for p in paths}, key=_natural_key)
+    index = {m: k for k, m in enumerate(modules)}
+    layer_of = lambda path: index[_module_of(path)]
+  layers = {p: int(layer_of(p)) for p in paths}
+  if any(k < 0 for k in layers.values()):
+    raise ValueError(f"layer_of must return indices >= 0, got {layers}.")
+  top = max(layers.values(), default=0)
+  exponent = (lambda k: top - k) if reverse else (lambda k: k)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: float(factor) ** exponent(layers[units_lib.path_str(path)]),
+      params,
+  )

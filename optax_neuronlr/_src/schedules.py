@@ -1,0 +1,118 @@
+"""PyTorch ``torch.optim.lr_scheduler`` semantics as optax schedules (ref. 003).
+
+A PyTorch scheduler changes the rate once per ``scheduler.step()``, usually once
+per epoch. Here a schedule maps the optimizer's step count to a rate; with
+``steps_per_epoch=S``, optimizer steps ``k*S .. k*S + S - 1`` use the rate that
+PyTorch gives after ``k`` calls of ``scheduler.step()``:
+
+    ``schedule(k * S) == PyTorch's lr after k scheduler.step() calls``
+
+(PyTorch's schedulers apply their first, epoch-0 step at construction, so
+``k = 0`` is the initial rate.) The closed forms below are the ones PyTorch
+documents; its recursive, "chainable" implementation reaches the same values up
+to floating-point rounding. Where optax has the same closed form, it is used.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_neuronlr._src import validation
+
+
+def _check_steps_per_epoch(steps_per_epoch: int) -> None:
+  if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+    raise ValueError(f"steps_per_epoch must be an int >= 1, got {steps_per_epoch!r}.")
+
+
+def _epoch(count: jax.Array, steps_per_epoch: int) -> jax.Array:
+  return jnp.asarray(count) // steps_per_epoch
+
+
+def step_lr(
+    init_value: float, step_size: int, gamma: float = 0.1, *, steps_per_epoch: int = 1
+) -> optax.Schedule:
+  """``torch.optim.lr_scheduler.StepLR``: ``init * gamma ** (epoch // step_size)``."""
+  validation.check_range("step_size", step_size, low=1)
+  validation.check_range("gamma", gamma, low=0.0, low_open=True)
+  _check_steps_per_epoch(steps_per_epoch)
+  return optax.exponential_decay(
+      init_value, step_size * steps_per_epoch, gamma, staircase=True
+  )
+
+
+def multi_step_lr(
+    init_value: float,
+    milestones: Sequence[int],
+    gamma: float = 0.1,
+    *,
+    steps_per_epoch: int = 1,
+) -> optax.Schedule:
+  """``MultiStepLR``: ``init * gamma ** (number of milestones <= epoch)``.
+
+  A milestone listed twice multiplies by ``gamma`` twice, and a milestone 0
+  applies from the start, as in PyTorch.
+  """
+  validation.check_range("gamma", gamma, low=0.0, low_open=True)
+  _check_steps_per_epoch(steps_per_epoch)
+  counts = collections.Counter(int(m) for m in milestones)
+  if any(m < 0 for m in counts):
+    raise ValueError(f"milestones must be epochs >= 0, got {sorted(counts)}.")
+  return optax.piecewise_constant_schedule(
+      init_value, {m * steps_per_epoch: gamma**n for m, n in sorted(counts.items())}
+  )
+
+
+def exponential_lr(
+    init_value: float, gamma: float, *, steps_per_epoch: int = 1
+) -> optax.Schedule:
+  """``ExponentialLR``: ``init * gamma ** epoch``."""
+  validation.check_range("gamma", gamma, low=0.0, low_open=True)
+  _check_steps_per_epoch(steps_per_epoch)
+  return optax.exponential_decay(init_value, steps_per_epoch, gamma, staircase=True)
+
+
+def cosine_annealing_lr(
+    init_value: float, t_max: int, eta_min: float = 0.0, *, steps_per_epoch: int = 1
+) -> optax.Schedule:
+  r"""``CosineAnnealingLR``, PyTorch's values also after ``t_max``.
+
+  .. math::
+
+    \eta_e = \eta_{min} + (\eta_0 - \eta_{min})
+             \frac{1 + \cos(\pi e / T_{max})}{2}
+
+  for every epoch ``e``. Past ``t_max`` the rate rises again (period
+  ``2 * t_max``), as PyTorch's does; ``optax.cosine_decay_schedule`` instead
+  stays at its final value, so it is not used here.
+  """
+  validation.check_range("t_max", t_max, low=1)
+  _check_steps_per_epoch(steps_per_epoch)
+
+  def schedule(count):
+    epoch = _epoch(count, steps_per_epoch)
+    dtype = jnp.result_type(float)
+    cosine = jnp.cos(jnp.pi * epoch.astype(dtype) / t_max)
+    return eta_min + (init_value - eta_min) * (1 + cosine) / 2
+
+  return schedule
+
+
+def lambda_lr(
+    init_value: float,
+    lr_lambda: Callable[[jax.Array], jax.Array],
+    *,
+    steps_per_epoch: int = 1,
+) -> optax.Schedule:
+  """``LambdaLR``: ``init * lr_lambda(epoch)``.
+
+  ``lr_lambda`` receives the epoch as an integer array (traced under ``jit``), so
+  write it with ``jnp`` operations (``jnp.where`` rather than ``if``).
+  """
+  _check_steps_per_epoch(steps_per_epoch)
+  return lambda count: init_value * lr_lambda(_epoch(count, steps_per_epoch))

@@ -95,10 +95,12 @@ def cosine_annealing_lr(
   _check_steps_per_epoch(steps_per_epoch)
 
   def schedule(count):
-    epoch = _epoch(count, steps_per_epoch)
-    dtype = jnp.result_type(float)
-    cosine = jnp.cos(jnp.pi * epoch.astype(dtype) / t_max)
-    return eta_min + (init_value - eta_min) * (1 + cosine) / 2
+    # (1 + cos x) / 2 = cos(x / 2)**2, with the epoch reduced modulo the period
+    # in integers first: float32 keeps PyTorch's values to ~1e-6 relative even
+    # far past t_max and near eta_min.
+    phase = _epoch(count, steps_per_epoch) % (2 * t_max)
+    half = jnp.cos(jnp.pi * phase.astype(jnp.result_type(float)) / (2 * t_max))
+    return eta_min + (init_value - eta_min) * half**2
 
   return schedule
 

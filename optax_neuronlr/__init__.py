@@ -12,6 +12,10 @@ from optax_neuronlr._src.groups import get_hyperparams
 from optax_neuronlr._src.groups import param_groups
 from optax_neuronlr._src.groups import path_labels
 from optax_neuronlr._src.groups import set_hyperparams
+from optax_neuronlr._src.hypergradient import adam_hd
+from optax_neuronlr._src.hypergradient import hypergradient_lr
+from optax_neuronlr._src.hypergradient import HypergradientLRState
+from optax_neuronlr._src.hypergradient import sgd_hd
 from optax_neuronlr._src.inspect import learning_rates
 from optax_neuronlr._src.inspect import learning_rates_by_state
 from optax_neuronlr._src.inspect import rate_summary
@@ -35,14 +39,17 @@ __version__ = "0.1.0"
 
 __all__ = (
     "GRANULARITIES",
+    "HypergradientLRState",
     "ReduceLROnPlateauState",
     "ScaleByGradHistoryLRState",
     "ScaleByGradMagnitudeLRState",
     "ScaleByLeafState",
     "ScaleBySignConsistencyLRState",
+    "adam_hd",
     "get_hyperparams",
     "grad_history_lr",
     "grad_magnitude_lr",
+    "hypergradient_lr",
     "layerwise_multipliers",
     "learning_rates",
     "learning_rates_by_state",
@@ -56,5 +63,6 @@ __all__ = (
     "scale_by_sign_consistency_lr",
     "schedules",
     "set_hyperparams",
+    "sgd_hd",
     "sign_consistency_lr",
 )

@@ -71,7 +71,15 @@ class Rule(NamedTuple):
   rate: Callable[[Stats, Hyper, jax.Array], jax.Array]
 
 
-_RULES: dict[type, Rule] = {}
+RateReader = Callable[[Any], tuple[Any, jax.Array, jax.Array]]
+"""``state -> (per-unit rates tree, min_lr, max_lr)``."""
+
+_READERS: dict[type, RateReader] = {}
+
+
+def register_state(state_cls: type, reader: RateReader) -> None:
+  """Makes states of ``state_cls`` visible to ``learning_rates``."""
+  _READERS[state_cls] = reader
 
 
 def register(rule: Rule) -> Rule:
@@ -81,25 +89,38 @@ def register(rule: Rule) -> Rule:
   )
   if missing:
     raise TypeError(f"{rule.state_cls.__name__} lacks the fields {sorted(missing)}.")
-  _RULES[rule.state_cls] = rule
+  register_state(
+      rule.state_cls,
+      lambda state: (
+          _rule_rates(rule, state),
+          state.hyperparams["min_lr"],
+          state.hyperparams["max_lr"],
+      ),
+  )
   return rule
 
 
-def rule_of(state: Any) -> Optional[Rule]:
-  """The rule whose state ``state`` is, or None."""
-  return _RULES.get(type(state))
+def is_rate_state(state: Any) -> bool:
+  """True for the state of any per-unit learning-rate strategy."""
+  return type(state) in _READERS
+
+
+def read_rates(state: Any) -> tuple[Any, jax.Array, jax.Array]:
+  """``(per-unit rates, min_lr, max_lr)`` of a strategy state."""
+  return _READERS[type(state)](state)
 
 
 def stat_dtype(leaf_dtype: Any, state_dtype: Any) -> jnp.dtype:
   """dtype of a leaf's statistics: float32 for half-precision leaves."""
+  canonical = jax.dtypes.canonicalize_dtype  # float64 -> float32 without x64
   if state_dtype is not None:
-    return jnp.dtype(state_dtype)
+    return canonical(state_dtype)
   leaf_dtype = jnp.dtype(leaf_dtype)
   if leaf_dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return jnp.dtype(jnp.float32)
   if not jnp.issubdtype(leaf_dtype, jnp.floating):
     return jnp.dtype(jnp.result_type(float))
-  return leaf_dtype
+  return canonical(leaf_dtype)
 
 
 def clamp(rate: jax.Array, hp: Hyper) -> jax.Array:
@@ -120,13 +141,12 @@ def _scalars(values: Mapping[str, Any]) -> dict[str, jax.Array]:
   return {k: jnp.asarray(v, dtype) for k, v in values.items()}
 
 
-def unit_rates(state: Any) -> Any:
-  """Per-unit rates the last update of a strategy ``state`` applied.
+def _rule_rates(rule: Rule, state: Any) -> Any:
+  """Per-unit rates the last update of a rule's ``state`` applied.
 
   Before the first update these are ``clip(learning_rate, min_lr, max_lr)``,
   the rate every unit starts from in the reference code.
   """
-  rule = _RULES[type(state)]
   hp, count = state.hyperparams, state.count
 
   def leaf_rate(*stats):

@@ -23,7 +23,7 @@ from optax_neuronlr._src import units as units_lib
 
 
 def _is_strategy_state(x: Any) -> bool:
-  return engine.rule_of(x) is not None
+  return engine.is_rate_state(x)
 
 
 def _is_nnx_variable(x: Any) -> bool:
@@ -68,7 +68,7 @@ def learning_rates_by_state(opt_state: Any) -> dict[str, Any]:
     leaves the strategy does not govern, e.g. masked ones).
   """
   return {
-      path: _masked_to_none(engine.unit_rates(state))
+      path: _masked_to_none(engine.read_rates(state)[0])
       for path, state in _strategy_states(opt_state)
   }
 
@@ -152,9 +152,8 @@ def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
   out: dict[str, jax.Array] = {}
   states = _strategy_states(opt_state)
   for state_path, state in states:
-    rates = _masked_to_none(engine.unit_rates(state))
-    lo = state.hyperparams["min_lr"]
-    hi = state.hyperparams["max_lr"]
+    rates, lo, hi = engine.read_rates(state)
+    rates = _masked_to_none(rates)
     prefix = f"{state_path}/" if len(states) > 1 else ""
     flat, _ = jax.tree_util.tree_flatten_with_path(rates)
     for path, r in flat:

@@ -47,16 +47,22 @@ class Layout:
   unit_shape: tuple[int, ...]
   size: int
 
+  def sum(self, x: jax.Array, dtype: Any) -> jax.Array:
+    """Sum of ``x`` over each unit, accumulated in ``dtype``."""
+    x = x.astype(dtype)
+    if not self.reduce_axes:
+      return x
+    return jnp.sum(x, axis=self.reduce_axes).astype(dtype)
+
   def mean(self, x: jax.Array, dtype: Any) -> jax.Array:
     """Mean of ``x`` over each unit, accumulated in ``dtype``.
 
     A sum divided by the static unit size, so that empty leaves give zeros
     rather than NaN.
     """
-    x = x.astype(dtype)
     if not self.reduce_axes:
-      return x
-    return (jnp.sum(x, axis=self.reduce_axes) / self.size).astype(dtype)
+      return x.astype(dtype)
+    return (self.sum(x, dtype) / self.size).astype(dtype)
 
   def broadcast(self, unit_values: jax.Array) -> jax.Array:
     """Reshapes per-unit values so that they broadcast against the leaf."""

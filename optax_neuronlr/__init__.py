@@ -23,6 +23,7 @@ from optax_neuronlr._src.layerwise import layerwise_multipliers
 from optax_neuronlr._src.layerwise import scale_by_leaf
 from optax_neuronlr._src.layerwise import ScaleByLeafState
 from optax_neuronlr._src.plateau import reduce_lr_on_plateau
+from optax_neuronlr._src.sharding import state_shardings
 from optax_neuronlr._src.plateau import ReduceLROnPlateauState
 from optax_neuronlr._src.strategies import grad_history_lr
 from optax_neuronlr._src.strategies import grad_magnitude_lr
@@ -34,6 +35,7 @@ from optax_neuronlr._src.strategies import ScaleByGradMagnitudeLRState
 from optax_neuronlr._src.strategies import ScaleBySignConsistencyLRState
 from optax_neuronlr._src.strategies import sign_consistency_lr
 from optax_neuronlr._src.units import GRANULARITIES
+from optax_neuronlr._src.units import UnitAxes
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,7 @@ __all__ = (
     "ScaleByGradMagnitudeLRState",
     "ScaleByLeafState",
     "ScaleBySignConsistencyLRState",
+    "UnitAxes",
     "adam_hd",
     "get_hyperparams",
     "grad_history_lr",
@@ -64,5 +67,6 @@ __all__ = (
     "schedules",
     "set_hyperparams",
     "sgd_hd",
+    "state_shardings",
     "sign_consistency_lr",
 )

@@ -51,7 +51,8 @@ class StateTest(parameterized.TestCase):
     tx = SCALE_BY[rule](1e-3, granularity=granularity)
     state = tx.init(PARAMS)
     self.assertEqual(
-        state._fields, ("count",) + STATS[rule] + ("hyperparams", "direction_state"))
+        state._fields,
+        ("count",) + STATS[rule] + ("hyperparams", "direction_state", "units"))
     for name in STATS[rule]:
       stat = getattr(state, name)
       self.assertIsNone(stat["frozen"])

@@ -51,7 +51,8 @@ class Rule(NamedTuple):
   Attributes:
     name: short name, used in logs.
     state_cls: the strategy's NamedTuple state; its fields are ``count``,
-      ``hyperparams``, ``direction_state`` and one field per statistic.
+      ``hyperparams``, ``direction_state``, ``units`` and one field per
+      statistic.
     stat_names: names of the per-unit statistics, in the order the functions
       below take and return them.
     observe: ``g -> (q_1(g), ...)`` per-element quantities; the engine averages
@@ -75,18 +76,36 @@ RateReader = Callable[[Any], tuple[Any, jax.Array, jax.Array]]
 """``state -> (per-unit rates tree, min_lr, max_lr)``."""
 
 _READERS: dict[type, RateReader] = {}
+_UNIT_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
-def register_state(state_cls: type, reader: RateReader) -> None:
-  """Makes states of ``state_cls`` visible to ``learning_rates``."""
+def register_state(
+    state_cls: type, reader: RateReader, unit_fields: tuple[str, ...]
+) -> None:
+  """Makes states of ``state_cls`` visible to ``learning_rates``.
+
+  Args:
+    state_cls: a NamedTuple state class with a ``units`` field
+      (:class:`~optax_neuronlr._src.units.UnitAxes`).
+    reader: ``state -> (per-unit rates, min_lr, max_lr)``.
+    unit_fields: the fields holding per-unit trees (shaped by ``units``).
+  """
+  if "units" not in state_cls._fields:
+    raise TypeError(f"{state_cls.__name__} lacks the field 'units'.")
   _READERS[state_cls] = reader
+  _UNIT_FIELDS[state_cls] = tuple(unit_fields)
+
+
+def unit_fields(state: Any) -> tuple[str, ...]:
+  """Fields of a strategy state that hold per-unit trees."""
+  return _UNIT_FIELDS.get(type(state), ())
 
 
 def register(rule: Rule) -> Rule:
   """Makes ``rule``'s states visible to :func:`learning_rates`."""
-  missing = {"count", "hyperparams", "direction_state", *rule.stat_names} - set(
-      rule.state_cls._fields
-  )
+  missing = {
+      "count", "hyperparams", "direction_state", "units", *rule.stat_names
+  } - set(rule.state_cls._fields)
   if missing:
     raise TypeError(f"{rule.state_cls.__name__} lacks the fields {sorted(missing)}.")
   register_state(
@@ -96,6 +115,7 @@ def register(rule: Rule) -> Rule:
           state.hyperparams["min_lr"],
           state.hyperparams["max_lr"],
       ),
+      rule.stat_names,
   )
   return rule
 
@@ -222,6 +242,7 @@ def scale_by_rule(
     return rule.state_cls(
         count=jnp.zeros([], jnp.int32),
         hyperparams=hp,
+        units=units_lib.unit_axes(params, layouts),
         direction_state=(
             optax.EmptyState() if direction is None else direction.init(params)
         ),
@@ -264,7 +285,11 @@ def scale_by_rule(
         for i, name in enumerate(rule.stat_names)
     }
     new_state = rule.state_cls(
-        count=count, hyperparams=hp, direction_state=direction_state, **stats
+        count=count,
+        hyperparams=hp,
+        direction_state=direction_state,
+        units=state.units,
+        **stats,
     )
     return treedef.unflatten(outs), new_state
 

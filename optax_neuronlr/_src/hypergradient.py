@@ -35,6 +35,7 @@ class HypergradientLRState(NamedTuple):
     prev_direction: the direction ``d_{t-1}`` of the last update, per element.
     hyperparams: ``hyper_lr``, ``min_lr`` and ``max_lr`` of the last update.
     direction_state: the state of ``direction``.
+    units: the axes each leaf's per-unit rates keep (static).
   """
 
   count: jax.Array
@@ -42,6 +43,7 @@ class HypergradientLRState(NamedTuple):
   prev_direction: optax.Updates
   hyperparams: dict[str, jax.Array]
   direction_state: optax.OptState
+  units: units_lib.UnitAxes
 
 
 def _read(state: HypergradientLRState):
@@ -53,7 +55,7 @@ def _read(state: HypergradientLRState):
   return rates, hp["min_lr"], hp["max_lr"]
 
 
-engine.register_state(HypergradientLRState, _read)
+engine.register_state(HypergradientLRState, _read, unit_fields=("lr",))
 
 
 def _hypergradients(layouts, grads, prev, dtypes, multiplicative: bool):
@@ -159,6 +161,7 @@ def hypergradient_lr(
         prev_direction=prev,
         hyperparams=hp,
         direction_state=direction.init(params),
+        units=units_lib.unit_axes(params, layouts),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -204,6 +207,7 @@ def hypergradient_lr(
         prev_direction=treedef.unflatten(new_prev),
         hyperparams=hp,
         direction_state=direction_state,
+        units=state.units,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

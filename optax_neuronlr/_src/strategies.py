@@ -70,6 +70,7 @@ class ScaleByGradMagnitudeLRState(NamedTuple):
   lr: optax.Updates
   hyperparams: dict[str, jax.Array]
   direction_state: optax.OptState
+  units: units_lib.UnitAxes
 
 
 def _magnitude_init(shape, dtype, hp):
@@ -202,6 +203,7 @@ class ScaleByGradHistoryLRState(NamedTuple):
   grad_ema: optax.Updates
   hyperparams: dict[str, jax.Array]
   direction_state: optax.OptState
+  units: units_lib.UnitAxes
 
 
 def _history_update(stats, observed, hp, previous_hp, count):
@@ -330,6 +332,7 @@ class ScaleBySignConsistencyLRState(NamedTuple):
   sign_ema: optax.Updates
   hyperparams: dict[str, jax.Array]
   direction_state: optax.OptState
+  units: units_lib.UnitAxes
 
 
 def _sign_update(stats, observed, hp, previous_hp, count):

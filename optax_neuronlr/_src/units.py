@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +41,13 @@ class Layout:
       unit (empty for element granularity).
     unit_shape: shape of the per-unit statistics of the leaf.
     size: number of elements averaged into each unit (at least 1).
+    keep_axes: the leaf's axes that the per-unit statistics keep, in order.
   """
 
   reduce_axes: tuple[int, ...]
   unit_shape: tuple[int, ...]
   size: int
+  keep_axes: tuple[int, ...] = ()
 
   def sum(self, x: jax.Array, dtype: Any) -> jax.Array:
     """Sum of ``x`` over each unit, accumulated in ``dtype``."""
@@ -159,7 +161,7 @@ def leaf_layout(
   shape = tuple(shape)
   ndim = len(shape)
   if granularity == "element":
-    return Layout((), shape, 1)
+    return Layout((), shape, 1, tuple(range(ndim)))
   if granularity == "tensor":
     keep: tuple[int, ...] = ()
   else:
@@ -168,7 +170,35 @@ def leaf_layout(
   size = 1
   for a in reduce_axes:
     size *= shape[a]
-  return Layout(reduce_axes, tuple(shape[a] for a in keep), max(size, 1))
+  return Layout(reduce_axes, tuple(shape[a] for a in keep), max(size, 1), keep)
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class UnitAxes:
+  """Which axes of each parameter leaf its per-unit statistics keep.
+
+  A static pytree node (no array leaves): it rides along in a strategy's state
+  through ``jit``, donation and checkpoints, and tells tools such as
+  :func:`optax_neuronlr.state_shardings` how a per-unit array maps onto its
+  parameter (``kept[i] = (path, axes)``, ``()`` for one unit per leaf).
+  """
+
+  kept: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+  def axes_of(self, path: str) -> Optional[tuple[int, ...]]:
+    for p, axes in self.kept:
+      if p == path:
+        return axes
+    return None
+
+
+def unit_axes(tree: Any, layouts: Sequence[Layout]) -> UnitAxes:
+  """The :class:`UnitAxes` of ``tree`` (the tree ``tree_layouts`` was given)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return UnitAxes(
+      tuple((path_str(p), l.keep_axes) for (p, _), l in zip(flat, layouts))
+  )
 
 
 def tree_layouts(

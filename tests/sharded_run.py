@@ -1,0 +1,132 @@
+"""Sharded training on an 8-device CPU mesh; run by tests/test_sharding.py.
+
+Runs in its own process, so that ``--xla_force_host_platform_device_count=8``
+takes effect before JAX starts. Prints one JSON object per case: the maximum
+parameter difference from a single-device run (and the total parameter change
+it is measured against), the shardings of the per-unit statistics, and the
+collectives in the compiled step with their per-device element counts.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
+
+import json  # noqa: E402
+import re  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+import optax_neuronlr as nlr  # noqa: E402
+
+SHAPES = {"dense": {"kernel": (16, 32), "bias": (32,)},
+          "out": {"kernel": (32, 8), "bias": (8,)}}
+LAYOUTS = {
+    # (a) the neuron (output) axis sharded; (b) the fan-in axis sharded.
+    "neuron_axis": {"dense": {"kernel": P(None, "x"), "bias": P("x")},
+                    "out": {"kernel": P(None, "x"), "bias": P("x")}},
+    "fan_in_axis": {"dense": {"kernel": P("x", None), "bias": P()},
+                    "out": {"kernel": P("x", None), "bias": P()}},
+}
+TRANSFORMS = {
+    "grad_history_lr/neuron": lambda: nlr.grad_history_lr(1e-2, granularity="neuron"),
+    "sign_consistency_lr/neuron+adam": lambda: nlr.sign_consistency_lr(
+        1e-3, granularity="neuron", direction=optax.scale_by_adam()),
+    "grad_magnitude_lr/element": lambda: nlr.grad_magnitude_lr(1e-2),
+    "sign_consistency_lr/tensor": lambda: nlr.sign_consistency_lr(
+        1e-2, granularity="tensor", bias_correction=True, max_lr=0.1),
+    "adam_hd/neuron": lambda: nlr.adam_hd(1e-2, 1e-4, granularity="neuron"),
+    "sgd_hd/global": lambda: nlr.sgd_hd(1e-2, 1e-3),
+}
+STEPS = 5
+COLLECTIVE = re.compile(
+    r"=\s*(\(?[^=]*?\)?)\s+(all-reduce|all-gather|reduce-scatter|"
+    r"collective-permute|all-to-all)(?:-start)?\(")
+
+
+def _tree(fn):
+  return jax.tree.map(fn, SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  params = _tree(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32))
+  grads = [_tree(lambda s: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.integers(-3, 2),
+                                       jnp.float32)) for _ in range(STEPS)]
+  return params, grads
+
+
+def _step(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return step
+
+
+def _collectives(hlo: str) -> list[tuple[str, int]]:
+  out = []
+  for shape_text, op in COLLECTIVE.findall(hlo):
+    dims = re.findall(r"\[([\d,]*)\]", shape_text)
+    sizes = [int(np.prod([int(d) for d in s.split(",") if d])) for s in dims]
+    out.append((op, max(sizes, default=1)))
+  return out
+
+
+def run_case(name: str, layout: str, mesh) -> dict:
+  tx = TRANSFORMS[name]()
+  params, grads = _data()
+  start = jax.tree.map(np.asarray, params)  # donation below may reuse its buffers
+  step = _step(tx)
+
+  single_params, single_state = params, tx.init(params)
+  for g in grads:
+    single_params, single_state = jax.jit(step)(single_params, single_state, g)
+
+  p_sh = jax.tree.map(lambda spec: NamedSharding(mesh, spec), LAYOUTS[layout],
+                      is_leaf=lambda x: isinstance(x, P))
+  s_sh = nlr.state_shardings(tx, params, p_sh)
+  sharded_step = jax.jit(step, in_shardings=(p_sh, s_sh, p_sh),
+                         out_shardings=(p_sh, s_sh), donate_argnums=(0, 1))
+  state = jax.jit(tx.init, out_shardings=s_sh)(params)
+  sharded = jax.device_put(params, p_sh)
+  hlo = sharded_step.lower(sharded, state, jax.device_put(grads[0], p_sh)).compile().as_text()
+  for g in grads:
+    sharded, state = sharded_step(sharded, state, jax.device_put(g, p_sh))
+
+  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+             zip(jax.tree.leaves(sharded), jax.tree.leaves(single_params)))
+  change = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in
+               zip(jax.tree.leaves(single_params), jax.tree.leaves(start)))
+  stat_specs = {}
+  rates = nlr.learning_rates(state)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(rates)[0]:
+    key = "/".join(k.key for k in path)
+    stat_specs[key] = [str(a) for a in leaf.sharding.spec]
+  inner = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "units"))
+           if hasattr(s, "units")][0]
+  for field in ("grad_ema", "sign_ema", "lr"):
+    tree = getattr(inner, field, None)
+    if tree is not None and not isinstance(tree, jax.Array):
+      stat_specs[f"state.{field}/dense/kernel"] = [
+          str(a) for a in tree["dense"]["kernel"].sharding.spec]
+  return {"case": name, "layout": layout, "max_diff": diff, "total_change": change,
+          "stat_specs": stat_specs, "collectives": _collectives(hlo)}
+
+
+def main() -> None:
+  assert len(jax.devices()) == 8, jax.devices()
+  mesh = jax.make_mesh((8,), ("x",))
+  for layout in LAYOUTS:
+    for name in TRANSFORMS:
+      print(json.dumps(run_case(name, layout, mesh)))
+
+
+if __name__ == "__main__":
+  main()

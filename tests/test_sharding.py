@@ -1,0 +1,94 @@
+"""Sharded training on an 8-device CPU mesh (in its own process) and
+``state_shardings`` on any optax state."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import optax_neuronlr as nlr
+
+SCRIPT = pathlib.Path(__file__).with_name("sharded_run.py")
+MAX_UNITS = 32  # the widest layer's output units in sharded_run.SHAPES
+
+
+@pytest.fixture(scope="module")
+def sharded_results() -> list[dict]:
+  out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_every_case_ran(sharded_results):
+  assert len(sharded_results) == 12
+  assert {r["layout"] for r in sharded_results} == {"neuron_axis", "fan_in_axis"}
+
+
+def test_equal_to_single_device(sharded_results):
+  for r in sharded_results:
+    assert r["total_change"] > 1e-3, r["case"]
+    # Shards sum in another order: 1e-5 of the change plus a few float32 ulps.
+    assert r["max_diff"] <= 1e-5 * r["total_change"] + 4 * 2.0**-23, r
+
+
+def test_neuron_axis_sharding_needs_no_collective(sharded_results):
+  for r in sharded_results:
+    if r["layout"] != "neuron_axis":
+      continue
+    if "/neuron" in r["case"]:
+      assert r["collectives"] == [], r
+      assert r["stat_specs"]["dense/kernel"] == ["x"], r
+    elif "/element" in r["case"]:
+      assert r["collectives"] == [], r
+      assert r["stat_specs"]["dense/kernel"] == ["None", "x"], r
+    else:  # one rate per tensor or per model: a scalar all-reduce
+      assert all(size == 1 for _, size in r["collectives"]), r
+
+
+def test_fan_in_sharding_needs_only_per_unit_collectives(sharded_results):
+  for r in sharded_results:
+    if r["layout"] == "fan_in_axis":
+      assert all(size <= MAX_UNITS for _, size in r["collectives"]), r
+      if "/neuron" in r["case"]:
+        assert r["collectives"], "the mean over a sharded fan-in needs an all-reduce"
+
+
+def test_state_shardings_structure_on_one_device():
+  mesh = jax.make_mesh((1,), ("x",))
+  params = {"w": jnp.ones((4, 6)), "b": jnp.ones(6), "none": None}
+  p_sh = {"w": NamedSharding(mesh, P(None, "x")), "b": NamedSharding(mesh, P("x")),
+          "none": None}
+  tx = optax.chain(
+      optax.clip_by_global_norm(1.0),
+      nlr.sign_consistency_lr(1e-3, granularity="neuron", direction=optax.scale_by_adam()),
+      optax.inject_hyperparams(nlr.adam_hd)(learning_rate=1e-3, hyper_lr=1e-7))
+  sh = nlr.state_shardings(tx, params, p_sh)
+  assert jax.tree.structure(sh) == jax.tree.structure(jax.eval_shape(tx.init, params))
+  strategy = sh[1][0]
+  assert strategy.grad_ema["w"].spec == P("x")
+  assert strategy.direction_state.mu["w"].spec == P(None, "x")  # Adam's moment
+  assert strategy.count.spec == P()
+  hd = sh[2].inner_state
+  assert hd.prev_direction["w"].spec == P(None, "x")
+  assert hd.lr.spec == P()  # the global rate
+  state = jax.jit(tx.init, out_shardings=sh)(params)
+  assert state[1][0].grad_ema["w"].shape == (6,)
+
+
+def test_state_shardings_needs_named_sharding_for_units():
+  params = {"w": jnp.ones((4, 6))}
+  single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with pytest.raises(TypeError, match="NamedSharding"):
+    nlr.state_shardings(nlr.grad_history_lr(1e-3, granularity="neuron"), params,
+                        {"w": single})
+  sh = nlr.state_shardings(optax.adam(1e-3), params, {"w": single})
+  assert sh[0].mu["w"] is single

@@ -20,6 +20,9 @@ from optax_neuronlr._src.inspect import learning_rates
 from optax_neuronlr._src.inspect import learning_rates_by_state
 from optax_neuronlr._src.inspect import rate_summary
 from optax_neuronlr._src.layerwise import layerwise_multipliers
+from optax_neuronlr._src.layout import LayoutRow
+from optax_neuronlr._src.layout import optimizer_layout
+from optax_neuronlr._src.layout import OptimizerLayout
 from optax_neuronlr._src.layerwise import scale_by_leaf
 from optax_neuronlr._src.layerwise import ScaleByLeafState
 from optax_neuronlr._src.plateau import reduce_lr_on_plateau
@@ -42,6 +45,8 @@ __version__ = "0.1.0"
 __all__ = (
     "GRANULARITIES",
     "HypergradientLRState",
+    "LayoutRow",
+    "OptimizerLayout",
     "ReduceLROnPlateauState",
     "ScaleByGradHistoryLRState",
     "ScaleByGradMagnitudeLRState",
@@ -56,6 +61,7 @@ __all__ = (
     "layerwise_multipliers",
     "learning_rates",
     "learning_rates_by_state",
+    "optimizer_layout",
     "param_groups",
     "path_labels",
     "rate_summary",

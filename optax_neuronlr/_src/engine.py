@@ -77,10 +77,14 @@ RateReader = Callable[[Any], tuple[Any, jax.Array, jax.Array]]
 
 _READERS: dict[type, RateReader] = {}
 _UNIT_FIELDS: dict[type, tuple[str, ...]] = {}
+_NAMES: dict[type, str] = {}
 
 
 def register_state(
-    state_cls: type, reader: RateReader, unit_fields: tuple[str, ...]
+    state_cls: type,
+    reader: RateReader,
+    unit_fields: tuple[str, ...],
+    name: Optional[str] = None,
 ) -> None:
   """Makes states of ``state_cls`` visible to ``learning_rates``.
 
@@ -89,11 +93,18 @@ def register_state(
       (:class:`~optax_neuronlr._src.units.UnitAxes`).
     reader: ``state -> (per-unit rates, min_lr, max_lr)``.
     unit_fields: the fields holding per-unit trees (shaped by ``units``).
+    name: the strategy's name in tables and logs (default: the class name).
   """
   if "units" not in state_cls._fields:
     raise TypeError(f"{state_cls.__name__} lacks the field 'units'.")
   _READERS[state_cls] = reader
   _UNIT_FIELDS[state_cls] = tuple(unit_fields)
+  _NAMES[state_cls] = name or state_cls.__name__
+
+
+def strategy_name(state: Any) -> str:
+  """The registered name of a strategy state's type."""
+  return _NAMES.get(type(state), type(state).__name__)
 
 
 def unit_fields(state: Any) -> tuple[str, ...]:
@@ -116,6 +127,7 @@ def register(rule: Rule) -> Rule:
           state.hyperparams["max_lr"],
       ),
       rule.stat_names,
+      rule.name,
   )
   return rule
 
@@ -242,7 +254,7 @@ def scale_by_rule(
     return rule.state_cls(
         count=jnp.zeros([], jnp.int32),
         hyperparams=hp,
-        units=units_lib.unit_axes(params, layouts),
+        units=units_lib.unit_axes(params, layouts, granularity),
         direction_state=(
             optax.EmptyState() if direction is None else direction.init(params)
         ),

@@ -55,7 +55,9 @@ def _read(state: HypergradientLRState):
   return rates, hp["min_lr"], hp["max_lr"]
 
 
-engine.register_state(HypergradientLRState, _read, unit_fields=("lr",))
+engine.register_state(
+    HypergradientLRState, _read, unit_fields=("lr",), name="hypergradient_lr"
+)
 
 
 def _hypergradients(layouts, grads, prev, dtypes, multiplicative: bool):
@@ -110,7 +112,11 @@ def hypergradient_lr(
       ``optax.identity()`` (SGD-HD) or ``optax.scale_by_adam()`` (Adam-HD).
     learning_rate: the initial rate ``alpha_0``, ``>= 0``.
     hyper_lr: the hypergradient step ``beta``, ``>= 0`` (the paper uses e.g.
-      ``1e-3`` for SGD-HD and ``1e-7`` for Adam-HD on its tasks).
+      ``1e-3`` for SGD-HD and ``1e-7`` for Adam-HD on its tasks, with one
+      global rate). ``h_t`` is a *sum* over the unit, so the same ``hyper_lr``
+      moves a per-neuron or per-element rate far less than the global one;
+      scale it up for finer granularities, or use ``multiplicative=True``,
+      whose step does not depend on the unit's size.
     granularity: ``"global"`` (one rate for the whole model, the paper's
       form), ``"tensor"``, ``"neuron"`` or ``"element"``.
     neuron_axes: neuron axes for ``granularity="neuron"`` (see
@@ -161,7 +167,7 @@ def hypergradient_lr(
         prev_direction=prev,
         hyperparams=hp,
         direction_state=direction.init(params),
-        units=units_lib.unit_axes(params, layouts),
+        units=units_lib.unit_axes(params, layouts, granularity),
     )
 
   def update_fn(updates, state, params=None, **extra_args):

@@ -181,10 +181,12 @@ class UnitAxes:
   A static pytree node (no array leaves): it rides along in a strategy's state
   through ``jit``, donation and checkpoints, and tells tools such as
   :func:`optax_neuronlr.state_shardings` how a per-unit array maps onto its
-  parameter (``kept[i] = (path, axes)``, ``()`` for one unit per leaf).
+  parameter (``kept[i] = (path, axes)``, ``()`` for one unit per leaf), and
+  with which ``granularity`` the strategy was built.
   """
 
   kept: tuple[tuple[str, tuple[int, ...]], ...] = ()
+  granularity: str = "element"
 
   def axes_of(self, path: str) -> Optional[tuple[int, ...]]:
     for p, axes in self.kept:
@@ -193,11 +195,12 @@ class UnitAxes:
     return None
 
 
-def unit_axes(tree: Any, layouts: Sequence[Layout]) -> UnitAxes:
+def unit_axes(tree: Any, layouts: Sequence[Layout], granularity: str) -> UnitAxes:
   """The :class:`UnitAxes` of ``tree`` (the tree ``tree_layouts`` was given)."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   return UnitAxes(
-      tuple((path_str(p), l.keep_axes) for (p, _), l in zip(flat, layouts))
+      tuple((path_str(p), l.keep_axes) for (p, _), l in zip(flat, layouts)),
+      granularity,
   )
 
 

@@ -1,0 +1,180 @@
+"""A printable table of where every parameter went in an optimizer.
+
+For each parameter leaf: its path and shape, its ``multi_transform`` /
+``param_groups`` label, the transform that governs it, its granularity and
+number of rate units, and its base rate, read from the optimizer state. Large
+training codebases log such a table at start-up, so that a wrong regex or a
+forgotten group shows at a glance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import numpy as np
+import optax
+
+from optax_neuronlr._src import engine
+from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src.inspect import unwrap_variables
+
+_INJECT = tuple(
+    getattr(optax, n)
+    for n in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
+    if hasattr(optax, n)
+)
+_PARTITION = getattr(optax.transforms, "PartitionState", ())
+
+
+class LayoutRow(NamedTuple):
+  """One parameter leaf of :func:`optimizer_layout`."""
+
+  path: str
+  shape: tuple[int, ...]
+  group: str
+  strategy: str
+  granularity: str
+  units: int
+  base_rate: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerLayout:
+  """Rows of :func:`optimizer_layout`; ``str()`` gives the aligned table."""
+
+  rows: tuple[LayoutRow, ...]
+
+  def __str__(self) -> str:
+    header = ("path", "shape", "group", "strategy", "granularity", "units", "base rate")
+    cells = [header] + [
+        (r.path, "x".join(map(str, r.shape)) or "()", r.group, r.strategy,
+         r.granularity, str(r.units) if r.units else "-",
+         "-" if r.base_rate is None else f"{r.base_rate:.3g}")
+        for r in self.rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Context:
+  group: str = "-"
+  base_rate: Optional[float] = None
+
+
+def _scalar(x: Any) -> Optional[float]:
+  try:
+    return float(np.asarray(x).ravel()[0]) if np.size(x) else None
+  except (TypeError, ValueError):
+    return None
+
+
+class _Walker:
+  """Walks an optax state and fills one row per parameter path."""
+
+  def __init__(self, shapes: dict[str, tuple[int, ...]]):
+    self.shapes = shapes
+    self.rows: dict[str, LayoutRow] = {}
+    self.stateless_groups: list[str] = []
+
+  def add(self, path: str, ctx: _Context, strategy: str, granularity: str,
+          units: int, base_rate: Optional[float]) -> None:
+    if path in self.shapes and path not in self.rows:
+      self.rows[path] = LayoutRow(path, self.shapes[path], ctx.group, strategy,
+                                  granularity, units, base_rate)
+
+  def rate_state(self, state: Any, ctx: _Context) -> None:
+    rates, _, _ = engine.read_rates(state)
+    flat = dict(
+        (units_lib.path_str(p), r)
+        for p, r in jax.tree_util.tree_flatten_with_path(rates)[0]
+    )
+    hp = state.hyperparams
+    for path, keep in state.units.kept:
+      shape = self.shapes.get(path, ())
+      units = math.prod(shape[a] for a in keep) if shape else 1
+      base = _scalar(hp["learning_rate"]) if "learning_rate" in hp else (
+          _scalar(np.median(np.asarray(flat[path]))) if path in flat else None)
+      self.add(path, ctx, engine.strategy_name(state), state.units.granularity,
+               units, base if base is not None else ctx.base_rate)
+
+  def param_subtree(self, tree: Any) -> list[str]:
+    """Param paths of ``tree`` if it is shaped like (part of) the params."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    paths = [units_lib.path_str(p) for p, _ in flat]
+    ok = flat and all(
+        p in self.shapes and tuple(np.shape(x)) == self.shapes[p]
+        for p, (_, x) in zip(paths, flat)
+    )
+    return paths if ok else []
+
+  def walk(self, node: Any, ctx: _Context) -> None:
+    if node is None or isinstance(node, optax.MaskedNode):
+      return
+    if engine.is_rate_state(node):
+      self.rate_state(node, ctx)
+    elif isinstance(node, _INJECT):
+      rate = node.hyperparams.get("learning_rate", None)
+      self.walk(node.inner_state, dataclasses.replace(
+          ctx, base_rate=_scalar(rate) if rate is not None else ctx.base_rate))
+    elif _PARTITION and isinstance(node, _PARTITION):
+      for label, inner in node.inner_states.items():
+        if not jax.tree.leaves(inner):
+          self.stateless_groups.append(str(label))
+        self.walk(inner, dataclasses.replace(ctx, group=str(label)))
+    elif isinstance(node, tuple) and hasattr(node, "_fields"):
+      for value in node:
+        paths = self.param_subtree(value)
+        for p in paths:
+          self.add(p, ctx, type(node).__name__, "-", 0, ctx.base_rate)
+        if not paths:
+          self.walk(value, ctx)
+    elif isinstance(node, (tuple, list)):
+      for value in node:
+        self.walk(value, ctx)
+    elif isinstance(node, dict):
+      for value in node.values():
+        self.walk(value, ctx)
+
+
+def optimizer_layout(opt_state: Any, params: Any) -> OptimizerLayout:
+  """Where each parameter went: group, strategy, granularity, units, rate.
+
+  Args:
+    opt_state: the optimizer's state (any nesting of optax states, or an
+      ``nnx.Optimizer``'s ``opt_state``).
+    params: the parameters (arrays or ``jax.ShapeDtypeStruct``).
+
+  Returns:
+    An :class:`OptimizerLayout`; ``print(...)`` shows one row per leaf. The
+    strategy is the registered name of a per-unit strategy, else the class of
+    the optax state that holds the leaf's statistics (e.g. ``ScaleByAdamState``);
+    ``units`` counts the leaf's rate units; ``base rate`` is the strategy's
+    ``learning_rate`` (the learned median for hypergradients), else the
+    group's injected ``learning_rate``. A leaf whose transform keeps no state
+    (e.g. a frozen group) shows the one stateless group's label if there is
+    exactly one, else ``-``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_neuronlr as nlr
+    >>> params = {"body": {"kernel": jnp.ones((3, 4))}, "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = nlr.param_groups(nlr.grad_history_lr, [
+    ...     {"params": "body/.*", "learning_rate": 1e-4},
+    ...     {"params": "head/.*", "learning_rate": 1e-3}], granularity="neuron")
+    >>> print(nlr.optimizer_layout(tx.init(params), params))  # doctest: +SKIP
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  shapes = {units_lib.path_str(p): tuple(np.shape(x)) for p, x in flat}
+  walker = _Walker(shapes)
+  walker.walk(unwrap_variables(opt_state), _Context())
+  fallback = walker.stateless_groups[0] if len(walker.stateless_groups) == 1 else "-"
+  rows = [
+      walker.rows.get(p, LayoutRow(p, shape, fallback, "stateless", "-", 0, None))
+      for p, shape in shapes.items()
+  ]
+  return OptimizerLayout(tuple(rows))

@@ -1,0 +1,70 @@
+"""``python -m optax_neuronlr.parity``: the parity table.
+
+Options: ``--steps N`` (default 50), ``--dtype float64|float32|both`` (default
+both), ``--case NAME`` (repeatable; default every case). Prints one Markdown
+table and, when every case runs, the TensorFlow document's own toy problem
+(``004``); exits 1 when a checked case fails its verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+import jax
+import torch
+
+from optax_neuronlr.parity import seed004
+from optax_neuronlr.parity.cases import CASES
+from optax_neuronlr.parity.harness import DTYPES, exit_status, format_table, run_case
+
+DEFAULT_STEPS = 50
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+  return value
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m optax_neuronlr.parity",
+      description="Runs the reference documents' PyTorch code and our JAX transforms "
+                  "side by side and prints the parity table.")
+  p.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,
+                 help=f"training steps per case (default {DEFAULT_STEPS})")
+  p.add_argument("--dtype", choices=(*DTYPES, "both"), default="both",
+                 help="precision to compare in (default both)")
+  p.add_argument("--case", action="append", choices=list(CASES), metavar="NAME",
+                 help=f"run only this case (repeatable); one of: {', '.join(CASES)}")
+  return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Parses ``argv``, prints the table, returns the exit status."""
+  args = parser().parse_args(argv)
+  dtypes = DTYPES if args.dtype == "both" else (args.dtype,)
+  names = list(dict.fromkeys(args.case)) if args.case else list(CASES)
+  results = [run_case(CASES[name], args.steps, dtypes) for name in names]
+  print(f"PyTorch parity, {args.steps} steps (torch {torch.__version__}, "
+        f"jax {jax.__version__})\n")
+  print(format_table(results, dtypes))
+  if not args.case:
+    print()
+    print(seed004.format_toy(seed004.toy_problem()))
+  status = exit_status(results)
+  if status:
+    failed = [r.case.name for r in results if not r.ok]
+    print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
+  return status
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,46 @@
+"""The optimizer layout table."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+import optax_neuronlr as nlr
+
+PARAMS = {"body": {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}},
+          "head": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
+          "emb": jnp.ones((5, 3))}
+
+
+def test_param_groups_layout():
+  tx = nlr.param_groups(
+      nlr.grad_history_lr,
+      [{"params": "body/.*", "name": "backbone", "learning_rate": 1e-4},
+       {"params": "head/.*", "name": "head", "learning_rate": 1e-3,
+        "granularity": "tensor"}],
+      rest="freeze", granularity="neuron")
+  layout = nlr.optimizer_layout(tx.init(PARAMS), PARAMS)
+  rows = {r.path: r for r in layout.rows}
+  assert rows["body/Dense_0/kernel"] == nlr.LayoutRow(
+      "body/Dense_0/kernel", (3, 4), "backbone", "grad_history_lr", "neuron", 4, 1e-4)
+  assert rows["body/Dense_0/bias"].units == 4
+  assert rows["head/kernel"][2:] == ("head", "grad_history_lr", "tensor", 1, 1e-3)
+  assert rows["emb"][2:4] == ("frozen", "stateless")
+  text = str(layout)
+  assert text.splitlines()[0].split() == ["path", "shape", "group", "strategy",
+                                          "granularity", "units", "base", "rate"]
+  assert len(text.splitlines()) == 2 + len(rows)
+
+
+def test_mixed_transforms_layout():
+  labels = {"body": {"Dense_0": {"kernel": "a", "bias": "a"}},
+            "head": {"kernel": "b", "bias": "b"}, "emb": "c"}
+  tx = optax.multi_transform(
+      {"a": nlr.adam_hd(1e-3, 1e-7),
+       "b": optax.inject_hyperparams(optax.adam)(learning_rate=3e-4),
+       "c": nlr.sgd_hd(1e-2, 1e-3, granularity="neuron")}, labels)
+  rows = {r.path: r for r in nlr.optimizer_layout(tx.init(PARAMS), PARAMS).rows}
+  assert rows["body/Dense_0/kernel"][2:6] == ("a", "hypergradient_lr", "global", 1)
+  assert rows["emb"][2:6] == ("c", "hypergradient_lr", "neuron", 3)
+  assert rows["head/kernel"].strategy == "ScaleByAdamState"
+  assert abs(rows["head/kernel"].base_rate - 3e-4) < 1e-9

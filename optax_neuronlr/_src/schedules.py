@@ -34,6 +34,12 @@ def _epoch(count: jax.Array, steps_per_epoch: int) -> jax.Array:
   return jnp.asarray(count) // steps_per_epoch
 
 
+def _float_count(schedule: optax.Schedule) -> optax.Schedule:
+  """Feeds the count as the default float, so that the rate is float64 under
+  x64 (optax's decays compute in the count's dtype, float32 for int32)."""
+  return lambda count: schedule(jnp.asarray(count, jnp.result_type(float)))
+
+
 def step_lr(
     init_value: float, step_size: int, gamma: float = 0.1, *, steps_per_epoch: int = 1
 ) -> optax.Schedule:
@@ -41,9 +47,9 @@ def step_lr(
   validation.check_range("step_size", step_size, low=1)
   validation.check_range("gamma", gamma, low=0.0, low_open=True)
   _check_steps_per_epoch(steps_per_epoch)
-  return optax.exponential_decay(
+  return _float_count(optax.exponential_decay(
       init_value, step_size * steps_per_epoch, gamma, staircase=True
-  )
+  ))
 
 
 def multi_step_lr(
@@ -74,7 +80,9 @@ def exponential_lr(
   """``ExponentialLR``: ``init * gamma ** epoch``."""
   validation.check_range("gamma", gamma, low=0.0, low_open=True)
   _check_steps_per_epoch(steps_per_epoch)
-  return optax.exponential_decay(init_value, steps_per_epoch, gamma, staircase=True)
+  return _float_count(
+      optax.exponential_decay(init_value, steps_per_epoch, gamma, staircase=True)
+  )
 
 
 def cosine_annealing_lr(

@@ -90,6 +90,10 @@ class Problem:
       return x, rng.normal(size=(self.batch, self.sizes[-1]))
     return x, rng.integers(0, self.sizes[-1], size=self.batch)
 
+  def validation_data(self) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out inputs and targets, for a monitored validation loss."""
+    return dataclasses.replace(self, seed=self.seed + 100).data()
+
   def torch_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if self.loss == "mse":
       return torch.nn.functional.mse_loss(outputs, target)
@@ -139,7 +143,9 @@ class TorchSide:
       and ``param_groups``).
     scheduler: optional ``optimizer -> lr_scheduler``, stepped after every
       optimizer step.
-    monitor: pass the step's loss to ``scheduler.step`` (``ReduceLROnPlateau``).
+    monitor: pass the validation loss to ``scheduler.step`` (for
+      ``ReduceLROnPlateau``); it is the loss on :meth:`Problem.validation_data`
+      of the parameters the step starts from.
     edit: optional ``(step, optimizer) -> None`` run before each step (manual
       ``param_groups[i]['lr']`` changes).
   """
@@ -157,7 +163,8 @@ class JaxSide:
   Attributes:
     tx: ``params -> optax transform`` (params are given for builders that need
       them, e.g. ``nlr.layerwise_multipliers``).
-    monitor: pass the step's loss as ``tx.update(..., value=loss)``.
+    monitor: pass the validation loss as ``tx.update(..., value=...)``, as
+      :class:`TorchSide` does.
     edit: optional ``(step, opt_state) -> opt_state`` run before each step.
   """
 
@@ -225,31 +232,43 @@ def trajectory(side: Side, problem: Problem, steps: int, dtype: str) -> Trajecto
   raise TypeError(f"side must be a TorchSide or a JaxSide, got {type(side).__name__}.")
 
 
+def _torch_data(array: np.ndarray, dtype: str) -> torch.Tensor:
+  """Floats in ``dtype``; class labels stay integers."""
+  floating = np.issubdtype(array.dtype, np.floating)
+  return torch.as_tensor(array, dtype=_TORCH_DTYPES[dtype] if floating else None)
+
+
+def _jax_data(array: np.ndarray, dtype: str) -> jax.Array:
+  floating = np.issubdtype(array.dtype, np.floating)
+  return jnp.asarray(array, dtype if floating else jnp.int32)
+
+
 def _torch_trajectory(side: TorchSide, problem: Problem, steps: int, dtype: str) -> Trajectory:
   model = problem.torch_model(dtype)
-  x, target = problem.data()
-  x = torch.as_tensor(x, dtype=_TORCH_DTYPES[dtype])
-  target = torch.as_tensor(target, dtype=_TORCH_DTYPES[dtype] if problem.loss == "mse" else None)
+  x, target = (_torch_data(a, dtype) for a in problem.data())
+  x_val, target_val = (_torch_data(a, dtype) for a in problem.validation_data())
   optimizer = side.optimizer(model)
   scheduler = side.scheduler(optimizer) if side.scheduler is not None else None
   out = []
   for k in range(steps):
     if side.edit is not None:
       side.edit(k, optimizer)
+    if side.monitor:
+      with torch.no_grad():
+        monitored = problem.torch_loss(model(x_val), target_val).item()
     optimizer.zero_grad()
-    loss = problem.torch_loss(model(x), target)
-    loss.backward()
+    problem.torch_loss(model(x), target).backward()
     optimizer.step()
     if scheduler is not None:
-      scheduler.step(loss.item()) if side.monitor else scheduler.step()
+      scheduler.step(monitored) if side.monitor else scheduler.step()
     out.append(_flat(to_flax(model)))
   return out
 
 
-def _jax_step(tx: optax.GradientTransformation, problem: Problem, monitor: bool):
-  def step(params, state, x, target):
-    loss, grads = jax.value_and_grad(problem.jax_loss)(params, x, target)
-    extra = {"value": loss} if monitor else {}
+def _jax_step(tx: optax.GradientTransformation, problem: Problem, monitor: bool) -> Callable:
+  def step(params, state, batch, validation):
+    grads = jax.grad(problem.jax_loss)(params, *batch)
+    extra = {"value": problem.jax_loss(params, *validation)} if monitor else {}
     updates, state = tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
@@ -257,12 +276,11 @@ def _jax_step(tx: optax.GradientTransformation, problem: Problem, monitor: bool)
 
 
 def _jax_trajectory(side: JaxSide, problem: Problem, steps: int, dtype: str) -> Trajectory:
-  x, target = problem.data()
   init = to_flax(problem.torch_model(dtype))
   with jax.enable_x64(dtype == "float64"):
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
-    x = jnp.asarray(x, dtype)
-    target = jnp.asarray(target, dtype if problem.loss == "mse" else jnp.int32)
+    batch = tuple(_jax_data(a, dtype) for a in problem.data())
+    validation = tuple(_jax_data(a, dtype) for a in problem.validation_data())
     tx = side.tx(params)
     state = tx.init(params)
     step = _jax_step(tx, problem, side.monitor)
@@ -270,7 +288,7 @@ def _jax_trajectory(side: JaxSide, problem: Problem, steps: int, dtype: str) -> 
     for k in range(steps):
       if side.edit is not None:
         state = side.edit(k, state)
-      params, state = step(params, state, x, target)
+      params, state = step(params, state, batch, validation)
       out.append(_flat(params))
   return out
 

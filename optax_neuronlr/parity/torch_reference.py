@@ -22,6 +22,9 @@ Per element ``i`` of a parameter with gradient ``g``:
   ``p -= lr * g / ||clip(g)||``, an ``Adam`` subclass that never runs Adam.
 * :class:`ClipThenAdam` (``001``, Example 3, what its text says): clip the
   gradients' global norm, then an Adam step.
+* :class:`HypergradientSGD` (``001``'s text, "learned learning rates", which
+  it gives no code for): SGD-HD of Baydin et al. (ICLR 2018), one rate for all
+  parameters, ``alpha <- alpha + beta * <g_t, g_{t-1}>``; ``p -= alpha * g_t``.
 * :class:`SeparateOptimizers` (``004_07f92684a478e55a.txt``, Example 1): one
   optimizer per variable group, stepped together.
 
@@ -221,6 +224,31 @@ class ClipThenAdam(torch.optim.Adam):
   def step(self, closure: Closure = None) -> Any:
     torch.nn.utils.clip_grad_norm_([p for _, p in _with_grads(self)], self.clip_norm)
     return super().step(closure)
+
+
+class HypergradientSGD(torch.optim.Optimizer):
+  """SGD-HD (Baydin et al., 2018, Algorithm 2): one learned rate ``alpha``.
+
+  Each step, with ``g_t`` the gradients and ``g_{t-1}`` the previous ones (zero
+  at the first step): ``alpha <- alpha + hyper_lr * sum_p <g_t, g_{t-1}>``
+  over all parameters, then ``p -= alpha * g_t``. ``self.rate`` is ``alpha``.
+  """
+
+  def __init__(self, params: Iterable, lr: float, hyper_lr: float):
+    super().__init__(params, dict(lr=lr, hyper_lr=hyper_lr))
+    self.rate = lr
+
+  @torch.no_grad()
+  def step(self, closure: Closure = None) -> Any:
+    loss = _loss_of(closure)
+    params = [p for _, p in _with_grads(self)]
+    agreement = sum(float(torch.sum(p.grad * self.state[p]["previous"]))
+                    for p in params if "previous" in self.state[p])
+    self.rate += self.defaults["hyper_lr"] * agreement
+    for p in params:
+      p.sub_(self.rate * p.grad)
+      self.state[p]["previous"] = p.grad.clone()
+    return loss
 
 
 class SeparateOptimizers:

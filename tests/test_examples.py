@@ -31,3 +31,18 @@ def test_compare_strategies_quick(tmp_path):
 def test_hypergradient_digits_quick(tmp_path):
   stdout = run_quick("hypergradient_digits.py", tmp_path)
   assert "sgd-hd" in stdout and "adam-hd" in stdout
+
+
+def test_rnn_time_series_quick(tmp_path):
+  stdout = run_quick("rnn_time_series.py", tmp_path)
+  assert "sign_consistency_lr" in stdout
+
+
+def test_transfer_learning_quick(tmp_path):
+  stdout = run_quick("transfer_learning.py", tmp_path)
+  assert "global rate" in stdout
+
+
+def test_linen_train_state_quick(tmp_path):
+  stdout = run_quick("linen_train_state.py", tmp_path)
+  assert "Dense_0/kernel" in stdout

@@ -7,6 +7,7 @@ per neuron or per tensor, on top of any optax direction, and read back with
 :func:`learning_rates`.
 """
 
+from optax_neuronlr import plot
 from optax_neuronlr import schedules
 from optax_neuronlr._src.groups import get_hyperparams
 from optax_neuronlr._src.groups import param_groups
@@ -26,6 +27,8 @@ from optax_neuronlr._src.layout import OptimizerLayout
 from optax_neuronlr._src.layerwise import scale_by_leaf
 from optax_neuronlr._src.layerwise import ScaleByLeafState
 from optax_neuronlr._src.plateau import reduce_lr_on_plateau
+from optax_neuronlr._src.recorder import RateRecord
+from optax_neuronlr._src.recorder import RateRecorder
 from optax_neuronlr._src.sharding import state_shardings
 from optax_neuronlr._src.plateau import ReduceLROnPlateauState
 from optax_neuronlr._src.strategies import grad_history_lr
@@ -47,6 +50,8 @@ __all__ = (
     "HypergradientLRState",
     "LayoutRow",
     "OptimizerLayout",
+    "RateRecord",
+    "RateRecorder",
     "ReduceLROnPlateauState",
     "ScaleByGradHistoryLRState",
     "ScaleByGradMagnitudeLRState",
@@ -64,6 +69,7 @@ __all__ = (
     "optimizer_layout",
     "param_groups",
     "path_labels",
+    "plot",
     "rate_summary",
     "reduce_lr_on_plateau",
     "scale_by_leaf",

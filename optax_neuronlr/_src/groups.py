@@ -180,7 +180,8 @@ def param_groups(
     ]
     if missing:
       raise ValueError(f"param group {name!r} does not set {missing}.")
-    transforms[name] = optax.inject_hyperparams(optimizer, static_args=static)(**kwargs)
+    optimizer(**kwargs)  # Validates the Python numbers before they become arrays.
+    transforms[name] = _injected(optimizer, static, kwargs)
     names.append(name)
     matchers.append(_matcher(group["params"], name))
 
@@ -221,6 +222,43 @@ _INJECT_STATES = tuple(
     for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
     if hasattr(optax, name)
 )
+
+
+def _hyperparam_dtype(tree: Any) -> jnp.dtype:
+  """The widest float dtype of ``tree``'s leaves, and at least float32.
+
+  ``optax.inject_hyperparams`` otherwise stores the hyperparameters in the
+  params' widest dtype, which rounds ``min_lr = 1e-6`` to bfloat16 and fails
+  on trees that mix bfloat16 and float16 leaves.
+  """
+  dtype = jnp.dtype(jnp.float32)
+  for leaf in jax.tree.leaves(tree):
+    leaf_dtype = jnp.dtype(getattr(leaf, "dtype", jnp.result_type(leaf)))
+    if jnp.issubdtype(leaf_dtype, jnp.floating):
+      dtype = jnp.promote_types(dtype, leaf_dtype)
+  return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _injected(
+    optimizer: Callable[..., optax.GradientTransformation],
+    static: tuple[str, ...],
+    kwargs: Mapping[str, Any],
+) -> optax.GradientTransformationExtraArgs:
+  """``optax.inject_hyperparams(optimizer)(**kwargs)``, its hyperparameters in
+  :func:`_hyperparam_dtype` of the tree it sees."""
+
+  def make(tree):
+    return optax.inject_hyperparams(
+        optimizer, static_args=static, hyperparam_dtype=_hyperparam_dtype(tree)
+    )(**kwargs)
+
+  def init_fn(params):
+    return make(params).init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return make(updates).update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _is_inject_state(x: Any) -> bool:

@@ -153,7 +153,8 @@ def hypergradient_lr(
     dtypes = [engine.stat_dtype(p.dtype, state_dtype) for p in leaves]
     hp = scalars()
     if granularity == "global":
-      lr = jnp.asarray(learning_rate, jnp.result_type(float))
+      lr = jnp.asarray(learning_rate, jnp.result_type(*dtypes) if dtypes else
+                       engine.stat_dtype(jnp.float32, state_dtype))
     else:
       lr = treedef.unflatten(
           [jnp.full(l.unit_shape, learning_rate, dt) for l, dt in zip(layouts, dtypes)]

@@ -105,8 +105,11 @@ def reduce_lr_on_plateau(
   validation.check_range("min_lr", min_lr, low=0.0)
   validation.check_range("eps", eps, low=0.0)
   for name, value in (("patience", patience), ("cooldown", cooldown)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    # Under inject_hyperparams these arrive as int32 arrays: not checked here.
+    if validation.is_number(value) and (int(value) != value or value < 0):
       raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    if isinstance(value, (bool, str)) or value is None:
+      raise TypeError(f"{name} must be an int >= 0, got {value!r}.")
   if mode not in ("min", "max"):
     raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
   if threshold_mode not in ("rel", "abs"):

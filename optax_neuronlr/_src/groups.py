@@ -239,17 +239,30 @@ def _hyperparam_dtype(tree: Any) -> jnp.dtype:
   return jax.dtypes.canonicalize_dtype(dtype)
 
 
+def _casts_own_scalars(optimizer: Callable[..., Any]) -> bool:
+  """This library's factories cast their hyperparameters to their statistics'
+  dtype themselves; optax's own keep the dtype they are given."""
+  return getattr(optimizer, "__module__", "").startswith("optax_neuronlr")
+
+
 def _injected(
     optimizer: Callable[..., optax.GradientTransformation],
     static: tuple[str, ...],
     kwargs: Mapping[str, Any],
 ) -> optax.GradientTransformationExtraArgs:
-  """``optax.inject_hyperparams(optimizer)(**kwargs)``, its hyperparameters in
-  :func:`_hyperparam_dtype` of the tree it sees."""
+  """``optax.inject_hyperparams(optimizer)(**kwargs)``.
+
+  For this library's factories the hyperparameters are kept in
+  :func:`_hyperparam_dtype` of the tree (never half precision); other
+  optimizers keep optax's default (the params' widest dtype), so that their
+  own states keep the params' dtype.
+  """
+  ours = _casts_own_scalars(optimizer)
 
   def make(tree):
     return optax.inject_hyperparams(
-        optimizer, static_args=static, hyperparam_dtype=_hyperparam_dtype(tree)
+        optimizer, static_args=static,
+        hyperparam_dtype=_hyperparam_dtype(tree) if ours else None,
     )(**kwargs)
 
   def init_fn(params):

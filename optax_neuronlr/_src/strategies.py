@@ -139,9 +139,11 @@ def scale_by_grad_magnitude_lr(
     max_lr: upper clamp, ``>= min_lr`` (``inf`` disables it).
     granularity: ``"element"`` (the reference), ``"neuron"`` or ``"tensor"``.
     neuron_axes: which axes index neurons, for ``granularity="neuron"``: an
-      int or tuple of ints for all leaves, a pytree of them, or a callable
-      ``params -> pytree``; None means the last axis (Flax ``(in, out)``
-      kernels), use ``0`` for PyTorch ``(out, in)`` weights. Under
+      int or a tuple of ints (several axes) for all leaves, a pytree of them
+      (lists and dicts are containers; a spec for a sub-tree's path covers all
+      its leaves), or a callable ``params -> pytree``; None means the last
+      axis (Flax ``(in, out)`` kernels), use ``0`` for PyTorch ``(out, in)``
+      weights. Under
       ``optax.inject_hyperparams`` list a callable here in ``static_args``.
     state_dtype: dtype of the per-unit rates; None keeps the leaf's dtype, or
       float32 for bf16/f16 leaves.

@@ -29,7 +29,12 @@ AxesSpec = Union[int, Sequence[int], None]
 """Neuron axes of one leaf: an axis, a tuple of axes, or None (the default)."""
 
 NeuronAxes = Union[AxesSpec, Any, Callable[[Any], Any]]
-"""One ``AxesSpec`` for all leaves, a pytree of them, or ``params -> pytree``."""
+"""One ``AxesSpec`` for all leaves, a pytree of them, or ``params -> pytree``.
+
+An ``AxesSpec`` is an int, a tuple of ints or None; a list is a container of
+per-leaf specs, never one spec. A spec given for a sub-tree's path applies to
+all leaves below it (``{"encoder": 0, "decoder": -1}``).
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,23 +137,29 @@ def _normalise_axes(spec: AxesSpec, ndim: int, where: str) -> tuple[int, ...]:
 
 
 def _specs_by_path(neuron_axes: NeuronAxes, tree: Any) -> Callable[[str], AxesSpec]:
-  """Maps a leaf path to its axes spec."""
+  """Maps a leaf path to its axes spec.
+
+  A spec is an int, a *tuple* of ints (several neuron axes) or None; lists,
+  dicts and other containers hold specs for sub-trees. A spec given for a path
+  applies to every leaf below it (the longest matching prefix wins).
+  """
   if callable(neuron_axes):
     neuron_axes = neuron_axes(tree)
-  if _is_spec(neuron_axes) or isinstance(neuron_axes, list) and all(
-      isinstance(a, int) for a in neuron_axes
-  ):
+  if _is_spec(neuron_axes):
     single = neuron_axes
     return lambda path: single
   flat, _ = jax.tree_util.tree_flatten_with_path(neuron_axes, is_leaf=_is_spec)
   table = {path_str(p): s for p, s in flat}
 
   def lookup(path: str) -> AxesSpec:
-    if path in table:
-      return table[path]
+    parts = path.split("/")
+    for i in range(len(parts), -1, -1):
+      prefix = "/".join(parts[:i])
+      if prefix in table:
+        return table[prefix]
     raise ValueError(
         f"neuron_axes has no entry for leaf '{path}'; a pytree of neuron axes "
-        f"must mirror the parameters (known paths: {sorted(table)[:8]})."
+        f"must cover the parameters (known paths: {sorted(table)[:8]})."
     )
 
   return lookup

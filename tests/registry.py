@@ -1,0 +1,310 @@
+"""Every public optimizer and transform of optax_neuronlr, with ready arguments.
+
+The contract suite (``test_contract.py``), the fuzzer (``test_fuzz.py``) and the
+resume test (``test_resume.py``) run over :data:`ENTRIES`. A transform added to
+the library joins all of them with ONE :class:`Entry` line here::
+
+    Entry("name", factory, dict(ready kwargs), <flags>),
+
+``factory`` must take explicit, named keyword arguments (so that
+``optax.inject_hyperparams(factory)`` can bind them); ``entry.make(**overrides)``
+builds the transform from ``kwargs`` updated with ``overrides``. The flags say
+what the contracts may expect of the entry:
+
+* ``state_dtype``: the factory takes ``state_dtype``;
+* ``needs_value``: ``update`` needs ``value=loss`` (``reduce_lr_on_plateau``);
+* ``per_unit``: :func:`optax_neuronlr.learning_rates` reads per-unit rates
+  from its state, clamped to the factory's ``min_lr`` / ``max_lr``;
+* ``rate_arg``: the kwarg holding the base rate that the library validates
+  (``>= 0``);
+* ``granularities``: the values its ``granularity`` kwarg accepts (fuzzed);
+* ``quadratic`` / ``rosenbrock``: ``(steps, overrides)``: the honest settings
+  with which the entry reaches the minimum in float32;
+* ``static_args``: arguments that ``optax.inject_hyperparams`` must keep
+  static (callables that are not schedules);
+* ``xfail``: ``{contract or "contract:case glob": reason}`` for contracts
+  the entry is known to break because of a library bug (reported;
+  ``xfail(strict=True)``, so that a fix shows up as an XPASS failure and the
+  line is removed). Contract names: ``converges_quadratic``,
+  ``converges_rosenbrock``, ``extra_args``, ``inject_hyperparams``, ``dtypes``
+  and ``rates_dtype`` (cases ``"<param dtype>-state_<state dtype>"``),
+  ``eval_shape_init``, ``multi_steps``, ``apply_if_finite``, ``masked``,
+  ``partition``, ``donation``, ``count_overflow`` (test_contract.py);
+  ``resume`` (test_resume.py); ``fuzz_valid``, ``rejects_out_of_range_axis``,
+  ``rejects_non_int_axis``, ``rejects_unknown_granularity``,
+  ``rejects_negative_rate``, ``rejects_min_above_max`` (test_fuzz.py);
+* ``fuzz_avoid``: known findings, each pinned by its own strict-xfail
+  reproduction in ``test_fuzz.py``, that the fuzzer steers around for this
+  entry so that it keeps looking for new ones: ``"float16_adam"`` (no float16
+  leaves: optax's Adam in float16 gives NaN/inf for small gradients).
+
+The module also holds the two float32 targets of the convergence contract and
+the deterministic gradient stream shared by the contract and resume tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optax_neuronlr as nlr
+
+ALL_GRANULARITIES = ("element", "neuron", "tensor")
+HD_GRANULARITIES = ("global",) + ALL_GRANULARITIES
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One optimizer or transform under test (see the module docstring)."""
+
+  name: str
+  factory: Callable[..., optax.GradientTransformation]
+  kwargs: Mapping[str, Any]
+  state_dtype: bool = False
+  needs_value: bool = False
+  per_unit: bool = False
+  granularities: tuple[str, ...] = ()
+  rate_arg: str = "learning_rate"
+  quadratic: tuple[int, Mapping[str, Any]] = (2_000, {})
+  rosenbrock: tuple[int, Mapping[str, Any]] = (20_000, {})
+  static_args: tuple[str, ...] = ()
+  fuzz_avoid: tuple[str, ...] = ()
+  xfail: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def xfail_reason(self, contract: str, case: str = "") -> Optional[str]:
+    """The reason of a known failure of ``contract`` (on ``case``), or None.
+
+    Keys of ``xfail`` are a contract name (every case) or a glob on
+    ``"contract:case"``, e.g. ``"rates_dtype:*-state_bfloat16"``.
+    """
+    full = f"{contract}:{case}" if case else contract
+    for key, reason in self.xfail.items():
+      if key == contract or fnmatch.fnmatchcase(full, key):
+        return reason
+    return None
+
+  def make(self, **overrides: Any) -> optax.GradientTransformation:
+    """The transform built from the ready kwargs updated with ``overrides``.
+
+    Returned as the factory built it (not wrapped in
+    ``optax.with_extra_args_support``: ignoring extra args is a contract).
+    """
+    return self.factory(**{**self.kwargs, **overrides})
+
+  def extra(self, loss: Any) -> dict[str, Any]:
+    """Keyword arguments every ``update`` call of this entry needs."""
+    return {"value": loss} if self.needs_value else {}
+
+  def __repr__(self) -> str:  # short pytest ids and messages
+    return self.name
+
+
+# ---------------------------------------------------------------------------
+# Factories of the composite entries, with explicit named keyword arguments.
+
+
+def _scale_by_then_sgd(scale_by: Callable[..., Any]) -> Callable[..., Any]:
+  """``chain(scale_by_<rule>(multiplier, ...), optax.scale(-learning_rate))``.
+
+  The rule's clamped per-unit rate is a multiplier in ``[min_lr, max_lr]`` of
+  a global step ``learning_rate``; ``multiplier`` may be a schedule.
+  """
+
+  def factory(
+      learning_rate: float,
+      multiplier: optax.ScalarOrSchedule = 1.0,
+      min_lr: float = 1e-6,
+      max_lr: float = 1.0,
+      granularity: str = "element",
+      neuron_axes: Any = None,
+      state_dtype: Any = None,
+  ) -> optax.GradientTransformation:
+    return optax.chain(
+        scale_by(multiplier, min_lr=min_lr, max_lr=max_lr, granularity=granularity,
+                 neuron_axes=neuron_axes, state_dtype=state_dtype),
+        optax.scale(-learning_rate),
+    )
+
+  factory.__name__ = f"{scale_by.__name__}_then_sgd"
+  return factory
+
+
+def trace_hd(
+    learning_rate: float,
+    hyper_lr: float,
+    decay: float = 0.9,
+    granularity: str = "global",
+    neuron_axes: Any = None,
+    min_lr: float = 0.0,
+    max_lr: float = 1.0,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+  """``hypergradient_lr`` over heavy-ball momentum ``optax.trace(decay)``."""
+  return nlr.hypergradient_lr(
+      optax.trace(decay), learning_rate, hyper_lr, granularity=granularity,
+      neuron_axes=neuron_axes, min_lr=min_lr, max_lr=max_lr, state_dtype=state_dtype)
+
+
+def _first_group(path: str, leaf: Any) -> bool:
+  """Leaves ``w`` (quadratic) and ``x`` (Rosenbrock) form group ``a``."""
+  del leaf
+  return path.split("/")[0] in ("w", "x")
+
+
+def groups_nlr(
+    learning_rate: float,
+    slow_learning_rate: float,
+    min_lr: float = 1e-6,
+    max_lr: float = 1.0,
+    granularity: str = "element",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+  """Two param groups of ``grad_history_lr`` (bias-corrected), group ``b``
+  taking every leaf that group ``a`` does not."""
+  return nlr.param_groups(
+      nlr.grad_history_lr,
+      [{"params": _first_group, "name": "a", "learning_rate": slow_learning_rate},
+       {"params": lambda path, leaf: False, "name": "b"}],
+      rest="b", learning_rate=learning_rate, min_lr=min_lr, max_lr=max_lr,
+      bias_correction=True, granularity=granularity, neuron_axes=neuron_axes,
+      state_dtype=state_dtype)
+
+
+def groups_sgd(learning_rate: float, momentum: float = 0.9) -> optax.GradientTransformation:
+  """Two param groups of ``optax.sgd``: group ``a`` at half the rate, no momentum."""
+  return nlr.param_groups(
+      optax.sgd,
+      [{"params": _first_group, "name": "a", "lr": learning_rate / 2, "momentum": None},
+       {"params": lambda path, leaf: False, "name": "b"}],
+      rest="b", learning_rate=learning_rate, momentum=momentum)
+
+
+def _halving_multipliers(params: Any) -> Any:
+  return nlr.layerwise_multipliers(params, 0.5)
+
+
+def adam_scale_by_leaf(
+    learning_rate: float, multipliers: Any = _halving_multipliers
+) -> optax.GradientTransformation:
+  """``chain(optax.adam(learning_rate), nlr.scale_by_leaf(multipliers))``."""
+  return optax.chain(optax.adam(learning_rate), nlr.scale_by_leaf(multipliers))
+
+
+# ---------------------------------------------------------------------------
+# The registry.
+
+_ADAM = ("float16_adam",)  # optax.scale_by_adam in float16: eps=1e-8 underflows
+_R = 30_000  # Rosenbrock steps (a fori_loop: ~10 ms of CPU)
+_R_EMA = (_R, dict(learning_rate=1e-3, max_lr=1.0))  # the library's default max_lr
+_R_SGD_LIKE = (_R, dict(learning_rate=1e-4, max_lr=1.5e-3))  # max_lr < 2/lambda_max
+
+ENTRIES: tuple[Entry, ...] = (
+    # The three strategies of reference 000 (aliases), at every granularity.
+    Entry("magnitude_element", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE),
+    Entry("magnitude_neuron", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE),
+    Entry("magnitude_tensor", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE),
+    Entry("history_element", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("history_neuron", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("history_tensor", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("sign_element", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("sign_neuron", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("sign_tensor", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    # Options: an optax direction, bias correction.
+    Entry("sign_neuron_adam", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron", direction=optax.scale_by_adam()), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=0.1)), fuzz_avoid=_ADAM),
+    Entry("history_bias_correction", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, bias_correction=True), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("sign_bias_correction", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, bias_correction=True, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    # The scale_by_* transforms, chained with optax.scale(-lr); rates are multipliers.
+    Entry("scale_by_magnitude", _scale_by_then_sgd(nlr.scale_by_grad_magnitude_lr), dict(learning_rate=0.05, max_lr=5.0), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
+    Entry("scale_by_history", _scale_by_then_sgd(nlr.scale_by_grad_history_lr), dict(learning_rate=0.05, max_lr=5.0, multiplier=optax.linear_schedule(0.5, 1.0, 50)), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
+    Entry("scale_by_sign", _scale_by_then_sgd(nlr.scale_by_sign_consistency_lr), dict(learning_rate=0.05, max_lr=5.0, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
+    # Hypergradient descent (SGD-HD needs max_lr below SGD's stability limit on Rosenbrock).
+    Entry("sgd_hd_global", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
+    Entry("sgd_hd_neuron", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
+    Entry("adam_hd_global", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
+    Entry("adam_hd_neuron", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4, granularity="neuron"), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
+    Entry("trace_hd", trace_hd, dict(learning_rate=0.05, hyper_lr=1e-4, max_lr=0.5), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-4, hyper_lr=1e-5, max_lr=1e-3))),
+    # Param groups, a layer-wise multiplier, the plateau rate.
+    Entry("param_groups_nlr", groups_nlr, dict(learning_rate=0.05, slow_learning_rate=0.025, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, slow_learning_rate=5e-4, max_lr=1.0))),
+    Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), rosenbrock=(_R, dict(learning_rate=1e-3))),
+    Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
+    Entry("reduce_lr_on_plateau", nlr.reduce_lr_on_plateau, dict(learning_rate=0.05, patience=5), needs_value=True, rosenbrock=(_R, dict(learning_rate=1e-3))),
+)
+
+BY_NAME = {e.name: e for e in ENTRIES}
+PER_UNIT = tuple(e for e in ENTRIES if e.per_unit)
+
+
+# ---------------------------------------------------------------------------
+# Targets (float32 by default) and a deterministic gradient stream.
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str
+  init: Callable[[Any], Any]
+  optimum: Callable[[Any], Any]
+  loss: Callable[[Any], jax.Array]
+
+
+def _quadratic_init(dtype=jnp.float32):
+  return {"w": jnp.asarray([[-1.0, 10.0], [1.0, 3.0], [0.0, -2.0]], dtype),
+          "b": jnp.asarray([4.0, -3.0], dtype)}
+
+
+def _quadratic_optimum(dtype=jnp.float32):
+  return {"w": jnp.asarray([[1.0, -1.0], [1.0, 2.0], [0.5, -1.0]], dtype),
+          "b": jnp.asarray([-1.0, 1.0], dtype)}
+
+
+def _quadratic_loss(params):
+  opt = _quadratic_optimum(jax.tree.leaves(params)[0].dtype)
+  return sum(jnp.sum(jnp.square(p - o)) for p, o in
+             zip(jax.tree.leaves(params), jax.tree.leaves(opt)))
+
+
+def _rosenbrock_init(dtype=jnp.float32):
+  return {"x": jnp.asarray([0.0, -1.2], dtype), "y": jnp.asarray([0.0, 1.0], dtype)}
+
+
+def _rosenbrock_optimum(dtype=jnp.float32):
+  return {"x": jnp.ones(2, dtype), "y": jnp.ones(2, dtype)}
+
+
+def _rosenbrock_loss(params):
+  x, y = params["x"], params["y"]
+  return jnp.sum(jnp.square(1 - x) + 100 * jnp.square(y - jnp.square(x)))
+
+
+QUADRATIC = Target("quadratic", _quadratic_init, _quadratic_optimum, _quadratic_loss)
+ROSENBROCK = Target("rosenbrock", _rosenbrock_init, _rosenbrock_optimum, _rosenbrock_loss)
+TARGETS = {t.name: t for t in (QUADRATIC, ROSENBROCK)}
+
+
+def noisy_grad(params: Any, k: jax.Array) -> tuple[jax.Array, Any]:
+  """``(loss, gradient)`` of the quadratic plus a step-dependent wobble that
+  flips sign, so that every rule's statistics keep moving. Pure in
+  ``(params, k)``: the resume test recomputes it in a fresh process."""
+  loss, g = jax.value_and_grad(_quadratic_loss)(params)
+  k = jnp.asarray(k, jnp.float32)
+  def wobble(x):
+    phase = jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape)
+    return (0.5 * jnp.sin(1.3 * k + phase) * jnp.cos(0.7 * k)).astype(x.dtype)
+  return loss, jax.tree.map(lambda x: x + wobble(x), g)
+
+
+def train_step(entry: Entry, tx: optax.GradientTransformation):
+  """``(params, state, k) -> (params, state, updates)`` on :func:`noisy_grad`."""
+
+  def step(params, state, k):
+    loss, g = noisy_grad(params, k)
+    updates, state = tx.update(g, state, params, **entry.extra(loss))
+    return optax.apply_updates(params, updates), state, updates
+
+  return step

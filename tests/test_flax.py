@@ -94,3 +94,58 @@ class FlaxTest(parameterized.TestCase):
     self.assertLess(losses[-1], losses[0])
     rates = nlr.learning_rates(state.opt_state)
     self.assertEqual(rates["layers_0"]["kernel"].shape, (8,))
+
+
+# ---------------------------------------------------------------------------
+# Every public optimizer of the registry, in both Flax APIs.
+
+from tests import registry  # noqa: E402
+
+
+@parameterized.parameters(*[(e.name,) for e in registry.ENTRIES])
+class EveryOptimizerTest(parameterized.TestCase):
+
+  def test_nnx_optimizer_inside_nnx_jit(self, name):
+    entry = registry.BY_NAME[name]
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, entry.make(), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+      loss, grads = nnx.value_and_grad(_loss)(model, x, y)
+      optimizer.update(model, grads, **entry.extra(loss))
+      return loss
+
+    losses = [float(step(model, optimizer, X, Y)) for _ in range(4)]
+    self.assertTrue(np.all(np.isfinite(losses)))
+    self.assertNotEqual(losses[0], losses[-1])
+    if entry.per_unit:
+      rates = jax.tree.leaves(nlr.learning_rates(optimizer.opt_state))
+      self.assertTrue(rates and all(bool(jnp.all(jnp.isfinite(r))) for r in rates))
+
+  def test_linen_train_state(self, name):
+    entry = registry.BY_NAME[name]
+    model = linen.Sequential([linen.Dense(8), linen.relu, linen.Dense(2)])
+    state = train_state.TrainState.create(
+        apply_fn=model.apply, params=model.init(jax.random.key(0), X)["params"],
+        tx=entry.make())
+
+    @jax.jit
+    def step(state):
+      def loss(p):
+        return jnp.mean((state.apply_fn({"params": p}, X) - Y) ** 2)
+      value, grads = jax.value_and_grad(loss)(state.params)
+      if not entry.needs_value:
+        return state.apply_gradients(grads=grads), value
+      # TrainState.apply_gradients passes no extra args: call tx.update.
+      updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                           **entry.extra(value))
+      return state.replace(step=state.step + 1, opt_state=opt_state,
+                           params=optax.apply_updates(state.params, updates)), value
+
+    values = []
+    for _ in range(4):
+      state, value = step(state)
+      values.append(float(value))
+    self.assertTrue(np.all(np.isfinite(values)))
+    self.assertNotEqual(values[0], values[-1])

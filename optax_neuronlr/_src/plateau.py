@@ -75,6 +75,10 @@ def reduce_lr_on_plateau(
 
   To put a plateau rate on another direction, chain that direction before it:
   ``optax.chain(optax.scale_by_adam(), nlr.reduce_lr_on_plateau(1e-3))``.
+  Flax NNX passes the value through ``optimizer.update(model, grads,
+  value=loss)``; linen's ``TrainState.apply_gradients`` passes no extra
+  arguments, so call ``state.tx.update(grads, state.opt_state, state.params,
+  value=loss)`` yourself there.
 
   Differences from ``optax.contrib.reduce_on_plateau`` (which is not reused,
   because none of its modes has these semantics): it scales updates by a

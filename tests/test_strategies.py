@@ -31,14 +31,14 @@ class ReferenceParityTest(chex.TestCase, parameterized.TestCase):
   """>= 30 closed-loop steps on a nested tree, every rule and granularity."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.product(
-      rule=("magnitude", "history", "sign"),
-      granularity=("element", "neuron", "tensor"),
-      bias_correction=(False, True),
+  @parameterized.parameters(
+      (rule, granularity, bias_correction)
+      for rule in ("magnitude", "history", "sign")
+      for granularity in ("element", "neuron", "tensor")
+      # The magnitude rule keeps no EMA, so it has no bias correction.
+      for bias_correction in ((False,) if rule == "magnitude" else (False, True))
   )
   def test_matches_numpy(self, rule, granularity, bias_correction):
-    if rule == "magnitude" and bias_correction:
-      self.skipTest("the magnitude rule keeps no EMA")
     extra = {} if rule == "magnitude" else {"bias_correction": bias_correction}
     # max_lr below 1 keeps some units off the clamp, so the rule itself shows.
     hp = {**DEFAULT_HP[rule], "max_lr": 0.7, **extra}

@@ -167,7 +167,7 @@ def clamp(rate: jax.Array, hp: Hyper) -> jax.Array:
   return jnp.where(rate > hi, hi, jnp.where(rate < lo, lo, rate))
 
 
-def _scalars(values: Mapping[str, Any]) -> dict[str, jax.Array]:
+def scalars(values: Mapping[str, Any]) -> dict[str, jax.Array]:
   """Hyperparameters as strongly typed scalars of the default float dtype."""
   dtype = jnp.result_type(float)
   return {k: jnp.asarray(v, dtype) for k, v in values.items()}
@@ -236,7 +236,7 @@ def scale_by_rule(
     return learning_rate(count) if callable(learning_rate) else learning_rate
 
   def step_scalars(lr):
-    return _scalars(
+    return scalars(
         {**hyperparams, "learning_rate": lr, "min_lr": min_lr, "max_lr": max_lr}
     )
 

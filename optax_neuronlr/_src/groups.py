@@ -274,7 +274,8 @@ def _injected(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _is_inject_state(x: Any) -> bool:
+def is_inject_state(x: Any) -> bool:
+  """True for the state of ``optax.inject_hyperparams`` (either class)."""
   return isinstance(x, _INJECT_STATES)
 
 
@@ -288,8 +289,8 @@ def _group_name(path: Sequence[Any]) -> str:
 
 
 def _inject_states(opt_state: Any) -> list[tuple[str, Any]]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=_is_inject_state)
-  return [(_group_name(p), s) for p, s in flat if _is_inject_state(s)]
+  flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_inject_state)
+  return [(_group_name(p), s) for p, s in flat if is_inject_state(s)]
 
 
 def get_hyperparams(opt_state: Any) -> dict[str, dict[str, jax.Array]]:
@@ -338,7 +339,7 @@ def set_hyperparams(opt_state: Any, group: Optional[str] = None, **values: Any) 
     raise ValueError(f"unknown group {group!r}; the state has groups {names}.")
 
   def replace(path, node):
-    if not _is_inject_state(node):
+    if not is_inject_state(node):
       return node
     if group is not None and _group_name(path) != group:
       return node
@@ -355,4 +356,4 @@ def set_hyperparams(opt_state: Any, group: Optional[str] = None, **values: Any) 
       hyperparams[key] = jnp.asarray(new, jnp.asarray(old).dtype)
     return node._replace(hyperparams=hyperparams)
 
-  return jax.tree_util.tree_map_with_path(replace, opt_state, is_leaf=_is_inject_state)
+  return jax.tree_util.tree_map_with_path(replace, opt_state, is_leaf=is_inject_state)

@@ -12,7 +12,7 @@ extra copy of the direction and one dot product per unit.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -144,14 +144,14 @@ def hypergradient_lr(
   direction = optax.with_extra_args_support(direction)
   unit_granularity = "tensor" if granularity == "global" else granularity
 
-  def scalars():
-    return engine._scalars({"hyper_lr": hyper_lr, "min_lr": min_lr, "max_lr": max_lr})
+  def hd_scalars():
+    return engine.scalars({"hyper_lr": hyper_lr, "min_lr": min_lr, "max_lr": max_lr})
 
   def init_fn(params):
     layouts, treedef = units_lib.tree_layouts(params, unit_granularity, neuron_axes)
     leaves = treedef.flatten_up_to(params)
     dtypes = [engine.stat_dtype(p.dtype, state_dtype) for p in leaves]
-    hp = scalars()
+    hp = hd_scalars()
     if granularity == "global":
       lr = jnp.asarray(learning_rate, jnp.result_type(*dtypes) if dtypes else
                        engine.stat_dtype(jnp.float32, state_dtype))
@@ -172,7 +172,7 @@ def hypergradient_lr(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    hp = scalars()
+    hp = hd_scalars()
     layouts, treedef = units_lib.tree_layouts(updates, unit_granularity, neuron_axes)
     grads = treedef.flatten_up_to(updates)
     prev = treedef.flatten_up_to(state.prev_direction)

@@ -133,6 +133,28 @@ def learning_rates(opt_state: Any) -> Any:
   return treedef.unflatten(merged)
 
 
+def leaf_rates(opt_state: Any) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
+  """``{leaf key: (per-unit rates, min_lr, max_lr)}`` of every governed leaf.
+
+  The key is the leaf's ``"/"``-joined path, prefixed with the strategy
+  state's path inside ``opt_state`` when there are several strategy states.
+
+  Args:
+    opt_state: any optax state (possibly nested, or an ``nnx.Optimizer``'s).
+
+  Returns:
+    One ``(rates, min_lr, max_lr)`` per leaf that a strategy governs.
+  """
+  out = {}
+  states = _strategy_states(opt_state)
+  for state_path, state in states:
+    rates, lo, hi = engine.read_rates(state)
+    prefix = f"{state_path}/" if len(states) > 1 else ""
+    for path, r in jax.tree_util.tree_flatten_with_path(_masked_to_none(rates))[0]:
+      out[prefix + units_lib.path_str(path)] = (r, lo, hi)
+  return out
+
+
 def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
   """Per-leaf statistics of the per-unit rates, flat, ready for any logger.
 
@@ -150,20 +172,13 @@ def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
     ``{"path/stat": scalar}``.
   """
   out: dict[str, jax.Array] = {}
-  states = _strategy_states(opt_state)
-  for state_path, state in states:
-    rates, lo, hi = engine.read_rates(state)
-    rates = _masked_to_none(rates)
-    prefix = f"{state_path}/" if len(states) > 1 else ""
-    flat, _ = jax.tree_util.tree_flatten_with_path(rates)
-    for path, r in flat:
-      key = prefix + units_lib.path_str(path)
-      at_lo, at_hi = r <= lo.astype(r.dtype), r >= hi.astype(r.dtype)
-      r = r.astype(jnp.result_type(float))
-      out[f"{key}/min"] = jnp.min(r, initial=jnp.inf)
-      out[f"{key}/median"] = jnp.median(r) if r.size else jnp.asarray(jnp.nan)
-      out[f"{key}/max"] = jnp.max(r, initial=-jnp.inf)
-      out[f"{key}/mean"] = jnp.mean(r) if r.size else jnp.asarray(jnp.nan)
-      out[f"{key}/frac_at_min_lr"] = jnp.mean(at_lo) if r.size else jnp.asarray(0.0)
-      out[f"{key}/frac_at_max_lr"] = jnp.mean(at_hi) if r.size else jnp.asarray(0.0)
+  for key, (r, lo, hi) in leaf_rates(opt_state).items():
+    at_lo, at_hi = r <= lo.astype(r.dtype), r >= hi.astype(r.dtype)
+    r = r.astype(jnp.result_type(float))
+    out[f"{key}/min"] = jnp.min(r, initial=jnp.inf)
+    out[f"{key}/median"] = jnp.median(r) if r.size else jnp.asarray(jnp.nan)
+    out[f"{key}/max"] = jnp.max(r, initial=-jnp.inf)
+    out[f"{key}/mean"] = jnp.mean(r) if r.size else jnp.asarray(jnp.nan)
+    out[f"{key}/frac_at_min_lr"] = jnp.mean(at_lo) if r.size else jnp.asarray(0.0)
+    out[f"{key}/frac_at_max_lr"] = jnp.mean(at_hi) if r.size else jnp.asarray(0.0)
   return out

@@ -19,13 +19,9 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src.groups import is_inject_state
 from optax_neuronlr._src.inspect import unwrap_variables
 
-_INJECT = tuple(
-    getattr(optax, n)
-    for n in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
-    if hasattr(optax, n)
-)
 _PARTITION = getattr(optax.transforms, "PartitionState", ())
 
 
@@ -118,7 +114,7 @@ class _Walker:
       return
     if engine.is_rate_state(node):
       self.rate_state(node, ctx)
-    elif isinstance(node, _INJECT):
+    elif is_inject_state(node):
       rate = node.hyperparams.get("learning_rate", None)
       self.walk(node.inner_state, dataclasses.replace(
           ctx, base_rate=_scalar(rate) if rate is not None else ctx.base_rate))

@@ -19,33 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_neuronlr._src import engine
 from optax_neuronlr._src import inspect as inspect_lib
-from optax_neuronlr._src import units as units_lib
-
-
-def leaf_rates(opt_state: Any) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
-  """``{leaf key: (per-unit rates, min_lr, max_lr)}`` of every governed leaf.
-
-  Keys are those of :func:`~optax_neuronlr.rate_summary` without the
-  ``/<stat>`` suffix: the leaf's path, prefixed with the strategy state's path
-  inside ``opt_state`` when there are several strategy states.
-
-  Args:
-    opt_state: any optax state (possibly nested, or an ``nnx.Optimizer``'s).
-
-  Returns:
-    One ``(rates, min_lr, max_lr)`` per leaf that a strategy governs.
-  """
-  out = {}
-  states = inspect_lib._strategy_states(opt_state)  # pylint: disable=protected-access
-  for state_path, state in states:
-    rates, lo, hi = engine.read_rates(state)
-    rates = inspect_lib._masked_to_none(rates)  # pylint: disable=protected-access
-    prefix = f"{state_path}/" if len(states) > 1 else ""
-    for path, r in jax.tree_util.tree_flatten_with_path(rates)[0]:
-      out[prefix + units_lib.path_str(path)] = (r, lo, hi)
-  return out
+from optax_neuronlr._src.inspect import leaf_rates
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """optax_neuronlr: dynamic per-neuron and per-parameter learning rates for optax.
 
-Every strategy is an ``optax.GradientTransformationExtraArgs``: a
-``scale_by_<name>`` transform returning ``+rate * direction`` and an alias
-``<name>`` that is ready to use as an optimizer. Rates can be kept per element,
-per neuron or per tensor, on top of any optax direction, and read back with
+Every per-unit strategy is a :class:`Rule` run by :func:`scale_by_rule`, the
+one engine, which users can extend. Every strategy is an
+``optax.GradientTransformationExtraArgs``: a ``scale_by_<name>`` transform
+returning ``+rate * direction`` and an alias ``<name>`` that chains
+``optax.scale(-1.0)``. Rates can be kept per element, neuron, block, tensor or
+for the whole model, on top of any optax direction, and read back with
 :func:`learning_rates`.
 """
 
@@ -13,13 +15,30 @@ from optax_neuronlr._src.groups import get_hyperparams
 from optax_neuronlr._src.groups import param_groups
 from optax_neuronlr._src.groups import path_labels
 from optax_neuronlr._src.groups import set_hyperparams
-from optax_neuronlr._src.hypergradient import adam_hd
-from optax_neuronlr._src.hypergradient import hypergradient_lr
-from optax_neuronlr._src.hypergradient import HypergradientLRState
-from optax_neuronlr._src.hypergradient import sgd_hd
-from optax_neuronlr._src.inspect import learning_rates
-from optax_neuronlr._src.inspect import learning_rates_by_state
-from optax_neuronlr._src.inspect import rate_summary
+from optax_neuronlr._src.engine import Rule
+from optax_neuronlr._src.engine import RuleState
+from optax_neuronlr._src.engine import scale_by_rule
+from optax_neuronlr._src.readers import learning_rates
+from optax_neuronlr._src.readers import learning_rates_by_state
+from optax_neuronlr._src.readers import rate_summary
+from optax_neuronlr._src.rules.hypergradient import adam_hd
+from optax_neuronlr._src.rules.hypergradient import Hypergradient
+from optax_neuronlr._src.rules.hypergradient import hypergradient_lr
+from optax_neuronlr._src.rules.hypergradient import HypergradientLRState
+from optax_neuronlr._src.rules.hypergradient import scale_by_hypergradient_lr
+from optax_neuronlr._src.rules.hypergradient import sgd_hd
+from optax_neuronlr._src.rules.seed000 import grad_history_lr
+from optax_neuronlr._src.rules.seed000 import grad_magnitude_lr
+from optax_neuronlr._src.rules.seed000 import GradHistory
+from optax_neuronlr._src.rules.seed000 import GradMagnitude
+from optax_neuronlr._src.rules.seed000 import scale_by_grad_history_lr
+from optax_neuronlr._src.rules.seed000 import scale_by_grad_magnitude_lr
+from optax_neuronlr._src.rules.seed000 import scale_by_sign_consistency_lr
+from optax_neuronlr._src.rules.seed000 import ScaleByGradHistoryLRState
+from optax_neuronlr._src.rules.seed000 import ScaleByGradMagnitudeLRState
+from optax_neuronlr._src.rules.seed000 import ScaleBySignConsistencyLRState
+from optax_neuronlr._src.rules.seed000 import sign_consistency_lr
+from optax_neuronlr._src.rules.seed000 import SignConsistency
 from optax_neuronlr._src.layerwise import layerwise_multipliers
 from optax_neuronlr._src.layout import LayoutRow
 from optax_neuronlr._src.layout import optimizer_layout
@@ -31,33 +50,32 @@ from optax_neuronlr._src.recorder import RateRecord
 from optax_neuronlr._src.recorder import RateRecorder
 from optax_neuronlr._src.sharding import state_shardings
 from optax_neuronlr._src.plateau import ReduceLROnPlateauState
-from optax_neuronlr._src.strategies import grad_history_lr
-from optax_neuronlr._src.strategies import grad_magnitude_lr
-from optax_neuronlr._src.strategies import scale_by_grad_history_lr
-from optax_neuronlr._src.strategies import scale_by_grad_magnitude_lr
-from optax_neuronlr._src.strategies import scale_by_sign_consistency_lr
-from optax_neuronlr._src.strategies import ScaleByGradHistoryLRState
-from optax_neuronlr._src.strategies import ScaleByGradMagnitudeLRState
-from optax_neuronlr._src.strategies import ScaleBySignConsistencyLRState
-from optax_neuronlr._src.strategies import sign_consistency_lr
+from optax_neuronlr._src.units import Blocks
 from optax_neuronlr._src.units import GRANULARITIES
-from optax_neuronlr._src.units import UnitAxes
+from optax_neuronlr._src.units import Neurons
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
+    "Blocks",
     "GRANULARITIES",
+    "GradHistory",
+    "GradMagnitude",
+    "Hypergradient",
     "HypergradientLRState",
     "LayoutRow",
+    "Neurons",
     "OptimizerLayout",
     "RateRecord",
     "RateRecorder",
     "ReduceLROnPlateauState",
+    "Rule",
+    "RuleState",
     "ScaleByGradHistoryLRState",
     "ScaleByGradMagnitudeLRState",
     "ScaleByLeafState",
     "ScaleBySignConsistencyLRState",
-    "UnitAxes",
+    "SignConsistency",
     "adam_hd",
     "get_hyperparams",
     "grad_history_lr",
@@ -73,7 +91,9 @@ __all__ = (
     "rate_summary",
     "reduce_lr_on_plateau",
     "scale_by_leaf",
+    "scale_by_rule",
     "scale_by_grad_history_lr",
+    "scale_by_hypergradient_lr",
     "scale_by_grad_magnitude_lr",
     "scale_by_sign_consistency_lr",
     "schedules",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import jax
 import numpy as np
 
-from optax_neuronlr._src import inspect as inspect_lib
+from optax_neuronlr._src import readers as inspect_lib
 from optax_neuronlr._src import recorder as recorder_lib
 from optax_neuronlr._src import units as units_lib
 

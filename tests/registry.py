@@ -147,7 +147,7 @@ def trace_hd(
 ) -> optax.GradientTransformation:
   """``hypergradient_lr`` over heavy-ball momentum ``optax.trace(decay)``."""
   return nlr.hypergradient_lr(
-      optax.trace(decay), learning_rate, hyper_lr, granularity=granularity,
+      learning_rate, hyper_lr, direction=optax.trace(decay), granularity=granularity,
       neuron_axes=neuron_axes, min_lr=min_lr, max_lr=max_lr, state_dtype=state_dtype)
 
 

@@ -134,7 +134,7 @@ class HypergradientTest(parameterized.TestCase):
       _, state, _ = _run_jax(nlr.sgd_hd(0.1, 0.1, granularity=granularity), steps=2,
                              dtype=jnp.float32)
       self.assertEqual(jax.tree.map(jnp.shape, nlr.learning_rates(state)), shapes)
-    self.assertEqual(nlr.sgd_hd(0.1, 0.1).init(INIT).lr.shape, ())
+    self.assertEqual(nlr.sgd_hd(0.1, 0.1).init(INIT)[0].lr.shape, ())
 
   def test_clamps_bind(self):
     _, state, _ = _run_jax(nlr.sgd_hd(0.1, 1e3, granularity="neuron", max_lr=0.2,
@@ -151,7 +151,7 @@ class HypergradientTest(parameterized.TestCase):
     np.testing.assert_allclose(history[-1]["w"], 0.05)
     state = nlr.set_hyperparams(state, hyper_lr=0.5)
     g = jax.grad(_loss_jax)(params)
-    prev = state.inner_state.prev_direction
+    prev = state.inner_state[0].prev_direction
     _, state = tx.update(g, state, params)
     dot = sum(float(jnp.vdot(g[k], prev[k])) for k in g)
     np.testing.assert_allclose(nlr.learning_rates(state)["w"], 0.05 + 0.5 * dot, rtol=1e-5)
@@ -172,4 +172,6 @@ class HypergradientTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "min_lr must not exceed max_lr"):
       nlr.adam_hd(0.1, 0.1, min_lr=1.0, max_lr=0.5)
     with self.assertRaisesRegex(TypeError, "direction must be an optax"):
-      nlr.hypergradient_lr("adam", 0.1, 0.1)
+      nlr.hypergradient_lr(0.1, 0.1, direction="adam")
+    with self.assertRaisesRegex(TypeError, "since 0.2 the direction is the keyword"):
+      nlr.hypergradient_lr(optax.identity(), 0.1, 0.1)

@@ -52,7 +52,7 @@ class StateTest(parameterized.TestCase):
     state = tx.init(PARAMS)
     self.assertEqual(
         state._fields,
-        ("count",) + STATS[rule] + ("hyperparams", "direction_state", "units"))
+        ("count",) + STATS[rule] + ("applied", "direction_state"))
     for name in STATS[rule]:
       stat = getattr(state, name)
       self.assertIsNone(stat["frozen"])
@@ -151,7 +151,7 @@ class ValidationTest(parameterized.TestCase):
       ("min_above_max", dict(learning_rate=1e-3, min_lr=0.5, max_lr=0.1),
        r"min_lr.*max_lr"),
       ("granularity", dict(learning_rate=1e-3, granularity="layer"),
-       r"granularity must be one of \('element', 'neuron', 'tensor'\)"),
+       r"granularity must be one of \('element', 'neuron', 'tensor', 'global'\)"),
   )
   def test_shared_arguments(self, kwargs, message):
     for alias in ALIASES.values():

@@ -1,38 +1,50 @@
-"""The per-unit learning-rate engine shared by every strategy.
+r"""The per-unit learning-rate engine: :class:`Rule` and :func:`scale_by_rule`.
 
-A strategy is a :class:`Rule`: which per-element quantities of the gradient it
-observes, how it initialises and updates its per-unit statistics from their
-per-unit means, and how a rate follows from the statistics. The engine owns all
-the rest, identically for every rule:
+Every per-unit strategy of the package, and any user's, is a :class:`Rule`: a
+frozen dataclass that says which statistics it keeps and how a rate follows
+from them. :func:`scale_by_rule` runs it and owns everything else, the same way
+for every rule:
 
-* units: ``granularity`` and ``neuron_axes`` (see :mod:`units`);
+* units per leaf (element, neurons, blocks, tensor) or one for the whole tree
+  (``"global"``), see :mod:`optax_neuronlr._src.units`;
 * clamps: the applied rate is ``clip(rate, min_lr, max_lr)``;
-* schedules: ``learning_rate`` may be a float or an optax schedule of the step
-  count, evaluated at the count before the update, as ``optax.scale_by_schedule``;
+* schedules: ``learning_rate`` may be a number or an optax schedule of the step
+  count, evaluated at the count before the update (as ``optax.scale_by_schedule``);
 * dtypes: statistics in ``state_dtype`` (float32 for bf16/f16 leaves by
-  default, else the leaf's dtype); updates keep the incoming dtype;
-* ``direction``: an optional optax transform whose output the per-unit rate
-  scales; statistics always come from the incoming gradient;
-* ``None`` leaves and ``optax.MaskedNode`` keep their place in every tree.
+  default, else the leaf's dtype); sums are accumulated in at least float32;
+  updates keep the incoming dtype;
+* ``direction``: an optional optax transform whose output the rate scales;
+* inspection (:func:`optax_neuronlr.learning_rates`), sharding, checkpoints and
+  ``optax.inject_hyperparams``.
 
-For a leaf with gradient ``g``, direction ``d`` (``d = g`` by default) and unit
-map ``U`` (the mean over each unit's elements), one step is::
+For a leaf with gradient $g$, direction $d$ ($d = g$ by default), element
+statistics $e$, unit statistics $s$ and unit reduction $U$ (mean or sum over
+each unit's elements), one step $t$ is
 
-    o_k   = U(q_k(g))                    for each observed quantity q_k
-    s_t   = rule.update(s_{t-1}, o, hp_t, hp_{t-1}, t)
-    r_t   = clip(rule.rate(s_t, hp_t, t), min_lr, max_lr)
-    u_t   = broadcast(r_t) * d_t
+$$
+o_t = U(\mathrm{observe}(g_t, d_t, e_{t-1})), \quad
+s_t = \mathrm{update}(s_{t-1}, o_t), \quad
+e_t = \mathrm{update\_elements}(e_{t-1}, g_t, d_t),
+$$
 
-The state keeps the step count, the per-unit statistics, the direction's state
-and the few scalar hyperparameters of the last step (``hyperparams``), so that
-:func:`optax_neuronlr.learning_rates` recomputes the applied rates from the
-state alone instead of storing a per-element copy of them.
+$$
+r_t = \mathrm{clip}(\mathrm{rate}(s_t), \mathrm{min\_lr}, \mathrm{max\_lr}),
+\qquad u_t = r_t \, d_t .
+$$
+
+The sign convention of the package: every ``scale_by_*`` transform returns
+``+rate * d``; every alias chains ``optax.scale(-1.0)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Optional
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,105 +53,214 @@ import optax
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 
-Stats = tuple[jax.Array, ...]
 Hyper = Mapping[str, jax.Array]
+Stats = dict[str, jax.Array]
+ENGINE_SCALARS = ("learning_rate", "min_lr", "max_lr")
+REDUCTIONS = ("mean", "sum")
 
 
-class Rule(NamedTuple):
-  """A per-unit learning-rate rule, run by :func:`scale_by_rule`.
+class RuleState(NamedTuple):
+  """Fields every rule state has; a rule's state class adds its statistics.
+
+  Each rule gets its own NamedTuple state class (:meth:`Rule.state_class`),
+  with the fields ``count``, one per unit statistic, one per element
+  statistic, ``applied`` and ``direction_state``:
 
   Attributes:
-    name: short name, used in logs.
-    state_cls: the strategy's NamedTuple state; its fields are ``count``,
-      ``hyperparams``, ``direction_state``, ``units`` and one field per
-      statistic.
-    stat_names: names of the per-unit statistics, in the order the functions
-      below take and return them.
-    observe: ``g -> (q_1(g), ...)`` per-element quantities; the engine averages
-      each over a unit.
-    init: ``(unit_shape, dtype, hp) -> stats`` initial statistics.
-    update: ``(stats, observed, hp, previous_hp, count) -> stats``; ``count`` is
-      the number of updates including this one.
-    rate: ``(stats, hp, count) -> rate`` per unit, before the clamp.
+    count: number of updates so far (int32, safe from overflow).
+    applied: the scalars the last update used, in the order of
+      :meth:`Rule.scalar_names` (``learning_rate``, ``min_lr``, ``max_lr``,
+      then the rule's hyperparameters), kept so that the applied rates can be
+      recomputed from the state alone. A tuple, not a dict: the
+      hyperparameters that drive the update are those of
+      ``optax.inject_hyperparams``, and ``optax.tree_utils.tree_get`` /
+      ``tree_set`` find only those.
+    direction_state: the state of ``direction`` (``optax.EmptyState()`` when
+      there is none).
   """
 
-  name: str
-  state_cls: type
-  stat_names: tuple[str, ...]
-  observe: Callable[[jax.Array], Stats]
-  init: Callable[[tuple[int, ...], Any, Hyper], Stats]
-  update: Callable[[Stats, Stats, Hyper, Hyper, jax.Array], Stats]
-  rate: Callable[[Stats, Hyper, jax.Array], jax.Array]
+  count: jax.Array
+  applied: tuple[jax.Array, ...]
+  direction_state: optax.OptState
 
 
-RateReader = Callable[[Any], tuple[Any, jax.Array, jax.Array]]
-"""``state -> (per-unit rates tree, min_lr, max_lr)``."""
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  r"""A per-unit learning-rate rule, run by :func:`scale_by_rule`.
 
-_READERS: dict[type, RateReader] = {}
-_UNIT_FIELDS: dict[type, tuple[str, ...]] = {}
-_NAMES: dict[type, str] = {}
+  Subclass it as a frozen dataclass. Fields of the dataclass are *static
+  options* (Python values such as ``bias_correction: bool``; they select code
+  paths at trace time and are never traced); numeric hyperparameters, which
+  ``optax.inject_hyperparams`` may change at run time, are named in
+  ``hyperparams`` and arrive in ``hp``. Class attributes declare the rest:
 
+  Attributes:
+    unit_stats: names of the statistics kept per unit (one array per leaf,
+      shaped like the leaf's units).
+    element_stats: names of the statistics kept per element (one array per
+      leaf, shaped like the leaf).
+    hyperparams: names of the rule's numeric hyperparameters (besides
+      ``learning_rate``, ``min_lr`` and ``max_lr``, which every rule gets).
+    reduce: ``"mean"`` or ``"sum"``: how each quantity that :meth:`observe`
+      returns is reduced over a unit.
+    state_name: name of the rule's state class (default: the class name +
+      ``"State"``).
 
-def register_state(
-    state_cls: type,
-    reader: RateReader,
-    unit_fields: tuple[str, ...],
-    name: Optional[str] = None,
-) -> None:
-  """Makes states of ``state_cls`` visible to ``learning_rates``.
+  Each method gets ``hp``, a dict of this step's scalars (``learning_rate``,
+  ``min_lr``, ``max_lr`` and the rule's ``hyperparams``), and ``count``, the
+  number of updates including this one (``t``, starting at 1).
 
-  Args:
-    state_cls: a NamedTuple state class with a ``units`` field
-      (:class:`~optax_neuronlr._src.units.UnitAxes`).
-    reader: ``state -> (per-unit rates, min_lr, max_lr)``.
-    unit_fields: the fields holding per-unit trees (shaped by ``units``).
-    name: the strategy's name in tables and logs (default: the class name).
+  Example: a rate inversely proportional to an EMA of the unit's RMS gradient::
+
+      @dataclasses.dataclass(frozen=True)
+      class InverseRMS(nlr.Rule):
+        unit_stats = ("ms",)
+        hyperparams = ("beta",)
+
+        def observe(self, g, d, elements, hp):
+          return (g * g,)
+
+        def update(self, stats, observed, hp, prev_hp, count):
+          b = hp["beta"]
+          return {"ms": b * stats["ms"] + (1 - b) * observed[0]}
+
+        def rate(self, stats, hp, count):
+          return hp["learning_rate"] / (jnp.sqrt(stats["ms"]) + 1e-8)
+
+      tx = nlr.scale_by_rule(InverseRMS(), 1e-3, {"beta": 0.9}, granularity="neuron")
   """
-  if "units" not in state_cls._fields:
-    raise TypeError(f"{state_cls.__name__} lacks the field 'units'.")
-  _READERS[state_cls] = reader
-  _UNIT_FIELDS[state_cls] = tuple(unit_fields)
-  _NAMES[state_cls] = name or state_cls.__name__
+
+  unit_stats: ClassVar[tuple[str, ...]] = ()
+  element_stats: ClassVar[tuple[str, ...]] = ()
+  hyperparams: ClassVar[tuple[str, ...]] = ()
+  reduce: ClassVar[str] = "mean"
+  state_name: ClassVar[str] = ""
+
+  @property
+  def name(self) -> str:
+    """The rule's name in tables and logs (a subclass may set ``name = ...``)."""
+    return type(self).__name__
+
+  def scalar_names(self) -> tuple[str, ...]:
+    """Names of the scalars in ``hp`` and in a state's ``applied`` tuple."""
+    return ENGINE_SCALARS + tuple(self.hyperparams)
+
+  def state_class(self) -> type:
+    """This rule's NamedTuple state class (one per equal rule)."""
+    return _state_class(self)
+
+  def init(self, zeros: jax.Array, hp: Hyper) -> Stats:
+    """Initial unit statistics of a leaf, from the leaf's per-unit zeros.
+
+    Default: zeros for every statistic.
+    """
+    del hp
+    return {name: zeros for name in self.unit_stats}
+
+  def init_elements(self, zeros: jax.Array, hp: Hyper) -> Stats:
+    """Initial element statistics of a leaf (default: zeros)."""
+    del hp
+    return {name: zeros for name in self.element_stats}
+
+  def observe(
+      self, g: jax.Array, d: jax.Array, elements: Stats, hp: Hyper
+  ) -> tuple[jax.Array, ...]:
+    """Per-element quantities to reduce over each unit (default: none).
+
+    Args:
+      g: the incoming gradient (in the compute dtype).
+      d: the direction's output for this step.
+      elements: the element statistics before this step.
+      hp: this step's scalars.
+    """
+    del g, d, elements, hp
+    return ()
+
+  def update(
+      self, stats: Stats, observed: tuple[jax.Array, ...], hp: Hyper,
+      prev_hp: Hyper, count: jax.Array,
+  ) -> Stats:
+    """New unit statistics from the old ones and the reduced observations.
+
+    ``prev_hp`` holds the previous step's scalars (equal to ``hp`` on the first
+    step), e.g. to follow a change of the base rate.
+    """
+    del observed, hp, prev_hp, count
+    return stats
+
+  def update_elements(
+      self, elements: Stats, g: jax.Array, d: jax.Array, hp: Hyper,
+      count: jax.Array,
+  ) -> Stats:
+    """New element statistics (default: unchanged)."""
+    del g, d, hp, count
+    return elements
+
+  def rate(self, stats: Stats, hp: Hyper, count: jax.Array) -> jax.Array:
+    """The per-unit rate before the clamp, from the updated statistics."""
+    raise NotImplementedError(f"{self.name} must define rate().")
 
 
-def strategy_name(state: Any) -> str:
-  """The registered name of a strategy state's type."""
-  return _NAMES.get(type(state), type(state).__name__)
-
-
-def unit_fields(state: Any) -> tuple[str, ...]:
-  """Fields of a strategy state that hold per-unit trees."""
-  return _UNIT_FIELDS.get(type(state), ())
-
-
-def register(rule: Rule) -> Rule:
-  """Makes ``rule``'s states visible to :func:`learning_rates`."""
-  missing = {
-      "count", "hyperparams", "direction_state", "units", *rule.stat_names
-  } - set(rule.state_cls._fields)
-  if missing:
-    raise TypeError(f"{rule.state_cls.__name__} lacks the fields {sorted(missing)}.")
-  register_state(
-      rule.state_cls,
-      lambda state: (
-          _rule_rates(rule, state),
-          state.hyperparams["min_lr"],
-          state.hyperparams["max_lr"],
-      ),
-      rule.stat_names,
-      rule.name,
+@functools.lru_cache(maxsize=None)
+def _state_class(rule: Rule) -> type:
+  cls = type(rule)
+  fields = ("count", *cls.unit_stats, *cls.element_stats, "applied", "direction_state")
+  if len(set(fields)) != len(fields):
+    raise TypeError(
+        f"{cls.__name__}: statistic names {cls.unit_stats + cls.element_stats} "
+        "must be distinct and differ from 'count', 'applied' and 'direction_state'."
+    )
+  name = cls.state_name or f"{cls.__name__}State"
+  state_cls = NamedTuple(name, [(f, Any) for f in fields])
+  state_cls.rule = rule
+  state_cls.__doc__ = (
+      f"State of :func:`scale_by_rule` for the rule ``{rule!r}``: ``count``, "
+      f"unit statistics {cls.unit_stats}, element statistics "
+      f"{cls.element_stats}, ``applied`` and ``direction_state`` (see "
+      ":class:`optax_neuronlr.RuleState`)."
   )
-  return rule
+  state_cls.__module__ = cls.__module__
+  return state_cls
 
 
-def is_rate_state(state: Any) -> bool:
-  """True for the state of any per-unit learning-rate strategy."""
-  return type(state) in _READERS
+_LAYOUTS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
+    "optax_neuronlr_layouts", default=None)
 
 
-def read_rates(state: Any) -> tuple[Any, jax.Array, jax.Array]:
-  """``(per-unit rates, min_lr, max_lr)`` of a strategy state."""
-  return _READERS[type(state)](state)
+@contextlib.contextmanager
+def recording_layouts():
+  """Collects ``(state class, [(path, shape, unit shape, keep axes), ...], global)``
+  for every rule state that ``init`` builds inside the block (used by
+  :func:`optax_neuronlr.state_shardings`; states hold no static metadata)."""
+  records: list = []
+  token = _LAYOUTS.set(records)
+  try:
+    yield records
+  finally:
+    _LAYOUTS.reset(token)
+
+
+def _record(state_cls, layouts, treedef, is_global) -> None:
+  records = _LAYOUTS.get()
+  if records is not None:
+    paths = _paths(treedef)
+    records.append((state_cls, tuple(
+        (p, l.shape, l.unit_shape, l.keep_axes) for p, l in zip(paths, layouts)
+    ), is_global))
+
+
+def is_rule_state(x: Any) -> bool:
+  """True for the state of any :func:`scale_by_rule` transform."""
+  return isinstance(getattr(type(x), "rule", None), Rule) and hasattr(x, "_fields")
+
+
+def rule_of(state: Any) -> Rule:
+  return type(state).rule
+
+
+def applied_scalars(state: Any) -> dict[str, jax.Array]:
+  """The scalars the last update of a rule state used, by name."""
+  return dict(zip(rule_of(state).scalar_names(), state.applied))
 
 
 def stat_dtype(leaf_dtype: Any, state_dtype: Any) -> jnp.dtype:
@@ -150,7 +271,7 @@ def stat_dtype(leaf_dtype: Any, state_dtype: Any) -> jnp.dtype:
   leaf_dtype = jnp.dtype(leaf_dtype)
   if leaf_dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return jnp.dtype(jnp.float32)
-  if not jnp.issubdtype(leaf_dtype, jnp.floating):
+  if not jnp.issubdtype(leaf_dtype, jnp.inexact):
     return jnp.dtype(jnp.result_type(float))
   return canonical(leaf_dtype)
 
@@ -173,57 +294,142 @@ def scalars(values: Mapping[str, Any]) -> dict[str, jax.Array]:
   return {k: jnp.asarray(v, dtype) for k, v in values.items()}
 
 
-def _rule_rates(rule: Rule, state: Any) -> Any:
-  """Per-unit rates the last update of a rule's ``state`` applied.
+def _copy(x: jax.Array) -> jax.Array:
+  # init runs eagerly: a statistic built from a shared array (zeros, a
+  # hyperparameter) must own its buffer, or donating the state fails.
+  return jnp.array(x, copy=True)
 
-  Before the first update these are ``clip(learning_rate, min_lr, max_lr)``,
-  the rate every unit starts from in the reference code.
+
+def rates_of(state: Any) -> Any:
+  """Per-unit rates the last update of a rule ``state`` applied.
+
+  A tree shaped like the parameters' units. Before the first update every unit
+  shows ``clip(learning_rate, min_lr, max_lr)``.
   """
-  hp, count = state.hyperparams, state.count
+  rule = rule_of(state)
+  hp = applied_scalars(state)
+  count = state.count
+  names = rule.unit_stats or rule.element_stats
+  if not names:
+    raise ValueError(f"{rule.name} keeps no statistics to read rates from.")
 
   def leaf_rate(*stats):
     dtype = stats[0].dtype
-    rate = clamp(rule.rate(stats, hp, count), hp).astype(dtype)
+    r = rule.rate(dict(zip(rule.unit_stats, stats)), hp, count)
+    rate = clamp(jnp.broadcast_to(r, stats[0].shape), hp).astype(dtype)
     start = clamp(hp["learning_rate"], hp).astype(dtype)
     return jnp.where(count == 0, start, rate)
 
-  return jax.tree.map(leaf_rate, *(getattr(state, n) for n in rule.stat_names))
+  if not rule.unit_stats:
+    r = rule.rate({}, hp, count)
+    return jax.tree.map(
+        lambda e: leaf_rate(jnp.zeros(jnp.shape(r), e.dtype)),
+        getattr(state, names[0]))
+  unit = [getattr(state, n) for n in rule.unit_stats]
+  rates = jax.tree.map(leaf_rate, *unit)
+  if rule.element_stats:
+    elements = getattr(state, rule.element_stats[0])
+    if jax.tree.structure(unit[0]) != jax.tree.structure(elements):
+      # granularity="global": one rate, shown for every leaf.
+      rates = jax.tree.map(lambda _: rates, elements)
+  return rates
+
+
+def _check_rule(rule: Any, hyperparams: Mapping[str, Any]) -> None:
+  if not isinstance(rule, Rule):
+    raise TypeError(f"rule must be an nlr.Rule instance, got {type(rule).__name__}.")
+  if rule.reduce not in REDUCTIONS:
+    raise ValueError(f"{rule.name}.reduce must be one of {REDUCTIONS}, got {rule.reduce!r}.")
+  given, wanted = set(hyperparams), set(rule.hyperparams)
+  if given != wanted:
+    raise ValueError(
+        f"{rule.name} takes the hyperparameters {sorted(wanted)}; got "
+        f"{sorted(given)} (missing {sorted(wanted - given)}, unknown "
+        f"{sorted(given - wanted)})."
+    )
+  try:
+    hash(rule)
+  except TypeError as e:
+    raise TypeError(
+        f"{rule.name} must be hashable: declare it @dataclasses.dataclass(frozen=True)."
+    ) from e
+
+
+def _check_shapes(layouts, treedef, state, rule, is_global) -> None:
+  """The update's leaves must have the shapes the state was built for."""
+  names = rule.element_stats or (() if is_global else rule.unit_stats)
+  if not names:
+    return
+  old = treedef.flatten_up_to(getattr(state, names[0]))
+  for layout, s, path in zip(layouts, old, _paths(treedef)):
+    want = layout.shape if rule.element_stats else layout.unit_shape
+    if tuple(s.shape) != tuple(want):
+      raise ValueError(
+          f"leaf '{path}' has shape {layout.shape} in update, but the state "
+          f"was built for another shape (statistic '{names[0]}' has shape "
+          f"{tuple(s.shape)}, expected {tuple(want)}); rebuild the state with "
+          "init for the new parameters."
+      )
+
+
+def _paths(treedef) -> list[str]:
+  dummy = treedef.unflatten([0] * treedef.num_leaves)
+  return [units_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(dummy)[0]]
 
 
 def scale_by_rule(
     rule: Rule,
-    learning_rate: optax.ScalarOrSchedule,
-    hyperparams: Mapping[str, Any],
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    hyperparams: Optional[Mapping[str, Any]] = None,
     *,
-    min_lr: Any,
-    max_lr: Any,
-    granularity: str,
-    neuron_axes: units_lib.NeuronAxes,
-    state_dtype: Any,
-    direction: Optional[optax.GradientTransformation],
+    min_lr: Any = 0.0,
+    max_lr: Any = math.inf,
+    granularity: Any = "element",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+    direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Runs ``rule`` per unit; returns ``+rate * direction(g)``.
+  r"""Runs ``rule`` per unit; returns ``+rate * d``.
 
   Args:
-    rule: the strategy's rule.
-    learning_rate: base rate, a number or an optax schedule of the step count.
-    hyperparams: the rule's own numeric hyperparameters (validated by the
-      caller); they are stored in the state as scalars.
-    min_lr: lower clamp of the per-unit rate.
-    max_lr: upper clamp of the per-unit rate.
-    granularity: ``"element"``, ``"neuron"`` or ``"tensor"``.
-    neuron_axes: axes that index neurons (see :mod:`units`).
-    state_dtype: dtype of the statistics, or None for the default.
-    direction: optax transform giving the step direction, or None for the
-      incoming gradient.
+    rule: the rule, an instance of a :class:`Rule` subclass.
+    learning_rate: base rate $\eta$, a number or an optax schedule of the step
+      count; the rule reads it as ``hp["learning_rate"]``.
+    hyperparams: the rule's numeric hyperparameters, ``{name: value}`` for
+      exactly the names in ``rule.hyperparams``; numbers or arrays (traced
+      under ``optax.inject_hyperparams``).
+    min_lr: lower clamp of the per-unit rate, ``>= 0``.
+    max_lr: upper clamp, ``>= min_lr`` (``inf``: none).
+    granularity: the units. One of ``"element"`` (one rate per scalar
+      parameter), ``"neuron"`` (one per output neuron, see ``neuron_axes``),
+      ``"tensor"`` (one per leaf) and ``"global"`` (one for the whole tree);
+      or per leaf: a unit spec (``"element"``, ``"neuron"``, ``"tensor"``,
+      :class:`~optax_neuronlr.Neurons`, :class:`~optax_neuronlr.Blocks`), a
+      pytree of specs whose paths select leaves (see "Selecting leaves by
+      path" in the README), or a callable ``params -> pytree of specs``.
+    neuron_axes: only with ``granularity="neuron"``: which axes index neurons,
+      an int or a tuple of ints for every leaf, a pytree of them selected by
+      path, or a callable ``params -> pytree``; None (default) is the last
+      axis of each leaf (Flax ``(in, out)`` kernels); ``0`` for PyTorch
+      ``(out, in)`` weights. Under ``optax.inject_hyperparams`` list a
+      callable here in ``static_args``.
+    state_dtype: dtype of the statistics (a floating dtype), or None: float32
+      for bf16/f16 leaves, else the leaf's own dtype.
+    direction: an optax transform whose output the rates scale (e.g.
+      ``optax.scale_by_adam()``); None scales the incoming gradient.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is
+    ``rule.state_class()``.
   """
+  hyperparams = dict(hyperparams or {})
+  _check_rule(rule, hyperparams)
   if not callable(learning_rate):
     validation.check_rate("learning_rate", learning_rate)
   validation.check_clamps(min_lr, max_lr)
-  units_lib.check_granularity(granularity)
+  validation.check_dtype("state_dtype", state_dtype)
+  units_lib.check_granularity(granularity, neuron_axes)
+  is_global = isinstance(granularity, str) and granularity == "global"
   if direction is not None:
     if not isinstance(direction, optax.GradientTransformation):
       raise TypeError(
@@ -231,6 +437,8 @@ def scale_by_rule(
           f"{type(direction).__name__}."
       )
     direction = optax.with_extra_args_support(direction)
+  state_cls = rule.state_class()
+  names = rule.scalar_names()
 
   def lr_at(count):
     return learning_rate(count) if callable(learning_rate) else learning_rate
@@ -243,18 +451,29 @@ def scale_by_rule(
   def init_fn(params):
     layouts, treedef = units_lib.tree_layouts(params, granularity, neuron_axes)
     hp = step_scalars(lr_at(jnp.zeros([], jnp.int32)))
-    per_leaf = [
-        rule.init(layout.unit_shape, stat_dtype(leaf.dtype, state_dtype), hp)
-        for layout, leaf in zip(layouts, treedef.flatten_up_to(params))
-    ]
-    stats = {
-        name: treedef.unflatten([s[i] for s in per_leaf])
-        for i, name in enumerate(rule.stat_names)
-    }
-    return rule.state_cls(
+    leaves = treedef.flatten_up_to(params)
+    dtypes = [stat_dtype(leaf.dtype, state_dtype) for leaf in leaves]
+    unit, elem = [], []
+    for layout, leaf, dtype in zip(layouts, leaves, dtypes):
+      zeros = jnp.zeros_like(leaf, dtype=dtype)
+      if not is_global:
+        unit.append(rule.init(layout.sum(zeros, dtype), hp))
+      elem.append(rule.init_elements(zeros, hp))
+    if is_global:
+      dtype = jnp.result_type(*dtypes) if dtypes else stat_dtype(jnp.float32, state_dtype)
+      one = rule.init(jnp.zeros([], dtype), hp)
+      stats = {n: _copy(one[n]) for n in rule.unit_stats}
+    else:
+      stats = {
+          n: treedef.unflatten([_copy(s[n]) for s in unit]) for n in rule.unit_stats
+      }
+    stats.update({
+        n: treedef.unflatten([_copy(s[n]) for s in elem]) for n in rule.element_stats
+    })
+    _record(state_cls, layouts, treedef, is_global)
+    return state_cls(
         count=jnp.zeros([], jnp.int32),
-        hyperparams=hp,
-        units=units_lib.unit_axes(params, layouts, granularity),
+        applied=tuple(_copy(hp[n]) for n in names),
         direction_state=(
             optax.EmptyState() if direction is None else direction.init(params)
         ),
@@ -262,11 +481,17 @@ def scale_by_rule(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
+    if not isinstance(state, state_cls):
+      raise TypeError(
+          f"{rule.name}: update got a {type(state).__name__}, not the state "
+          f"this transform's init builds ({state_cls.__name__})."
+      )
     count = optax.safe_increment(state.count)
     hp = step_scalars(lr_at(state.count))
+    prev_hp = dict(zip(names, state.applied))
     layouts, treedef = units_lib.tree_layouts(updates, granularity, neuron_axes)
+    _check_shapes(layouts, treedef, state, rule, is_global)
     grads = treedef.flatten_up_to(updates)
-    old = [treedef.flatten_up_to(getattr(state, n)) for n in rule.stat_names]
     if direction is None:
       dirs, direction_state = grads, state.direction_state
     else:
@@ -274,35 +499,85 @@ def scale_by_rule(
           updates, state.direction_state, params, **extra_args
       )
       dirs = treedef.flatten_up_to(d)
+    if is_global:
+      unit_old = {n: getattr(state, n) for n in rule.unit_stats}
+    else:
+      unit_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.unit_stats}
+    elem_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.element_stats}
 
-    outs, new = [], []
+    leaves = []  # (layout, g, g in compute dtype, d, stats dtype, elements, observed)
     for i, (layout, g, d) in enumerate(zip(layouts, grads, dirs)):
-      leaf_old = tuple(s[i] for s in old)
-      dtype = leaf_old[0].dtype
+      if unit_old and not is_global:
+        dtype = next(iter(unit_old.values()))[i].dtype
+      elif elem_old:
+        dtype = next(iter(elem_old.values()))[i].dtype
+      else:
+        dtype = stat_dtype(g.dtype, state_dtype)
       compute = jnp.promote_types(g.dtype, dtype)
-      observed = tuple(
-          layout.mean(q, compute).astype(dtype)
-          for q in rule.observe(g.astype(compute))
-      )
-      leaf_new = tuple(
-          s.astype(dtype)
-          for s in rule.update(leaf_old, observed, hp, state.hyperparams, count)
-      )
-      rate = clamp(rule.rate(leaf_new, hp, count), hp).astype(dtype)
-      outs.append((d * layout.broadcast(rate)).astype(g.dtype))
-      new.append(leaf_new)
+      accumulate = jnp.promote_types(compute, jnp.float32)
+      elements = {n: v[i] for n, v in elem_old.items()}
+      gc = g.astype(compute)
+      quantities = rule.observe(gc, d, elements, hp)
+      if is_global:
+        observed = tuple(layout.sum(q, accumulate) for q in quantities)
+      else:
+        observed = tuple(
+            layout.reduce(q, accumulate, rule.reduce).astype(dtype)
+            for q in quantities
+        )
+      leaves.append((layout, g, gc, d, dtype, elements, observed))
 
-    stats = {
-        name: treedef.unflatten([s[i] for s in new])
-        for i, name in enumerate(rule.stat_names)
-    }
-    new_state = rule.state_cls(
+    def new_stats(old, observed, dtype):
+      new = rule.update(old, observed, hp, prev_hp, count)
+      new = {n: new[n].astype(dtype) for n in rule.unit_stats}
+      return new, clamp(rule.rate(new, hp, count), hp).astype(dtype)
+
+    if is_global:
+      dtype = (next(iter(unit_old.values())).dtype if unit_old else
+               jnp.result_type(*[x[4] for x in leaves]) if leaves else jnp.float32)
+      totals = tuple(t.astype(dtype) for t in _global_reduce(rule, leaves))
+      stats, global_rate = new_stats(unit_old, totals, dtype)
+
+    outs, unit_new, elem_new = [], [], []
+    for i, (layout, g, gc, d, dtype, elements, observed) in enumerate(leaves):
+      if is_global:
+        rate = global_rate.astype(dtype)
+      else:
+        new, rate = new_stats({n: v[i] for n, v in unit_old.items()}, observed, dtype)
+        unit_new.append(new)
+      outs.append(layout.scale(d, rate).astype(g.dtype))
+      elem_new.append({
+          n: v.astype(elements[n].dtype)
+          for n, v in rule.update_elements(elements, gc, d, hp, count).items()
+      })
+
+    if not is_global:
+      stats = {n: treedef.unflatten([s[n] for s in unit_new]) for n in rule.unit_stats}
+    stats.update(
+        {n: treedef.unflatten([s[n] for s in elem_new]) for n in rule.element_stats}
+    )
+    new_state = state_cls(
         count=count,
-        hyperparams=hp,
+        applied=tuple(hp[n] for n in names),
         direction_state=direction_state,
-        units=state.units,
         **stats,
     )
     return treedef.unflatten(outs), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _global_reduce(rule: Rule, leaves) -> tuple[jax.Array, ...]:
+  """Sums (or means) of each observed quantity over every element of the tree."""
+  if not leaves:
+    return ()
+  totals = None
+  size = 0
+  for layout, *_, observed in leaves:  # pylint: disable=unused-variable
+    size += math.prod(layout.shape)
+    totals = observed if totals is None else tuple(
+        a + b for a, b in zip(totals, observed)
+    )
+  if rule.reduce == "mean":
+    totals = tuple(t / max(size, 1) for t in totals)
+  return totals

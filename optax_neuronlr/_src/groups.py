@@ -9,6 +9,7 @@ can be read and changed at run time). References: ``001`` Example 2, ``002``
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -19,10 +20,13 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import units as units_lib
-from optax_neuronlr._src.inspect import unwrap_variables
+from optax_neuronlr._src import validation
+from optax_neuronlr._src.readers import unwrap_variables
 
 LabelRules = Union[Mapping[str, Any], Sequence[tuple[str, Any]]]
-ParamsSpec = Union[str, Sequence[str], Callable[[str, Any], bool]]
+ParamsSpec = Union[
+    str, re.Pattern, Sequence[Union[str, re.Pattern]], Callable[[str, Any], bool]
+]
 
 FROZEN = "frozen"
 # Arguments of optimizer factories that are never schedules, although they may
@@ -30,7 +34,15 @@ FROZEN = "frozen"
 _STATIC_ARGS = ("neuron_axes", "state_dtype", "mu_dtype", "accumulator_dtype")
 
 
-def _compile(pattern: str, what: str) -> re.Pattern:
+def _compile(pattern: Union[str, re.Pattern], what: str) -> re.Pattern:
+  """A regular expression (a string or compiled), or a clear error."""
+  if isinstance(pattern, re.Pattern):
+    return pattern
+  if not isinstance(pattern, str):
+    raise TypeError(
+        f"{what}: a path pattern must be a regular expression (a str or a "
+        f"compiled re.Pattern), got {pattern!r} ({type(pattern).__name__})."
+    )
   try:
     return re.compile(pattern)
   except re.error as e:
@@ -96,12 +108,31 @@ def path_labels(
   return labels
 
 
-def _matcher(spec: ParamsSpec, name: str) -> Callable[[str, Any], bool]:
+def _matcher(spec: ParamsSpec, what: str) -> Callable[[str, Any], bool]:
+  """``(path, leaf) -> bool`` for a group's ``"params"`` entry."""
   if callable(spec):
     return spec
-  patterns = [spec] if isinstance(spec, str) else list(spec)
-  compiled = [_compile(p, f"param group {name!r}") for p in patterns]
+  if isinstance(spec, (str, re.Pattern)):
+    patterns = [spec]
+  elif isinstance(spec, Sequence) or isinstance(spec, (set, frozenset)):
+    patterns = list(spec)
+  else:
+    raise TypeError(
+        f"{what}: 'params' must be a regular expression on the '/'-joined "
+        "parameter path (a str or a compiled re.Pattern), a list of them, or "
+        f"a callable (path, leaf) -> bool; got {spec!r} ({type(spec).__name__})."
+    )
+  compiled = [_compile(p, what) for p in patterns]
   return lambda path, leaf: any(r.fullmatch(path) for r in compiled)
+
+
+def _describe_group(index: int, name: str, spec: Any) -> str:
+  """``param group 1 ('head', params='haed/.*')``, for messages."""
+  if isinstance(spec, re.Pattern):
+    spec = spec.pattern
+  elif callable(spec):
+    spec = getattr(spec, "__name__", type(spec).__name__)
+  return f"param group {index} ({name!r}, params={spec!r})"
 
 
 def _hyperparams_of(
@@ -125,6 +156,7 @@ def param_groups(
     groups: Sequence[Mapping[str, Any]],
     *,
     rest: str = "error",
+    allow_empty: bool = False,
     **defaults: Any,
 ) -> optax.GradientTransformationExtraArgs:
   """PyTorch-style parameter groups, each with its own hyperparameters.
@@ -142,31 +174,60 @@ def param_groups(
   read with :func:`get_hyperparams` and changed with :func:`set_hyperparams`.
   As in PyTorch, a parameter may belong to one group only.
 
+  A group's pattern must match the *whole* path of at least one leaf
+  (``"backbone/.*"``, not ``"backbone"``): a group that claims no leaf (a
+  typo, or a pattern naming a sub-tree) is an error at ``init``, since with
+  ``rest="freeze"`` it would silently freeze the parameters it meant to train.
+  Generic code that applies one list of groups to many different trees passes
+  ``allow_empty=True``.
+
+  ``optimizer`` may itself build param groups (e.g. a function of
+  ``learning_rate`` returning ``nlr.param_groups(...)``): the nested groups
+  are named ``"<outer>/<inner>"`` by :func:`get_hyperparams` and
+  :func:`set_hyperparams`.
+
   Args:
     optimizer: an optax-style factory (``optax.sgd``, ``optax.adam``,
-      ``nlr.grad_history_lr``, ...).
-    groups: dicts with ``"params"`` (a regex on the ``"/"``-joined path, a list
-      of them, or ``callable(path, leaf) -> bool``), an optional ``"name"``
+      ``nlr.grad_history_lr``, or a ``functools.partial`` of one, ...).
+    groups: dicts with ``"params"`` (a regular expression on the
+      ``"/"``-joined path, as a str or a compiled ``re.Pattern``, a list of
+      them, or ``callable(path, leaf) -> bool``), an optional ``"name"``
       (default ``"group_<i>"``) and overrides of the factory's arguments
       (``"lr"`` is accepted for ``"learning_rate"``).
     rest: what happens to leaves no group claims: ``"error"`` (raise, listing
       them), ``"freeze"`` (zero updates, in a group named ``"frozen"``), or the
       name of a group that takes them.
+    allow_empty: accept groups that claim no leaf of the tree (they are then
+      unused) instead of raising.
     **defaults: arguments of ``optimizer`` shared by every group.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
   Raises:
+    TypeError: for ``groups`` that are not a list of dicts, or a ``"params"``
+      entry that is not a pattern, a list of patterns or a callable (at
+      construction).
     ValueError: for unknown hyperparameter names, invalid regexes, duplicate
       group names or a bad ``rest`` (at construction); for leaves claimed by
-      two groups or, with ``rest="error"``, by none (at init).
+      two groups, with ``rest="error"`` by none, and for a group that claims no
+      leaf unless ``allow_empty`` (at init).
   """
+  allow_empty = validation.check_flag("allow_empty", allow_empty)
+  if isinstance(groups, (str, bytes, Mapping)) or not isinstance(groups, Sequence):
+    raise TypeError(
+        "groups must be a list of dicts, each with a 'params' entry, got "
+        f"{groups!r}."
+    )
   signature = inspect.signature(optimizer)
   defaults = _hyperparams_of(defaults, "defaults", signature)
-  names, matchers, transforms = [], [], {}
+  names, matchers, described, transforms = [], [], [], {}
   static = tuple(a for a in _STATIC_ARGS if a in signature.parameters)
   for i, group in enumerate(groups):
+    if not isinstance(group, Mapping):
+      raise TypeError(
+          f"param group {i} must be a dict with a 'params' entry, got {group!r}."
+      )
     if "params" not in group:
       raise ValueError(f"param group {i} has no 'params' entry.")
     name = str(group.get("name", f"group_{i}"))
@@ -183,7 +244,8 @@ def param_groups(
     optimizer(**kwargs)  # Validates the Python numbers before they become arrays.
     transforms[name] = _injected(optimizer, static, kwargs)
     names.append(name)
-    matchers.append(_matcher(group["params"], name))
+    matchers.append(_matcher(group["params"], f"param group {i} ({name!r})"))
+    described.append(_describe_group(i, name, group["params"]))
 
   if rest == "freeze":
     transforms[FROZEN] = optax.set_to_zero()
@@ -193,20 +255,34 @@ def param_groups(
     )
 
   def labels(params: Any) -> Any:
-    unclaimed, doubly = [], []
+    unclaimed, doubly, paths = [], [], []
+    counts = [0] * len(names)
 
     def label_of(path: str, leaf: Any) -> str:
-      claimed = [n for n, m in zip(names, matchers) if m(path, leaf)]
+      paths.append(path)
+      claimed = [i for i, m in enumerate(matchers) if m(path, leaf)]
+      for i in claimed:
+        counts[i] += 1
       if len(claimed) > 1:
-        doubly.append(f"{path} ({', '.join(claimed)})")
+        doubly.append(f"{path} ({', '.join(names[i] for i in claimed)})")
       if claimed:
-        return claimed[0]
+        return names[claimed[0]]
       unclaimed.append(path)
       return FROZEN if rest == "freeze" else rest
 
     out = _map_paths(label_of, params)
     if doubly:
       raise ValueError(f"parameters appear in more than one group: {doubly}.")
+    if rest in names:
+      counts[names.index(rest)] += len(unclaimed)
+    empty = [d for d, n in zip(described, counts) if not n]
+    if empty and not allow_empty:
+      raise ValueError(
+          f"{'; '.join(empty)} claims no parameter. A pattern must match a "
+          "leaf's whole '/'-joined path (e.g. 'backbone/.*', not 'backbone'); "
+          f"the paths are {paths[:6]}{' ...' if len(paths) > 6 else ''}. Pass "
+          "allow_empty=True to allow groups that claim nothing."
+      )
     if unclaimed and rest == "error":
       raise ValueError(
           f"no param group claims {unclaimed}; add a group, or pass rest='freeze' "
@@ -224,6 +300,20 @@ _INJECT_STATES = tuple(
 )
 
 
+def _widest_float(tree: Any) -> Optional[jnp.dtype]:
+  """The promotion of the float dtypes of ``tree``'s leaves (None if none).
+
+  bfloat16 with float16 gives float32, where optax's ``tree.dtype(params,
+  "highest")`` raises.
+  """
+  dtype = None
+  for leaf in jax.tree.leaves(tree):
+    leaf_dtype = jnp.dtype(getattr(leaf, "dtype", jnp.result_type(leaf)))
+    if jnp.issubdtype(leaf_dtype, jnp.floating):
+      dtype = leaf_dtype if dtype is None else jnp.promote_types(dtype, leaf_dtype)
+  return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+
+
 def _hyperparam_dtype(tree: Any) -> jnp.dtype:
   """The widest float dtype of ``tree``'s leaves, and at least float32.
 
@@ -231,18 +321,31 @@ def _hyperparam_dtype(tree: Any) -> jnp.dtype:
   params' widest dtype, which rounds ``min_lr = 1e-6`` to bfloat16 and fails
   on trees that mix bfloat16 and float16 leaves.
   """
-  dtype = jnp.dtype(jnp.float32)
-  for leaf in jax.tree.leaves(tree):
-    leaf_dtype = jnp.dtype(getattr(leaf, "dtype", jnp.result_type(leaf)))
-    if jnp.issubdtype(leaf_dtype, jnp.floating):
-      dtype = jnp.promote_types(dtype, leaf_dtype)
+  widest = _widest_float(tree)
+  dtype = jnp.dtype(jnp.float32) if widest is None else jnp.promote_types(
+      jnp.float32, widest)
   return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _unwrapped(optimizer: Callable[..., Any]) -> Callable[..., Any]:
+  """The function under ``functools.partial`` layers and ``functools.wraps``."""
+  seen = 0
+  while seen < 100:
+    seen += 1
+    if isinstance(optimizer, functools.partial):
+      optimizer = optimizer.func
+    elif getattr(optimizer, "__wrapped__", None) is not None:
+      optimizer = optimizer.__wrapped__
+    else:
+      break
+  return optimizer
 
 
 def _casts_own_scalars(optimizer: Callable[..., Any]) -> bool:
   """This library's factories cast their hyperparameters to their statistics'
-  dtype themselves; optax's own keep the dtype they are given."""
-  return getattr(optimizer, "__module__", "").startswith("optax_neuronlr")
+  dtype themselves; optax's own keep the dtype they are given. Partials of a
+  factory (``functools.partial(nlr.grad_history_lr, beta=0.5)``) count as it."""
+  return getattr(_unwrapped(optimizer), "__module__", "").startswith("optax_neuronlr")
 
 
 def _injected(
@@ -254,15 +357,16 @@ def _injected(
 
   For this library's factories the hyperparameters are kept in
   :func:`_hyperparam_dtype` of the tree (never half precision); other
-  optimizers keep optax's default (the params' widest dtype), so that their
-  own states keep the params' dtype.
+  optimizers keep optax's default (the params' widest dtype, so that their own
+  states keep the params' dtype), except that a tree mixing bfloat16 and
+  float16 leaves gets float32, which optax cannot find itself.
   """
   ours = _casts_own_scalars(optimizer)
 
   def make(tree):
     return optax.inject_hyperparams(
         optimizer, static_args=static,
-        hyperparam_dtype=_hyperparam_dtype(tree) if ours else None,
+        hyperparam_dtype=_hyperparam_dtype(tree) if ours else _widest_float(tree),
     )(**kwargs)
 
   def init_fn(params):
@@ -279,26 +383,72 @@ def is_inject_state(x: Any) -> bool:
   return isinstance(x, _INJECT_STATES)
 
 
-def _group_name(path: Sequence[Any]) -> str:
-  """The ``multi_transform`` label above a state, else ``"default"``."""
-  keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-  for i in range(len(keys) - 1, 0, -1):
-    if keys[i - 1] == "inner_states":
-      return str(keys[i])
-  return "default"
+# Naming the injected states of an optimizer state.
+#
+# A state's *components* are the multi_transform labels ("label", key) and the
+# positions in chains and other tuples ("index", i) on its path from the root,
+# through the inner states of enclosing injected states. Its name is its labels
+# joined by "/" ("default" without any); where two states would share a name
+# (two injected transforms in one chain), each is named by all its components
+# instead ("0", "1", "1/head").
+
+Components = tuple[tuple[str, str], ...]
+
+
+def _components(path: Sequence[Any]) -> Components:
+  out = []
+  for prev, key in zip((None, *path[:-1]), path):
+    if isinstance(key, jax.tree_util.SequenceKey):
+      out.append(("index", str(key.idx)))
+    elif getattr(prev, "name", None) == "inner_states" and hasattr(key, "key"):
+      out.append(("label", str(key.key)))
+  return tuple(out)
+
+
+def _collect(opt_state: Any, above: Components = ()) -> list[tuple[Components, Any]]:
+  """Every injected state, outer before inner, with its components."""
+  found = []
+  flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_inject_state)
+  for path, node in flat:
+    if is_inject_state(node):
+      components = above + _components(path)
+      found.append((components, node))
+      found.extend(_collect(node.inner_state, components))
+  return found
+
+
+def _names(found: Sequence[tuple[Components, Any]]) -> dict[Components, str]:
+  """Unique names of the states in ``found`` (see the comment above)."""
+  short = {c: "/".join(v for k, v in c if k == "label") or "default" for c, _ in found}
+  taken = [n for n in short.values()]
+  names = {}
+  for c, _ in found:
+    if taken.count(short[c]) == 1:
+      names[c] = short[c]
+    else:
+      names[c] = "/".join(v for _, v in c) or "default"
+  if len(set(names.values())) < len(names):  # A label that looks like an index.
+    names = {c: "/".join(f"{k}:{v}" for k, v in c) or "default" for c, _ in found}
+  return names
 
 
 def _inject_states(opt_state: Any) -> list[tuple[str, Any]]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_inject_state)
-  return [(_group_name(p), s) for p, s in flat if is_inject_state(s)]
+  found = _collect(opt_state)
+  names = _names(found)
+  return [(names[c], s) for c, s in found]
 
 
 def get_hyperparams(opt_state: Any) -> dict[str, dict[str, jax.Array]]:
   """``{group name: {hyperparameter: value}}`` of every injected group.
 
   Groups are those of :func:`param_groups` (or any ``optax.multi_transform``
-  label whose transform is wrapped in ``optax.inject_hyperparams``); a bare
-  ``inject_hyperparams`` state is the group ``"default"``. Jittable.
+  label whose transform is wrapped in ``optax.inject_hyperparams``), named by
+  their label; a bare ``inject_hyperparams`` state is the group ``"default"``.
+  Groups nested in a group's optimizer are named ``"<outer>/<inner>"``. Where
+  two states would get the same name (e.g. two ``inject_hyperparams``
+  transforms in one ``optax.chain``), each is named by its position instead:
+  ``"0"``, ``"1"`` (and ``"1/head"`` for the group ``head`` of a
+  ``param_groups`` at position 1). Jittable.
   """
   return {
       name: dict(unwrap_variables(state).hyperparams)
@@ -306,54 +456,125 @@ def get_hyperparams(opt_state: Any) -> dict[str, dict[str, jax.Array]]:
   }
 
 
+def _new_value(key: str, old: Any, value: Any, where: str) -> jax.Array:
+  """``value`` (or ``value(old)``) as a scalar of ``old``'s dtype, checked."""
+  old = unwrap_variables(old)
+  new = value(old) if callable(value) else value
+  name = f"{key} of group {where!r}"
+  dtype = jnp.asarray(old).dtype
+  if jnp.issubdtype(dtype, jnp.integer):
+    validation.check_int(name, new, low=-(2**31))
+  else:
+    validation.concrete_number(name, new, what="a real scalar")
+  return jnp.asarray(new, dtype)
+
+
+def _check_clamps(hyperparams: Mapping[str, Any], where: str) -> None:
+  """``min_lr <= max_lr`` where both are concrete (not traced)."""
+  if "min_lr" not in hyperparams or "max_lr" not in hyperparams:
+    return
+  try:
+    validation.check_clamps(hyperparams["min_lr"], hyperparams["max_lr"])
+  except ValueError as e:
+    raise ValueError(f"group {where!r}: {e}") from None
+
+
 def set_hyperparams(opt_state: Any, group: Optional[str] = None, **values: Any) -> Any:
   """A new state with hyperparameters of one group (or all) replaced.
 
-  Each value is a number, an array, or a callable ``old -> new``: seed 003's
-  ``for g in optimizer.param_groups: g['lr'] *= 0.9`` is
+  Each value is a scalar (a number or a 0-d array) or a callable ``old ->
+  new``: seed 003's ``for g in optimizer.param_groups: g['lr'] *= 0.9`` is
   ``set_hyperparams(state, learning_rate=lambda v: v * 0.9)``. The new value
   keeps the old one's dtype, so a jitted step does not retrace. Jittable.
   A hyperparameter given as a schedule is re-evaluated by the next update,
-  which overrides what is set here.
+  which overrides what is set here. Group names are those of
+  :func:`get_hyperparams`.
 
   Args:
     opt_state: a state of :func:`param_groups` or of any optax state holding
       ``optax.inject_hyperparams`` states.
-    group: the group to change; None changes every group.
+    group: the group to change; None changes every group that has the given
+      hyperparameters.
     **values: hyperparameter name -> new value or ``old -> new``.
 
   Returns:
     The new state (the input is not modified).
 
   Raises:
-    ValueError: for an unknown group or hyperparameter name.
+    ValueError: for an unknown group or hyperparameter name, a value that is
+      not a scalar, a fractional value of an integer hyperparameter,
+      ``min_lr > max_lr`` (where both are concrete), or a value set on a group
+      whose nested groups hold the same hyperparameter (the outer value would
+      not reach them: set ``"<outer>/<inner>"``, or use ``group=None``).
+    TypeError: for a value that is not a number (a string, None, a bool).
   """
-  found = _inject_states(opt_state)
-  names = sorted({n for n, _ in found})
+  found = _collect(opt_state)
   if not found:
     raise ValueError(
         "opt_state holds no optax.inject_hyperparams state: build the optimizer "
         "with nlr.param_groups or optax.inject_hyperparams."
     )
-  if group is not None and group not in names:
-    raise ValueError(f"unknown group {group!r}; the state has groups {names}.")
+  names = _names(found)
+  known = sorted(names.values())
+  if group is not None:
+    if group not in known:
+      raise ValueError(f"unknown group {group!r}; the state has groups {known}.")
+    _check_not_shadowed(found, names, group, values)
+  elif not any(set(values) <= set(s.hyperparams) for _, s in found):
+    raise ValueError(
+        f"unknown hyperparameters {sorted(values)}; the groups have "
+        f"{ {names[c]: sorted(s.hyperparams) for c, s in found} }."
+    )
 
-  def replace(path, node):
-    if not is_inject_state(node):
-      return node
-    if group is not None and _group_name(path) != group:
-      return node
+  def replace(node: Any, name: str) -> Any:
+    if group is None and not set(values) <= set(node.hyperparams):
+      return node  # Another kind of group (e.g. a nested one without them).
     unknown = sorted(set(values) - set(node.hyperparams))
     if unknown:
       raise ValueError(
-          f"unknown hyperparameters {unknown}; group {_group_name(path)!r} has "
+          f"unknown hyperparameters {unknown}; group {name!r} has "
           f"{sorted(node.hyperparams)}."
       )
     hyperparams = dict(node.hyperparams)
     for key, value in values.items():
-      old = unwrap_variables(hyperparams[key])
-      new = value(old) if callable(value) else value
-      hyperparams[key] = jnp.asarray(new, jnp.asarray(old).dtype)
+      hyperparams[key] = _new_value(key, hyperparams[key], value, name)
+    if {"min_lr", "max_lr"} & set(values):
+      _check_clamps(unwrap_variables(hyperparams), name)
     return node._replace(hyperparams=hyperparams)
 
-  return jax.tree_util.tree_map_with_path(replace, opt_state, is_leaf=is_inject_state)
+  def walk(tree: Any, above: Components) -> Any:
+    def visit(path, node):
+      if not is_inject_state(node):
+        return node
+      components = above + _components(path)
+      node = node._replace(inner_state=walk(node.inner_state, components))
+      name = names[components]
+      return replace(node, name) if group in (None, name) else node
+
+    return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=is_inject_state)
+
+  return walk(opt_state, ())
+
+
+def _check_not_shadowed(
+    found: Sequence[tuple[Components, Any]],
+    names: Mapping[Components, str],
+    group: str,
+    values: Mapping[str, Any],
+) -> None:
+  """Setting an outer group's value that its nested groups hold is an error:
+  each nested injected state keeps its own copy, so the new value would be
+  reported by :func:`get_hyperparams` and change nothing."""
+  outer = next(c for c, _ in found if names[c] == group)
+  shadowed = sorted(
+      names[c] for c, s in found
+      if len(c) > len(outer) and c[:len(outer)] == outer
+      and set(values) & set(s.hyperparams)
+  )
+  if shadowed:
+    raise ValueError(
+        f"group {group!r} holds nested groups {shadowed} with their own "
+        f"{sorted(set(values))}: the value set on {group!r} would not reach "
+        f"them. Set the nested groups (group={shadowed[0]!r}, ...) or pass "
+        "group=None to set every group."
+    )

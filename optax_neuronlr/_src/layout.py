@@ -20,7 +20,7 @@ import optax
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src.groups import is_inject_state
-from optax_neuronlr._src.inspect import unwrap_variables
+from optax_neuronlr._src.readers import unwrap_variables
 
 _PARTITION = getattr(optax.transforms, "PartitionState", ())
 
@@ -70,6 +70,20 @@ def _scalar(x: Any) -> Optional[float]:
     return None
 
 
+def _granularity(shape: tuple, unit_shape: tuple, is_global: bool) -> str:
+  """The kind of units, read from a leaf's shape and its units' shape."""
+  if is_global:
+    return "global"
+  if tuple(unit_shape) == tuple(shape):
+    return "element"
+  if not unit_shape:
+    return "tensor"
+  it = iter(shape)
+  if all(any(u == s for s in it) for u in unit_shape):
+    return "neuron"
+  return "blocks"
+
+
 class _Walker:
   """Walks an optax state and fills one row per parameter path."""
 
@@ -85,19 +99,18 @@ class _Walker:
                                   granularity, units, base_rate)
 
   def rate_state(self, state: Any, ctx: _Context) -> None:
-    rates, _, _ = engine.read_rates(state)
-    flat = dict(
-        (units_lib.path_str(p), r)
-        for p, r in jax.tree_util.tree_flatten_with_path(rates)[0]
-    )
-    hp = state.hyperparams
-    for path, keep in state.units.kept:
+    rule = engine.rule_of(state)
+    rates = engine.rates_of(state)
+    unit = getattr(state, rule.unit_stats[0]) if rule.unit_stats else None
+    is_global = unit is not None and rule.element_stats and (
+        jax.tree.structure(unit)
+        != jax.tree.structure(getattr(state, rule.element_stats[0])))
+    base = _scalar(engine.applied_scalars(state)["learning_rate"])
+    for p, r in jax.tree_util.tree_flatten_with_path(rates)[0]:
+      path = units_lib.path_str(p)
       shape = self.shapes.get(path, ())
-      units = math.prod(shape[a] for a in keep) if shape else 1
-      base = _scalar(hp["learning_rate"]) if "learning_rate" in hp else (
-          _scalar(np.median(np.asarray(flat[path]))) if path in flat else None)
-      self.add(path, ctx, engine.strategy_name(state), state.units.granularity,
-               units, base if base is not None else ctx.base_rate)
+      self.add(path, ctx, rule.name, _granularity(shape, np.shape(r), is_global),
+               int(np.size(r)), base if base is not None else ctx.base_rate)
 
   def param_subtree(self, tree: Any) -> list[str]:
     """Param paths of ``tree`` if it is shaped like (part of) the params."""
@@ -112,7 +125,7 @@ class _Walker:
   def walk(self, node: Any, ctx: _Context) -> None:
     if node is None or isinstance(node, optax.MaskedNode):
       return
-    if engine.is_rate_state(node):
+    if engine.is_rule_state(node):
       self.rate_state(node, ctx)
     elif is_inject_state(node):
       rate = node.hyperparams.get("learning_rate", None)
@@ -148,10 +161,12 @@ def optimizer_layout(opt_state: Any, params: Any) -> OptimizerLayout:
 
   Returns:
     An :class:`OptimizerLayout`; ``print(...)`` shows one row per leaf. The
-    strategy is the registered name of a per-unit strategy, else the class of
+    strategy is the rule's name, else the class of
     the optax state that holds the leaf's statistics (e.g. ``ScaleByAdamState``);
-    ``units`` counts the leaf's rate units; ``base rate`` is the strategy's
-    ``learning_rate`` (the learned median for hypergradients), else the
+    ``granularity`` is ``element``, ``neuron``, ``blocks``, ``tensor`` or
+    ``global``, read from the shapes of the leaf and its units;
+    ``units`` counts the leaf's rate units; ``base rate`` is the rule's
+    ``learning_rate`` of the last step, else the
     group's injected ``learning_rate``. A leaf whose transform keeps no state
     (e.g. a frozen group) shows the one stateless group's label if there is
     exactly one, else ``-``.

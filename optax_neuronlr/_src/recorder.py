@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_neuronlr._src import inspect as inspect_lib
-from optax_neuronlr._src.inspect import leaf_rates
+from optax_neuronlr._src import readers as inspect_lib
+from optax_neuronlr._src.readers import leaf_rates
 
 
 @dataclasses.dataclass(frozen=True)

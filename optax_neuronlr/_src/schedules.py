@@ -16,7 +16,8 @@ to floating-point rounding. Where optax has the same closed form, it is used.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,30 @@ import optax
 from optax_neuronlr._src import validation
 
 
-def _check_steps_per_epoch(steps_per_epoch: int) -> None:
-  if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-    raise ValueError(f"steps_per_epoch must be an int >= 1, got {steps_per_epoch!r}.")
+def _check_steps_per_epoch(steps_per_epoch: Any) -> int:
+  """An int >= 1 (NumPy ints too), returned as a Python int."""
+  return validation.check_int("steps_per_epoch", steps_per_epoch, low=1)
+
+
+def _check_init_value(init_value: Any) -> None:
+  """The initial rate: a finite number >= 0, as PyTorch's optimizers require."""
+  validation.check_range("init_value", init_value, low=0.0)
+
+
+def _check_milestones(milestones: Any) -> list[int]:
+  """Epochs >= 0 as Python ints; never splits a string or truncates a float."""
+  hint = "a list of epochs (ints >= 0), e.g. [30, 80]"
+  if isinstance(milestones, (str, bytes, Mapping)) or not isinstance(
+      milestones, Iterable
+  ) or getattr(milestones, "ndim", 1) != 1:
+    raise TypeError(f"milestones must be {hint}, got {milestones!r}.")
+  out = []
+  for m in milestones:
+    try:
+      out.append(validation.check_int("milestones", m))
+    except ValueError as e:
+      raise ValueError(f"milestones must be {hint}, got the epoch {m!r}.") from e
+  return out
 
 
 def _epoch(count: jax.Array, steps_per_epoch: int) -> jax.Array:
@@ -44,9 +66,10 @@ def step_lr(
     init_value: float, step_size: int, gamma: float = 0.1, *, steps_per_epoch: int = 1
 ) -> optax.Schedule:
   """``torch.optim.lr_scheduler.StepLR``: ``init * gamma ** (epoch // step_size)``."""
-  validation.check_range("step_size", step_size, low=1)
+  _check_init_value(init_value)
+  step_size = validation.check_int("step_size", step_size, low=1)
   validation.check_range("gamma", gamma, low=0.0, low_open=True)
-  _check_steps_per_epoch(steps_per_epoch)
+  steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
   return _float_count(optax.exponential_decay(
       init_value, step_size * steps_per_epoch, gamma, staircase=True
   ))
@@ -54,7 +77,7 @@ def step_lr(
 
 def multi_step_lr(
     init_value: float,
-    milestones: Sequence[int],
+    milestones: Iterable[int],
     gamma: float = 0.1,
     *,
     steps_per_epoch: int = 1,
@@ -62,13 +85,14 @@ def multi_step_lr(
   """``MultiStepLR``: ``init * gamma ** (number of milestones <= epoch)``.
 
   A milestone listed twice multiplies by ``gamma`` twice, and a milestone 0
-  applies from the start, as in PyTorch.
+  applies from the start, as in PyTorch. ``milestones`` is a list (or any
+  iterable) of integer epochs: a single int, a string or a fractional epoch is
+  an error, not read as something else.
   """
+  _check_init_value(init_value)
+  counts = collections.Counter(_check_milestones(milestones))
   validation.check_range("gamma", gamma, low=0.0, low_open=True)
-  _check_steps_per_epoch(steps_per_epoch)
-  counts = collections.Counter(int(m) for m in milestones)
-  if any(m < 0 for m in counts):
-    raise ValueError(f"milestones must be epochs >= 0, got {sorted(counts)}.")
+  steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
   return optax.piecewise_constant_schedule(
       init_value, {m * steps_per_epoch: gamma**n for m, n in sorted(counts.items())}
   )
@@ -78,8 +102,9 @@ def exponential_lr(
     init_value: float, gamma: float, *, steps_per_epoch: int = 1
 ) -> optax.Schedule:
   """``ExponentialLR``: ``init * gamma ** epoch``."""
+  _check_init_value(init_value)
   validation.check_range("gamma", gamma, low=0.0, low_open=True)
-  _check_steps_per_epoch(steps_per_epoch)
+  steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
   return _float_count(
       optax.exponential_decay(init_value, steps_per_epoch, gamma, staircase=True)
   )
@@ -90,17 +115,19 @@ def cosine_annealing_lr(
 ) -> optax.Schedule:
   r"""``CosineAnnealingLR``, PyTorch's values also after ``t_max``.
 
-  .. math::
+  $$
+  \eta_e = \eta_{min} + (\eta_0 - \eta_{min})
+           \frac{1 + \cos(\pi e / T_{max})}{2}
+  $$
 
-    \eta_e = \eta_{min} + (\eta_0 - \eta_{min})
-             \frac{1 + \cos(\pi e / T_{max})}{2}
-
-  for every epoch ``e``. Past ``t_max`` the rate rises again (period
+  for every epoch $e$. Past ``t_max`` the rate rises again (period
   ``2 * t_max``), as PyTorch's does; ``optax.cosine_decay_schedule`` instead
   stays at its final value, so it is not used here.
   """
-  validation.check_range("t_max", t_max, low=1)
-  _check_steps_per_epoch(steps_per_epoch)
+  _check_init_value(init_value)
+  t_max = validation.check_int("t_max", t_max, low=1)
+  validation.check_range("eta_min", eta_min, low=0.0)
+  steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
 
   def schedule(count):
     # (1 + cos x) / 2 = cos(x / 2)**2, with the epoch reduced modulo the period
@@ -124,5 +151,10 @@ def lambda_lr(
   ``lr_lambda`` receives the epoch as an integer array (traced under ``jit``), so
   write it with ``jnp`` operations (``jnp.where`` rather than ``if``).
   """
-  _check_steps_per_epoch(steps_per_epoch)
+  _check_init_value(init_value)
+  if not callable(lr_lambda):
+    raise TypeError(
+        f"lr_lambda must be a function epoch -> factor, got {lr_lambda!r}."
+    )
+  steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
   return lambda count: init_value * lr_lambda(_epoch(count, steps_per_epoch))

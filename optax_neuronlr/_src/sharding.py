@@ -1,21 +1,25 @@
 """Shardings of an optimizer state, derived from the parameters' shardings.
 
-``jax.jit(tx.init)`` does not shard its output (not even for
-``optax.scale_by_adam``: its zeros depend on no input), and the per-unit
-statistics of this library are not shaped like the parameters. This module
-gives each state leaf the sharding that matches its parameter:
+``jax.jit(tx.init)`` does not shard its output under automatic sharding (not
+even for ``optax.scale_by_adam``: its zeros depend on no input), and the
+per-unit statistics of this library are not shaped like the parameters. This
+module gives each state leaf the sharding that matches its parameter:
 
-* a leaf shaped like a parameter (Adam's moments, a stored direction) takes
-  the parameter's sharding;
-* a per-unit leaf of a strategy keeps the partitioning of the axes it keeps
-  (its ``units`` record says which): with a Flax ``(in, out)`` kernel sharded
-  as ``P("data", "model")``, its per-neuron EMA ``(out,)`` is ``P("model")``;
-* everything else (counters, scalar hyperparameters, global rates) is
+* a leaf shaped like a parameter (Adam's moments, a stored direction, an
+  element statistic) takes the parameter's sharding (found with
+  ``optax.tree_utils.tree_map_params``);
+* a per-unit leaf of a rule keeps the partitioning of the axes it keeps: with
+  a Flax ``(in, out)`` kernel sharded as ``P("data", "model")``, its
+  per-neuron EMA ``(out,)`` is ``P("model")``; per-head blocks of an axis keep
+  that axis' partitioning;
+* everything else (counters, scalars, global or per-tensor rates) is
   replicated.
 
 Sharding the neuron axis then needs no communication at all; sharding the
-fan-in axis needs one all-reduce of per-unit size per statistic (the mean over
-the fan-in), never one of parameter size.
+fan-in axis needs one all-reduce of per-unit size per statistic, never one of
+parameter size. On an explicit-sharding mesh ``init`` already builds every
+statistic with these shardings (it reduces zeros shaped like each parameter,
+as ``update`` reduces the gradient), so ``init`` and ``update`` agree.
 """
 
 from __future__ import annotations
@@ -23,16 +27,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import units as units_lib
-
-
-def _param_table(params: Any, shardings: Any) -> dict[str, tuple[tuple, Any]]:
-  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  sh = treedef.flatten_up_to(shardings)
-  return {units_lib.path_str(p): (tuple(x.shape), s) for (p, x), s in zip(flat, sh)}
 
 
 def _replicated(sharding: Any) -> Any:
@@ -41,38 +39,35 @@ def _replicated(sharding: Any) -> Any:
   return sharding
 
 
-def _kept_spec(sharding: Any, shape: tuple, keep: tuple[int, ...]) -> Any:
+def _kept(sharding: Any, shape: tuple, unit_shape: tuple, keep: tuple[int, ...]) -> Any:
+  """The sharding of a per-unit array that keeps ``keep`` axes of its leaf."""
   if not isinstance(sharding, NamedSharding):
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+      return sharding
     raise TypeError(
-        "state_shardings derives per-unit shardings from NamedSharding "
-        f"parameters, got {type(sharding).__name__}."
+        "state_shardings derives per-unit shardings from NamedSharding or "
+        f"SingleDeviceSharding parameters, got {type(sharding).__name__}."
     )
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  if len(keep) != len(unit_shape):
+    return NamedSharding(sharding.mesh, PartitionSpec())
   return NamedSharding(sharding.mesh, PartitionSpec(*(spec[a] for a in keep)))
 
 
-def _match(path: str, table: dict) -> Any:
-  """The parameter whose path is the longest suffix of a state leaf's path."""
-  parts = path.split("/")
-  for i in range(len(parts)):
-    key = "/".join(parts[i:])
-    if key in table:
-      return key
-  return None
+def _is_rule_state(x: Any) -> bool:
+  return engine.is_rule_state(x)
 
 
-def state_shardings(
-    tx: Any, params: Any, params_shardings: Any
-) -> Any:
+def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
   """Shardings for ``tx.init(params)``, for ``jax.jit(..., out_shardings=...)``.
 
   Args:
     tx: any optax transformation (chains, ``multi_transform``,
-      ``inject_hyperparams`` and this library's strategies included).
+      ``inject_hyperparams`` and this library's rules included).
     params: the parameters, or ``jax.ShapeDtypeStruct`` leaves.
     params_shardings: a tree of shardings mirroring ``params``
-      (``jax.sharding.NamedSharding``; other shardings are copied to leaves
-      shaped like the parameter and used as they are elsewhere).
+      (``jax.sharding.NamedSharding``, or ``SingleDeviceSharding``, which is
+      copied to every state leaf of its parameter).
 
   Returns:
     A tree of shardings with the structure of ``tx.init(params)``.
@@ -82,49 +77,60 @@ def state_shardings(
     >>> # p_sh = {"w": NamedSharding(mesh, P(None, "model"))}
     >>> # init = jax.jit(tx.init, out_shardings=nlr.state_shardings(tx, params, p_sh))
   """
-  abstract = jax.eval_shape(tx.init, params)
-  table = _param_table(params, params_shardings)
-  default = _replicated(next(iter(table.values()))[1]) if table else None
+  with engine.recording_layouts() as records:
+    abstract = jax.eval_shape(tx.init, params)
+  flat_sh = jax.tree.leaves(params_shardings)
+  default = _replicated(flat_sh[0]) if flat_sh else None
+  by_path = {}
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  for (p, _), s in zip(flat, treedef.flatten_up_to(params_shardings)):
+    by_path[engine.units_lib.path_str(p)] = s
 
-  def leaf_sharding(path: str, leaf: Any) -> Any:
-    key = _match(path, table)
-    if key is not None and table[key][0] == tuple(leaf.shape):
-      return table[key][1]
-    return default
+  def param_like(state_leaf, sharding):
+    return sharding
 
-  def visit(node: Any, prefix: str) -> Any:
-    fields = engine.unit_fields(node)
-    if not fields:
-      flat, treedef = jax.tree_util.tree_flatten_with_path(
-          node, is_leaf=engine.is_rate_state
-      )
-      out = []
-      for p, leaf in flat:
-        path = "/".join(x for x in (prefix, units_lib.path_str(p)) if x)
-        out.append(
-            visit(leaf, path) if engine.is_rate_state(leaf)
-            else leaf_sharding(path, leaf)
-        )
-      return treedef.unflatten(out)
-    replaced = {}
-    for name in node._fields:
-      value = getattr(node, name)
-      if name in fields:
-        replaced[name] = _unit_shardings(value, node.units, table, default)
-      else:
-        replaced[name] = visit(value, f"{prefix}/{name}" if prefix else name)
-    return type(node)(**replaced)
+  mapped = optax.tree_utils.tree_map_params(
+      tx, param_like, abstract, params_shardings,
+      transform_non_params=lambda _: default,
+  )
+  used = set()
 
-  return visit(abstract, "")
+  def fix(abstract_node, sharding_node):
+    if _is_rule_state(abstract_node):
+      return _rule_shardings(abstract_node, sharding_node, records, used, by_path, default)
+    return sharding_node
+
+  return jax.tree.map(fix, abstract, mapped, is_leaf=_is_rule_state)
 
 
-def _unit_shardings(tree: Any, units: units_lib.UnitAxes, table, default) -> Any:
-  def one(path, leaf):
-    key = units_lib.path_str(path)
-    keep = units.axes_of(key)
-    if key not in table or keep is None or len(leaf.shape) != len(keep):
-      return default  # e.g. a global (scalar) rate
-    shape, sharding = table[key]
-    return _kept_spec(sharding, shape, keep)
+def _rule_shardings(state, shardings, records, used, by_path, default) -> Any:
+  """Per-unit statistics of one rule state, sharded along the axes they keep."""
+  rule = engine.rule_of(state)
+  if not rule.unit_stats:
+    return shardings
+  first = getattr(state, rule.unit_stats[0])
+  leaves = jax.tree_util.tree_flatten_with_path(first)[0]
+  signature = tuple((engine.units_lib.path_str(p), tuple(x.shape)) for p, x in leaves)
+  record = None
+  for i, (cls, rows, is_global) in enumerate(records):
+    if i in used or cls is not type(state):
+      continue
+    if is_global or tuple((p, u) for p, _, u, _ in rows) == signature:
+      record = (rows, is_global)
+      used.add(i)
+      break
+  replaced = {}
+  for name in rule.unit_stats:
+    tree = getattr(state, name)
+    if record is None or record[1]:
+      replaced[name] = jax.tree.map(lambda _: default, tree)
+      continue
+    table = {p: (shape, unit, keep) for p, shape, unit, keep in record[0]}
 
-  return jax.tree_util.tree_map_with_path(one, tree)
+    def one(path, leaf):
+      key = engine.units_lib.path_str(path)
+      shape, unit, keep = table[key]
+      return _kept(by_path.get(key, default), shape, unit, keep)
+
+    replaced[name] = jax.tree_util.tree_map_with_path(one, tree)
+  return shardings._replace(**replaced)

@@ -1,40 +1,118 @@
 """Units of a parameter tree: which elements share one learning rate.
 
-A *unit* is the set of elements of a leaf that share one rate. Three
-granularities are supported:
+A *unit* is a set of elements that share one rate. Per leaf, a unit spec says
+how the leaf splits into units:
 
-* ``"element"``: every scalar parameter is its own unit (the reference code).
-* ``"neuron"``: one unit per output neuron. The neuron axes of a leaf index the
-  units; the remaining axes (the fan-in) are averaged over.
+* ``"element"``: every scalar parameter is its own unit (the reference code);
+* ``"neuron"`` or :class:`Neurons`: one unit per index of the neuron axes
+  (default: the last axis, the output neuron of a Flax ``(in, out)`` kernel;
+  ``Neurons(0)`` for PyTorch ``(out, in)`` weights); the other axes, the
+  fan-in, are reduced over;
+* :class:`Blocks`: an axis split into equal contiguous blocks, one unit per
+  block (the heads of a fused ``(d, heads * head_dim)`` attention kernel are
+  ``Blocks(1, heads)``);
 * ``"tensor"``: one unit per leaf.
 
-The per-unit statistics of a leaf of shape ``S`` are stored with the shape of
-its neuron axes only (squeezed): a Flax ``(in, out)`` kernel gives ``(out,)``,
-a bias ``(out,)`` gives ``(out,)``, a 0-d leaf gives ``()``.
+``granularity="global"`` makes the whole tree one unit (Baydin et al.'s
+hypergradient rule). The per-unit statistics of a leaf keep only the shape of
+its units: a Flax ``(in, out)`` kernel gives ``(out,)`` per neuron, a bias
+``(out,)``, a 0-d leaf ``()``, ``Blocks(1, h)`` gives ``(h,)``; ``"tensor"``
+and ``"global"`` give ``()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-Granularity = Literal["element", "neuron", "tensor"]
-GRANULARITIES: tuple[str, ...] = ("element", "neuron", "tensor")
+from optax_neuronlr._src import paths as paths_lib
 
-AxesSpec = Union[int, Sequence[int], None]
-"""Neuron axes of one leaf: an axis, a tuple of axes, or None (the default)."""
+GRANULARITIES: tuple[str, ...] = ("element", "neuron", "tensor", "global")
+LEAF_UNITS: tuple[str, ...] = ("element", "neuron", "tensor")
 
-NeuronAxes = Union[AxesSpec, Any, Callable[[Any], Any]]
-"""One ``AxesSpec`` for all leaves, a pytree of them, or ``params -> pytree``.
+path_str = paths_lib.path_str
 
-An ``AxesSpec`` is an int, a tuple of ints or None; a list is a container of
-per-leaf specs, never one spec. A spec given for a sub-tree's path applies to
-all leaves below it (``{"encoder": 0, "decoder": -1}``).
-"""
+
+def _as_int(value: Any, what: str) -> int:
+  """A Python, NumPy or concrete 0-d JAX integer as ``int``; else TypeError."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{what} must be an int, got {value!r}.")
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+    if value.ndim == 0 and jnp.issubdtype(value.dtype, jnp.integer):
+      return int(value)
+  raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}.")
+
+
+def _as_axes(axes: Any, what: str) -> tuple[int, ...]:
+  if isinstance(axes, (list, tuple)):
+    return tuple(_as_int(a, what) for a in axes)
+  if isinstance(axes, np.ndarray) and axes.ndim == 1:
+    return tuple(_as_int(a, what) for a in axes)
+  return (_as_int(axes, what),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Neurons:
+  """One unit per index of ``axes``; the other axes (the fan-in) are reduced.
+
+  Attributes:
+    axes: an axis or a tuple of axes (negative counts from the end).
+  """
+
+  axes: Union[int, tuple[int, ...]] = -1
+
+  def __post_init__(self):
+    object.__setattr__(self, "axes", _as_axes(self.axes, "Neurons.axes"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+  """``axis`` split into ``num_blocks`` equal contiguous blocks, one unit each.
+
+  Every other axis is reduced over, so each unit is a slab
+  ``x[..., b * size:(b + 1) * size, ...]`` of the leaf.
+
+  Attributes:
+    axis: the axis to split.
+    num_blocks: how many blocks; must divide the axis' length.
+  """
+
+  axis: int
+  num_blocks: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "axis", _as_int(self.axis, "Blocks.axis"))
+    n = _as_int(self.num_blocks, "Blocks.num_blocks")
+    if n < 1:
+      raise ValueError(f"Blocks.num_blocks must be >= 1, got {n}.")
+    object.__setattr__(self, "num_blocks", n)
+
+
+UnitSpec = Union[str, Neurons, Blocks]
+
+
+def is_unit_spec(x: Any) -> bool:
+  return isinstance(x, (str, Neurons, Blocks))
+
+
+def _is_axes_spec(x: Any) -> bool:
+  if x is None or isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+    return True
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.ndim == 0:
+    return True
+  return isinstance(x, tuple) and all(
+      isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,89 +120,68 @@ class Layout:
   """How one leaf splits into units.
 
   Attributes:
-    reduce_axes: sorted, non-negative axes averaged over to get one value per
-      unit (empty for element granularity).
-    unit_shape: shape of the per-unit statistics of the leaf.
-    size: number of elements averaged into each unit (at least 1).
+    shape: the leaf's shape.
+    view: the shape the leaf is reshaped to before reducing (differs from
+      ``shape`` only for :class:`Blocks`).
+    reduce_axes: axes of ``view`` reduced over (empty: one unit per element).
+    unit_shape: shape of the per-unit statistics.
+    size: number of elements in each unit (at least 1).
     keep_axes: the leaf's axes that the per-unit statistics keep, in order.
+    blocks: ``(axis, num_blocks)`` for :class:`Blocks`, else None.
   """
 
+  shape: tuple[int, ...]
+  view: tuple[int, ...]
   reduce_axes: tuple[int, ...]
   unit_shape: tuple[int, ...]
   size: int
   keep_axes: tuple[int, ...] = ()
+  blocks: Optional[tuple[int, int]] = None
+
+  @property
+  def is_element(self) -> bool:
+    return not self.reduce_axes and self.blocks is None
 
   def sum(self, x: jax.Array, dtype: Any) -> jax.Array:
     """Sum of ``x`` over each unit, accumulated in ``dtype``."""
     x = x.astype(dtype)
-    if not self.reduce_axes:
+    if self.is_element:
       return x
+    x = x.reshape(self.view)
     return jnp.sum(x, axis=self.reduce_axes).astype(dtype)
 
   def mean(self, x: jax.Array, dtype: Any) -> jax.Array:
-    """Mean of ``x`` over each unit, accumulated in ``dtype``.
-
-    A sum divided by the static unit size, so that empty leaves give zeros
-    rather than NaN.
-    """
-    if not self.reduce_axes:
+    """Mean of ``x`` over each unit (a sum over the static size: no NaN)."""
+    if self.is_element:
       return x.astype(dtype)
     return (self.sum(x, dtype) / self.size).astype(dtype)
 
-  def broadcast(self, unit_values: jax.Array) -> jax.Array:
-    """Reshapes per-unit values so that they broadcast against the leaf."""
-    if not self.reduce_axes:
-      return unit_values
-    return jnp.expand_dims(unit_values, self.reduce_axes)
+  def reduce(self, x: jax.Array, dtype: Any, how: str) -> jax.Array:
+    return self.sum(x, dtype) if how == "sum" else self.mean(x, dtype)
+
+  def scale(self, d: jax.Array, unit_values: jax.Array) -> jax.Array:
+    """``d`` times each unit's value, broadcast over the unit's elements."""
+    if self.is_element:
+      return d * unit_values
+    r = jnp.expand_dims(unit_values, self.reduce_axes)
+    if self.blocks is None:
+      return d * r
+    return (d.reshape(self.view) * r).reshape(self.shape)
+
+  def expand(self, unit_values: jax.Array) -> jax.Array:
+    """Per-unit values repeated to the leaf's shape."""
+    ones = jnp.ones(self.shape, unit_values.dtype)
+    return self.scale(ones, unit_values)
 
 
-def path_str(path: Sequence[Any]) -> str:
-  """``'a/b/0'`` for a JAX key path, the form used in labels, errors and logs.
-
-  A trailing ``.value`` attribute (the array inside a Flax NNX variable) is
-  dropped, so that a parameter has the same path in an ``nnx.State`` of
-  variables (as ``nnx.Optimizer`` passes to ``init``) and in a tree of arrays
-  (as it passes to ``update``).
-  """
-  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-    path = path[:-1]
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
+def element_layout(shape: Sequence[int]) -> Layout:
+  shape = tuple(shape)
+  return Layout(shape, shape, (), shape, 1, tuple(range(len(shape))))
 
 
-def _is_spec(x: Any) -> bool:
-  if x is None or isinstance(x, int):
-    return True
-  return isinstance(x, tuple) and all(isinstance(a, int) for a in x)
-
-
-def check_granularity(granularity: str) -> None:
-  if granularity not in GRANULARITIES:
-    raise ValueError(
-        f"granularity must be one of {GRANULARITIES}, got {granularity!r}."
-    )
-
-
-def _normalise_axes(spec: AxesSpec, ndim: int, where: str) -> tuple[int, ...]:
-  """Neuron axes of one leaf as sorted, non-negative ints; None = default."""
-  if ndim == 0:
-    return ()  # A 0-d leaf is always one unit.
-  if spec is None:
-    return (ndim - 1,)
-  axes = (spec,) if isinstance(spec, int) else tuple(spec)
+def _normalise_axes(axes: Sequence[int], ndim: int, where: str) -> tuple[int, ...]:
   out = []
   for a in axes:
-    if isinstance(a, bool) or not isinstance(a, int):
-      raise TypeError(
-          f"neuron_axes for leaf '{where}' must be ints, got {spec!r}."
-      )
     if not -ndim <= a < ndim:
       raise ValueError(
           f"neuron_axes {a} is out of range for leaf '{where}' with {ndim} "
@@ -132,105 +189,134 @@ def _normalise_axes(spec: AxesSpec, ndim: int, where: str) -> tuple[int, ...]:
       )
     out.append(a % ndim)
   if len(set(out)) != len(out):
-    raise ValueError(f"neuron_axes {spec!r} for leaf '{where}' repeats an axis.")
+    raise ValueError(f"neuron axes {tuple(axes)} for leaf '{where}' repeat an axis.")
   return tuple(sorted(out))
 
 
-def _specs_by_path(neuron_axes: NeuronAxes, tree: Any) -> Callable[[str], AxesSpec]:
-  """Maps a leaf path to its axes spec.
-
-  A spec is an int, a *tuple* of ints (several neuron axes) or None; lists,
-  dicts and other containers hold specs for sub-trees. A spec given for a path
-  applies to every leaf below it (the longest matching prefix wins).
-  """
-  if callable(neuron_axes):
-    neuron_axes = neuron_axes(tree)
-  if _is_spec(neuron_axes):
-    single = neuron_axes
-    return lambda path: single
-  flat, _ = jax.tree_util.tree_flatten_with_path(neuron_axes, is_leaf=_is_spec)
-  table = {path_str(p): s for p, s in flat}
-
-  def lookup(path: str) -> AxesSpec:
-    parts = path.split("/")
-    for i in range(len(parts), -1, -1):
-      prefix = "/".join(parts[:i])
-      if prefix in table:
-        return table[prefix]
-    raise ValueError(
-        f"neuron_axes has no entry for leaf '{path}'; a pytree of neuron axes "
-        f"must cover the parameters (known paths: {sorted(table)[:8]})."
-    )
-
-  return lookup
+def _kept(shape: tuple[int, ...], keep: tuple[int, ...]) -> Layout:
+  reduce_axes = tuple(a for a in range(len(shape)) if a not in keep)
+  size = math.prod(shape[a] for a in reduce_axes)
+  return Layout(shape, shape, reduce_axes, tuple(shape[a] for a in keep),
+                max(size, 1), keep)
 
 
-def leaf_layout(
-    shape: Sequence[int], granularity: str, spec: AxesSpec, where: str
-) -> Layout:
-  """The layout of one leaf of ``shape``."""
-  shape = tuple(shape)
+def leaf_layout(shape: Sequence[int], spec: UnitSpec, where: str) -> Layout:
+  """The layout of a leaf of ``shape`` under the unit ``spec``."""
+  shape = tuple(int(s) for s in shape)
   ndim = len(shape)
-  if granularity == "element":
-    return Layout((), shape, 1, tuple(range(ndim)))
-  if granularity == "tensor":
-    keep: tuple[int, ...] = ()
-  else:
-    keep = _normalise_axes(spec, ndim, where)
-  reduce_axes = tuple(a for a in range(ndim) if a not in keep)
-  size = 1
-  for a in reduce_axes:
-    size *= shape[a]
-  return Layout(reduce_axes, tuple(shape[a] for a in keep), max(size, 1), keep)
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class UnitAxes:
-  """Which axes of each parameter leaf its per-unit statistics keep.
-
-  A static pytree node (no array leaves): it rides along in a strategy's state
-  through ``jit``, donation and checkpoints, and tells tools such as
-  :func:`optax_neuronlr.state_shardings` how a per-unit array maps onto its
-  parameter (``kept[i] = (path, axes)``, ``()`` for one unit per leaf), and
-  with which ``granularity`` the strategy was built.
-  """
-
-  kept: tuple[tuple[str, tuple[int, ...]], ...] = ()
-  granularity: str = "element"
-
-  def axes_of(self, path: str) -> Optional[tuple[int, ...]]:
-    for p, axes in self.kept:
-      if p == path:
-        return axes
-    return None
-
-
-def unit_axes(tree: Any, layouts: Sequence[Layout], granularity: str) -> UnitAxes:
-  """The :class:`UnitAxes` of ``tree`` (the tree ``tree_layouts`` was given)."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return UnitAxes(
-      tuple((path_str(p), l.keep_axes) for (p, _), l in zip(flat, layouts)),
-      granularity,
+  if isinstance(spec, str):
+    if spec == "element":
+      return element_layout(shape)
+    if spec == "tensor":
+      return _kept(shape, ())
+    if spec == "neuron":
+      spec = Neurons(-1)
+    else:
+      raise ValueError(
+          f"unit spec for leaf '{where}' must be one of {LEAF_UNITS}, a "
+          f"Neurons or a Blocks, got {spec!r}."
+      )
+  if isinstance(spec, Neurons):
+    if ndim == 0:
+      return _kept(shape, ())  # A 0-d leaf is one unit.
+    if ndim == 1 and spec.axes == (-1,):
+      return element_layout(shape)
+    return _kept(shape, _normalise_axes(spec.axes, ndim, where))
+  if isinstance(spec, Blocks):
+    if ndim == 0:
+      raise ValueError(f"Blocks cannot split the 0-d leaf '{where}'.")
+    (axis,) = _normalise_axes((spec.axis,), ndim, where)
+    n = spec.num_blocks
+    if shape[axis] % n:
+      raise ValueError(
+          f"Blocks({spec.axis}, {n}) for leaf '{where}' of shape {shape}: "
+          f"axis {axis} of length {shape[axis]} does not split into {n} equal blocks."
+      )
+    view = shape[:axis] + (n, shape[axis] // n) + shape[axis + 1:]
+    reduce_axes = tuple(a for a in range(len(view)) if a != axis)
+    size = math.prod(view[a] for a in reduce_axes)
+    return Layout(shape, view, reduce_axes, (n,), max(size, 1), (axis,), (axis, n))
+  raise TypeError(
+      f"unit spec for leaf '{where}' must be a string, Neurons or Blocks, got "
+      f"{type(spec).__name__} {spec!r}."
   )
 
 
+def _axes_to_spec(axes: Any, where: str) -> UnitSpec:
+  """A 0.1-style ``neuron_axes`` entry (None, int, tuple of ints) as a spec."""
+  if axes is None:
+    return Neurons(-1)
+  return Neurons(_as_axes(axes, f"neuron_axes for leaf '{where}'"))
+
+
+def _spec_lookup(
+    specs: Any, tree: Any, is_value: Callable[[Any], bool], what: str
+) -> Callable[[str], Any]:
+  if callable(specs) and not is_value(specs):
+    specs = specs(tree)
+  if is_value(specs):
+    return lambda path, s=specs: s
+  selection = paths_lib.from_pytree(specs, is_value, what)
+  return selection.lookup
+
+
+def check_granularity(granularity: Any, neuron_axes: Any) -> None:
+  """Construction-time checks of ``granularity`` and ``neuron_axes``."""
+  if isinstance(granularity, str):
+    if granularity not in GRANULARITIES:
+      raise ValueError(
+          f"granularity must be one of {GRANULARITIES}, a unit spec "
+          f"(Neurons, Blocks), a pytree of them or a callable, got {granularity!r}."
+      )
+    if neuron_axes is not None and granularity != "neuron":
+      raise ValueError(
+          f"neuron_axes is given but granularity={granularity!r} ignores it; "
+          "use granularity='neuron' (or give per-leaf unit specs as granularity)."
+      )
+  elif neuron_axes is not None:
+    raise ValueError(
+        "neuron_axes is given with per-leaf unit specs as granularity; say the "
+        "neuron axes in the specs (nlr.Neurons(axes)) instead."
+    )
+  elif isinstance(granularity, (Neurons, Blocks)) or callable(granularity):
+    return
+  elif granularity is None or isinstance(granularity, (int, float)):
+    raise TypeError(
+        f"granularity must be one of {GRANULARITIES}, a unit spec, a pytree of "
+        f"them or a callable, got {granularity!r}."
+    )
+  if not callable(neuron_axes) and neuron_axes is not None:
+    flat = jax.tree.leaves(neuron_axes, is_leaf=_is_axes_spec)
+    for a in flat:
+      if not _is_axes_spec(a):
+        raise TypeError(
+            f"neuron_axes entries must be ints or tuples of ints, got {a!r}."
+        )
+
+
 def tree_layouts(
-    tree: Any, granularity: str, neuron_axes: NeuronAxes
+    tree: Any, granularity: Any, neuron_axes: Any = None
 ) -> tuple[list[Layout], jax.tree_util.PyTreeDef]:
   """Layouts of the array leaves of ``tree`` and its treedef.
 
-  ``None`` leaves and ``optax.MaskedNode`` are structure, not leaves: they get
-  no layout and keep their place in every per-unit tree.
+  ``granularity`` is a string of :data:`GRANULARITIES` for every leaf, a
+  unit spec, a pytree of specs (selected by path, see
+  :mod:`optax_neuronlr._src.paths`) or a callable ``tree -> pytree``.
+  ``"global"`` gives every leaf a tensor layout (the engine sums across
+  leaves). ``None`` leaves and ``optax.MaskedNode`` are structure, not leaves.
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  if granularity == "neuron":
-    spec_of = _specs_by_path(neuron_axes, tree)
+  if granularity == "neuron" and isinstance(granularity, str):
+    axes_of = _spec_lookup(neuron_axes, tree, _is_axes_spec, "neuron_axes")
+    spec_of = lambda where: _axes_to_spec(axes_of(where), where)
+  elif isinstance(granularity, str):
+    leaf_spec = "tensor" if granularity == "global" else granularity
+    spec_of = lambda where: leaf_spec
   else:
-    spec_of = lambda path: None
+    spec_of = _spec_lookup(granularity, tree, is_unit_spec, "granularity")
   layouts = []
   for path, leaf in flat:
     where = path_str(path)
     shape = leaf.shape if hasattr(leaf, "shape") else jnp.shape(leaf)
-    layouts.append(leaf_layout(shape, granularity, spec_of(where), where))
+    layouts.append(leaf_layout(shape, spec_of(where), where))
   return layouts, treedef

@@ -1,20 +1,138 @@
-"""Construction-time checks of Python-number hyperparameters.
+"""Construction-time checks of hyperparameters.
 
-Values that are not concrete Python (or NumPy) numbers are left alone: under
-``optax.inject_hyperparams`` hyperparameters arrive as traced arrays, and a
-schedule is a callable.
+Every check names the argument and what it allows, and raises
+
+* ``TypeError`` for a value of the wrong kind: a string (``"1e-3"``), ``None``,
+  a bool where a number is needed (or a number where a bool is), a complex
+  number, a list, or a schedule where only a number works;
+* ``ValueError`` for a value of the right kind outside the allowed range, and
+  for an array that is not a scalar (the message gives its shape).
+
+A value is *concrete* when it is a Python or NumPy number, or a 0-d NumPy or
+JAX array that is not traced; concrete values are checked like Python numbers.
+A traced value (under ``jax.jit``, e.g. a hyperparameter of
+``optax.inject_hyperparams`` inside a jitted ``init`` or ``update``) is checked
+only for what is static, its shape and dtype; its value is left alone. A
+schedule (a callable) is accepted only where the argument allows one.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Number = Union[int, float]
+
+# Float dtypes a per-unit statistic may be kept in (``state_dtype``).
+STATE_DTYPES = tuple(
+    jnp.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+)
+
+
+def is_traced(value: Any) -> bool:
+  """True for a JAX tracer (a value inside ``jit``, ``grad``, ``vmap``, ...)."""
+  return isinstance(value, jax.core.Tracer)
+
+
+def _describe(value: Any) -> str:
+  """``repr(value)`` (shortened) and its type, for error messages."""
+  text = repr(value)
+  if len(text) > 60:
+    text = text[:57] + "..."
+  return f"{text} ({type(value).__name__})"
+
+
+def _array_scalar(name: str, value: Any, what: str) -> Optional[Number]:
+  """A NumPy scalar or a NumPy/JAX array as a Python number (None if traced)."""
+  dtype = jnp.dtype(value.dtype)
+  if dtype == jnp.dtype(bool):
+    raise TypeError(f"{name} must be {what}, got a bool array {_describe(value)}.")
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    raise TypeError(f"{name} must be {what}, got the complex value {_describe(value)}.")
+  if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+    raise TypeError(f"{name} must be {what}, got a value of dtype {dtype}.")
+  shape = tuple(np.shape(value))
+  if shape:
+    raise ValueError(
+        f"{name} must be a scalar ({what}), got an array of shape {shape}."
+    )
+  if is_traced(value):
+    return None
+  return np.asarray(value).item()
+
+
+def concrete_number(
+    name: str,
+    value: Any,
+    *,
+    what: str = "a real number",
+    allow_schedule: bool = False,
+    allow_none: bool = False,
+) -> Optional[Number]:
+  """``value`` as a Python int or float, after checking its kind and shape.
+
+  Args:
+    name: the argument's name, used in messages.
+    value: a Python or NumPy real number, a 0-d NumPy or JAX array (possibly
+      traced), or, where allowed, a schedule or None.
+    what: what the argument allows, for messages (``"a number in [0, 1)"``).
+    allow_schedule: accept a callable (an optax schedule).
+    allow_none: accept None.
+
+  Returns:
+    The value as a Python number, or None for a traced value, a schedule or an
+    allowed None (values that cannot be checked here).
+
+  Raises:
+    TypeError: for strings, None, bools, complex numbers, non-numeric arrays,
+      callables (unless allowed) and anything else that is not a number.
+    ValueError: for an array that is not 0-d.
+  """
+  if value is None:
+    if allow_none:
+      return None
+    raise TypeError(f"{name} must be {what}, got None.")
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be {what}, got the bool {value!r}.")
+  if isinstance(value, (str, bytes)):
+    raise TypeError(
+        f"{name} must be {what}, got the string {value!r}: pass a number, "
+        "not its text."
+    )
+  if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+    return _array_scalar(name, value, what)
+  if isinstance(value, numbers.Real):
+    return value if isinstance(value, (int, float)) else float(value)
+  if isinstance(value, numbers.Complex):
+    raise TypeError(f"{name} must be {what}, got the complex number {value!r}.")
+  if callable(value):
+    if allow_schedule:
+      return None
+    raise TypeError(
+        f"{name} must be {what}; schedules (callables) are not supported here, "
+        f"got {_describe(value)}."
+    )
+  raise TypeError(f"{name} must be {what}, got {_describe(value)}.")
 
 
 def is_number(value: Any) -> bool:
-  """True for concrete real numbers (not bools, arrays or callables)."""
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+  """True for a concrete real number: a Python or NumPy number or an untraced
+  0-d real array; False for bools, strings, callables, traced values and
+  non-scalar arrays."""
+  try:
+    return concrete_number("value", value) is not None
+  except (TypeError, ValueError):
+    return False
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+  return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def check_range(
@@ -26,45 +144,155 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
     allow_inf: bool = False,
-) -> None:
-  """Raises ValueError unless ``value`` lies in the given interval.
+    allow_schedule: bool = False,
+    allow_none: bool = False,
+) -> Optional[Number]:
+  """Checks that ``value`` is a real scalar in the given interval.
 
   Args:
-    name: the argument's name, used in the message.
-    value: the value; ignored unless it is a Python or NumPy number.
+    name: the argument's name, used in messages.
+    value: the value (see :func:`concrete_number` for what is accepted).
     low: lower bound.
     high: upper bound.
     low_open: exclude ``low`` itself.
     high_open: exclude ``high`` itself.
     allow_inf: accept ``+inf`` (e.g. ``max_lr=inf`` disables a clamp).
+    allow_schedule: accept a schedule (a callable), left unchecked.
+    allow_none: accept None, left unchecked.
+
+  Returns:
+    The value as a Python number, or None where it cannot be checked (traced,
+    a schedule or an allowed None).
+
+  Raises:
+    TypeError: if ``value`` is not a number (see :func:`concrete_number`).
+    ValueError: if it is NaN, infinite (unless allowed), outside the interval,
+      or an array that is not 0-d.
   """
-  if not is_number(value):
-    return
-  value = float(value)
-  interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-  if math.isnan(value) or (math.isinf(value) and not allow_inf):
-    raise ValueError(f"{name} must be a finite number in {interval}, got {value}.")
-  too_low = value <= low if low_open else value < low
-  too_high = value >= high if high_open else value > high
+  interval = _interval(low, high, low_open, high_open)
+  what = f"a number in {interval}" + (" or a schedule" if allow_schedule else "")
+  number = concrete_number(
+      name, value, what=what, allow_schedule=allow_schedule, allow_none=allow_none
+  )
+  if number is None:
+    return None
+  as_float = float(number)
+  if math.isnan(as_float) or (math.isinf(as_float) and not allow_inf):
+    raise ValueError(f"{name} must be a finite number in {interval}, got {as_float}.")
+  too_low = as_float <= low if low_open else as_float < low
+  too_high = as_float >= high if high_open else as_float > high
   if too_low or too_high:
-    raise ValueError(f"{name} must lie in {interval}, got {value:g}.")
+    raise ValueError(f"{name} must lie in {interval}, got {as_float:g}.")
+  return number
 
 
-def check_rate(name: str, value: Any) -> None:
-  """A learning rate: a finite number >= 0 (or a schedule / array)."""
-  check_range(name, value, low=0.0)
+def check_int(
+    name: str, value: Any, *, low: int = 0, allow_none: bool = False
+) -> Optional[int]:
+  """Checks that ``value`` is an integer ``>= low``.
+
+  Python and NumPy ints, 0-d integer arrays and integral floats (``2.0``) are
+  accepted; ``2.7``, NaN and infinities are not (they are never truncated).
+
+  Args:
+    name: the argument's name, used in messages.
+    value: the value.
+    low: the smallest value allowed.
+    allow_none: accept None.
+
+  Returns:
+    The value as a Python int, or None for a traced value or an allowed None.
+
+  Raises:
+    TypeError: if ``value`` is not a number.
+    ValueError: if it is not integral, is below ``low``, or is an array that
+      is not 0-d.
+  """
+  what = f"an int >= {low}"
+  number = concrete_number(name, value, what=what, allow_none=allow_none)
+  if number is None:
+    return None
+  if not math.isfinite(number) or int(number) != number or number < low:
+    raise ValueError(f"{name} must be {what}, got {value!r}.")
+  return int(number)
 
 
-def check_beta(name: str, value: Any) -> None:
-  """An EMA decay in [0, 1)."""
-  check_range(name, value, low=0.0, high=1.0, high_open=True)
+def check_rate(name: str, value: Any, *, allow_schedule: bool = True) -> Optional[Number]:
+  """A learning rate: a finite number ``>= 0``, or (by default) a schedule."""
+  return check_range(name, value, low=0.0, allow_schedule=allow_schedule)
+
+
+def check_beta(name: str, value: Any) -> Optional[Number]:
+  """An EMA decay in ``[0, 1)``."""
+  return check_range(name, value, low=0.0, high=1.0, high_open=True)
 
 
 def check_clamps(min_lr: Any, max_lr: Any) -> None:
-  """``0 <= min_lr <= max_lr``, ``max_lr`` may be ``inf``."""
-  check_range("min_lr", min_lr, low=0.0)
-  check_range("max_lr", max_lr, low=0.0, allow_inf=True)
-  if is_number(min_lr) and is_number(max_lr) and min_lr > max_lr:
+  """``0 <= min_lr <= max_lr``, ``max_lr`` may be ``inf``; both scalars."""
+  lo = check_range("min_lr", min_lr, low=0.0)
+  hi = check_range("max_lr", max_lr, low=0.0, allow_inf=True)
+  if lo is not None and hi is not None and lo > hi:
     raise ValueError(
-        f"min_lr must not exceed max_lr, got min_lr={min_lr:g} > max_lr={max_lr:g}."
+        f"min_lr must not exceed max_lr, got min_lr={lo:g} > max_lr={hi:g}."
     )
+
+
+def check_flag(name: str, value: Any) -> bool:
+  """A boolean option: only ``True`` / ``False`` (Python or NumPy bools).
+
+  Strings (``"False"`` is truthy), numbers and arrays are rejected, so that a
+  flag is never read the wrong way round.
+
+  Returns:
+    The value as a Python bool.
+
+  Raises:
+    TypeError: for anything but a bool.
+  """
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  raise TypeError(f"{name} must be True or False (a bool), got {_describe(value)}.")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+  """A string option that must be one of ``choices``.
+
+  Raises:
+    ValueError: naming the allowed values (also for non-strings and None).
+  """
+  choices = tuple(choices)
+  if not isinstance(value, str) or value not in choices:
+    allowed = " or ".join(repr(c) for c in choices)
+    raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+  return value
+
+
+def check_dtype(name: str, dtype: Any) -> Optional[jnp.dtype]:
+  """A dtype for statistics (``state_dtype``): a float dtype or None.
+
+  Allowed: float16, bfloat16, float32 and float64 (float64 becomes float32
+  without ``jax_enable_x64``, as everywhere in JAX), given as a NumPy/JAX dtype,
+  a scalar type (``jnp.float32``) or a name (``"bfloat16"``); None keeps the
+  default.
+
+  Returns:
+    The ``jnp.dtype``, or None.
+
+  Raises:
+    TypeError: if ``dtype`` is not a dtype at all.
+    ValueError: for integer, bool, complex and other dtypes.
+  """
+  if dtype is None:
+    return None
+  allowed = ", ".join(str(d) for d in STATE_DTYPES)
+  if isinstance(dtype, bool) or callable(dtype) and not isinstance(dtype, type):
+    raise TypeError(f"{name} must be a dtype ({allowed}) or None, got {_describe(dtype)}.")
+  try:
+    canonical = jnp.dtype(dtype)
+  except TypeError as e:
+    raise TypeError(
+        f"{name} must be a dtype ({allowed}) or None, got {_describe(dtype)}."
+    ) from e
+  if canonical not in STATE_DTYPES:
+    raise ValueError(f"{name} must be one of {allowed} (or None), got {canonical}.")
+  return canonical

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src import paths as paths_lib
 
 
 def _is_strategy_state(x: Any) -> bool:
-  return engine.is_rate_state(x)
+  return engine.is_rule_state(x)
 
 
 def _is_nnx_variable(x: Any) -> bool:
@@ -45,7 +45,7 @@ def _strategy_states(opt_state: Any) -> list[tuple[str, Any]]:
       opt_state, is_leaf=_is_strategy_state
   )
   return [
-      (units_lib.path_str(p), unwrap_variables(s))
+      (paths_lib.path_str(p), unwrap_variables(s))
       for p, s in flat
       if _is_strategy_state(s)
   ]
@@ -68,7 +68,7 @@ def learning_rates_by_state(opt_state: Any) -> dict[str, Any]:
     leaves the strategy does not govern, e.g. masked ones).
   """
   return {
-      path: _masked_to_none(engine.read_rates(state)[0])
+      path: _masked_to_none(engine.rates_of(state))
       for path, state in _strategy_states(opt_state)
   }
 
@@ -148,10 +148,12 @@ def leaf_rates(opt_state: Any) -> dict[str, tuple[jax.Array, jax.Array, jax.Arra
   out = {}
   states = _strategy_states(opt_state)
   for state_path, state in states:
-    rates, lo, hi = engine.read_rates(state)
+    rates = engine.rates_of(state)
+    hp = engine.applied_scalars(state)
+    lo, hi = hp["min_lr"], hp["max_lr"]
     prefix = f"{state_path}/" if len(states) > 1 else ""
     for path, r in jax.tree_util.tree_flatten_with_path(_masked_to_none(rates))[0]:
-      out[prefix + units_lib.path_str(path)] = (r, lo, hi)
+      out[prefix + paths_lib.path_str(path)] = (r, lo, hi)
   return out
 
 

@@ -1,0 +1,403 @@
+"""Adam-mini's blocks for Flax parameter trees (Zhang et al. 2024, "Adam-mini").
+
+Adam-mini keeps Adam's first moment in full and one second moment per *block*:
+the mean of ``g**2`` over the block, averaged over time. The blocks follow the
+Hessian's block structure of a transformer, and the reference (the PyTorch
+package ``adam-mini==1.1.1``) chooses them from parameter *names* on PyTorch
+``(out, in)`` weights. This module restates that partition for Flax layouts
+(``(in, out)`` kernels, ``(vocab, d)`` embeddings, ``DenseGeneral`` attention
+kernels) from each leaf's path and shape.
+
+Rules (the first that applies wins). A leaf's *name* is the last key of its path
+(Flax NNX's trailing ``.value`` dropped) and its *module* the key before; module
+names are matched whole and case-insensitively, never as substrings:
+
+| leaf | shape | unit spec | decay |
+| --- | --- | --- | --- |
+| an ``overrides`` pattern matches its path | any | yours | [1] |
+| ``bias`` (Dense, attention, LayerNorm, ...) | any | ``"element"`` | no |
+| ``scale`` (LayerNorm, RMSNorm, GroupNorm) | ``(d,)`` | ``"tensor"`` | no |
+| ``embedding`` (``nnx.Embed``, ``nn.Embed``) | ``(vocab, d)`` | ``Neurons(0)`` | yes |
+| ``kernel`` of query/key [2] | ``(d, heads, head_dim)`` | ``Neurons(1)`` | yes |
+| ``kernel`` of query/key [2], fused heads | ``(d, heads*head_dim)`` | ``Blocks(1, heads)`` [3] | yes |
+| ``kernel`` of value [2] | ``(d, heads, head_dim)`` | ``Neurons((1, 2))`` | yes |
+| ``kernel`` of value [2], fused heads | ``(d, heads*head_dim)`` | ``"neuron"`` | yes |
+| ``kernel`` of the attention output [2] | ``(heads, head_dim, d)`` or ``(heads*head_dim, d)`` | ``"neuron"`` | yes |
+| ``kernel`` of a fused q/k/v projection [2] | ``(d, (heads + 2*kv_heads)*head_dim)`` | ``Blocks(1, heads + 2*kv_heads)`` [3] | yes |
+| any other 2-D ``kernel`` (MLP, output head) | ``(in, out)`` | ``"neuron"`` | yes |
+| anything else | any | ``"element"`` [4] | [1] |
+
+* ``"element"``: one unit per element, i.e. Adam; ``"tensor"``: one unit for the
+  leaf; ``"neuron"``: one unit per index of the last axis (an output neuron; for
+  the output head ``(d, vocab)`` that is one per token, as the reference);
+  ``Neurons(axes)``: one unit per index of ``axes``, the other axes averaged;
+  ``Blocks(axis, n)``: ``axis`` split into ``n`` equal contiguous blocks, one
+  unit per block. Per head for query/key is one unit for each head's
+  ``d * head_dim`` weights, exactly the reference's ``view(-1, dim*dim/n_heads)``
+  on a PyTorch ``(heads*head_dim, d)`` weight.
+* [1] Weight decay (the mask :func:`adam_mini_weight_decay_mask` gives) is True
+  for kernels and embeddings and False for norm scales and every bias, as the
+  reference (which decays every parameter whose name lacks ``norm``, ``ln`` and
+  ``bias``). An override keeps the decay of the rule it replaces; a leaf no rule
+  recognises is decayed when it has two or more dimensions and is not named
+  ``bias`` or ``scale``.
+* [2] Modules ``query``, ``q_proj``, ``wq``, ``q`` / ``key``, ``k_proj``, ``wk``,
+  ``k`` (query/key); ``value``, ``v_proj``, ``wv``, ``v`` (value); ``out``,
+  ``o_proj``, ``wo``, ``out_proj`` (output); ``qkv``, ``qkv_proj``, ``wqkv``,
+  ``c_attn``, ``query_key_value``, ``in_proj`` (fused q/k/v). Flax's
+  ``nnx.MultiHeadAttention`` and linen's ``nn.MultiHeadDotProductAttention``
+  name theirs ``query``, ``key``, ``value``, ``out``.
+* [3] Needs ``num_heads`` (and ``num_kv_heads`` under grouped-query attention,
+  for the key and the fused projection); without it the leaf is unrecognised.
+  A fused q/k/v kernel gets one unit per head of each of q, k and v: exactly
+  the reference's blocks for q and k, and per head rather than per neuron for
+  v (one spec cannot mix the two; the reference notes one block for all of v
+  is also fine).
+* [4] A leaf that no rule recognises (a 3-D or 4-D kernel outside attention,
+  e.g. a convolution; a raw ``nnx.Param`` such as a positional embedding; a
+  0-d scalar) is kept as full Adam (``"element"``) — never silently one block
+  — and reported: ``on_unrecognised="warn"`` (default) warns listing every
+  such path, ``"error"`` raises, ``"ignore"`` does neither. The list is always
+  in :attr:`AdamMiniPartition.unrecognised`.
+
+Overriding: pass ``overrides={selector: spec}``. Selectors are the package's
+one path rule (:mod:`optax_neuronlr._src.paths`): a regular expression that
+matches a leaf's whole path, keys joined by ``"/"``, or one of its
+``/``-prefixes, the longest match winning; e.g.
+``overrides={r".*/pos_embedding": nlr.Neurons(0), r"encoder/.*": "element"}``.
+An overridden leaf is never reported as unrecognised. Or give Adam-mini your
+own pytree of specs (or ``params -> pytree``) instead of this function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Optional
+
+import jax
+import numpy as np
+
+from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src.units import Blocks
+from optax_neuronlr._src.units import Neurons
+from optax_neuronlr._src.units import UnitSpec
+
+SPEC_STRINGS = ("element", "tensor", "neuron")
+OnUnrecognised = Literal["warn", "error", "ignore"]
+
+QUERY_NAMES = frozenset({"query", "q_proj", "wq", "q"})
+KEY_NAMES = frozenset({"key", "k_proj", "wk", "k"})
+VALUE_NAMES = frozenset({"value", "v_proj", "wv", "v"})
+OUT_NAMES = frozenset({"out", "o_proj", "wo", "out_proj"})
+QKV_NAMES = frozenset({"qkv", "qkv_proj", "wqkv", "c_attn", "query_key_value", "in_proj"})
+
+# Kinds of leaves, as shown in reports.
+QUERY_KEY = "query/key"
+VALUE = "value"
+ATTENTION_OUT = "attention out"
+FUSED_QKV = "fused qkv"
+EMBEDDING = "embedding"
+DENSE = "dense"
+NORM_SCALE = "norm scale"
+BIAS = "bias"
+UNRECOGNISED = "unrecognised"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamMiniLeaf:
+  """How one leaf is partitioned.
+
+  Attributes:
+    path: the leaf's path, keys joined by ``"/"`` (NNX's ``.value`` dropped).
+    shape: the leaf's shape.
+    kind: what the rules took it for (``"query/key"``, ``"value"``,
+      ``"attention out"``, ``"fused qkv"``, ``"embedding"``, ``"dense"``,
+      ``"norm scale"``, ``"bias"`` or ``"unrecognised"``).
+    spec: its unit spec.
+    weight_decay: whether decoupled weight decay applies to it.
+    num_units: how many second-moment entries it keeps.
+    overridden: whether ``spec`` came from ``overrides``.
+    reason: for an unrecognised leaf, why no rule applied.
+  """
+
+  path: str
+  shape: tuple[int, ...]
+  kind: str
+  spec: UnitSpec
+  weight_decay: bool
+  num_units: int
+  overridden: bool = False
+  reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamMiniPartition:
+  """Adam-mini's partition of a parameter tree.
+
+  Attributes:
+    specs: a tree shaped like the params, of unit specs.
+    weight_decay_mask: a tree shaped like the params, of bools.
+    leaves: one :class:`AdamMiniLeaf` per array leaf, in tree order.
+  """
+
+  specs: Any
+  weight_decay_mask: Any
+  leaves: tuple[AdamMiniLeaf, ...]
+
+  @property
+  def unrecognised(self) -> tuple[AdamMiniLeaf, ...]:
+    """The leaves no rule (and no override) recognised; they are full Adam."""
+    return tuple(l for l in self.leaves if l.kind == UNRECOGNISED and not l.overridden)
+
+  def by_path(self) -> dict[str, AdamMiniLeaf]:
+    return {l.path: l for l in self.leaves}
+
+  def num_units(self) -> int:
+    """Second-moment entries over the whole tree."""
+    return sum(l.num_units for l in self.leaves)
+
+  def table(self) -> str:
+    """A plain-text table: path, shape, kind, spec, units, decay."""
+    rows = [("path", "shape", "kind", "spec", "units", "decay")]
+    for l in self.leaves:
+      kind = l.kind + (" (override)" if l.overridden else "")
+      rows.append((l.path, str(l.shape), kind, _spec_str(l.spec), str(l.num_units),
+                   "yes" if l.weight_decay else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# ---------------------------------------------------------------------------
+# Paths.
+
+
+def _path_keys(path: Sequence[Any]) -> list[str]:
+  """The keys of a JAX key path as strings (NNX's trailing ``.value`` dropped)."""
+  where = paths_lib.path_str(path)
+  return where.split("/") if where else []
+
+
+# ---------------------------------------------------------------------------
+# Specs.
+
+
+def _spec_str(spec: UnitSpec) -> str:
+  if isinstance(spec, Blocks):
+    return f"Blocks({spec.axis}, {spec.num_blocks})"
+  if isinstance(spec, Neurons):
+    axes = spec.axes[0] if len(spec.axes) == 1 else spec.axes
+    return f"Neurons({axes})"
+  return repr(spec) if not isinstance(spec, str) else spec
+
+
+def num_units(spec: UnitSpec, shape: Sequence[int], where: str = "leaf") -> int:
+  """How many units ``spec`` makes of a leaf of ``shape``, as the engine lays it out.
+
+  Raises:
+    ValueError, TypeError: if ``spec`` is not a unit spec or does not fit
+      ``shape`` (from ``units.leaf_layout``).
+  """
+  return math.prod(units_lib.leaf_layout(tuple(shape), spec, where).unit_shape)
+
+
+# ---------------------------------------------------------------------------
+# The rules.
+
+
+def _classify(
+    keys: Sequence[str], shape: tuple[int, ...], num_heads: Optional[int],
+    num_kv_heads: Optional[int],
+) -> tuple[str, Optional[UnitSpec], str]:
+  """``(kind, spec, reason)`` of one leaf from its path keys and shape."""
+  name = keys[-1].lower() if keys else ""
+  module = keys[-2].lower() if len(keys) >= 2 else ""
+  ndim = len(shape)
+  kv_heads = num_kv_heads if num_kv_heads is not None else num_heads
+  if name == "bias":
+    return BIAS, "element", ""
+  if name == "scale":
+    if ndim == 1:
+      return NORM_SCALE, "tensor", ""
+    return UNRECOGNISED, None, f"a 'scale' with {ndim} dimensions (a norm scale is 1-D)"
+  if name == "embedding":
+    if ndim == 2:
+      return EMBEDDING, Neurons(0), ""
+    return UNRECOGNISED, None, f"an 'embedding' with {ndim} dimensions (Embed's is (vocab, d))"
+  if name != "kernel":
+    return UNRECOGNISED, None, f"no rule for a leaf named {keys[-1] if keys else ''!r}"
+
+  if module in QUERY_NAMES or module in KEY_NAMES:
+    heads = num_heads if module in QUERY_NAMES else kv_heads
+    if ndim == 3:
+      return QUERY_KEY, Neurons(1), ""
+    if ndim == 2:
+      if heads is None:
+        return UNRECOGNISED, None, ("a 2-D query/key kernel (fused heads): pass num_heads "
+                                    "(and num_kv_heads for grouped-query attention)")
+      return QUERY_KEY, Blocks(1, heads), ""
+    return UNRECOGNISED, None, f"a query/key kernel with {ndim} dimensions"
+  if module in VALUE_NAMES:
+    if ndim == 3:
+      return VALUE, Neurons((1, 2)), ""
+    if ndim == 2:
+      return VALUE, "neuron", ""
+    return UNRECOGNISED, None, f"a value kernel with {ndim} dimensions"
+  if module in OUT_NAMES:
+    if ndim in (2, 3):
+      return ATTENTION_OUT, "neuron", ""
+    return UNRECOGNISED, None, f"an attention-output kernel with {ndim} dimensions"
+  if module in QKV_NAMES:
+    if ndim != 2:
+      return UNRECOGNISED, None, f"a fused q/k/v kernel with {ndim} dimensions (expected 2)"
+    if num_heads is None:
+      return UNRECOGNISED, None, "a fused q/k/v kernel: pass num_heads"
+    return FUSED_QKV, Blocks(1, num_heads + 2 * kv_heads), ""
+  if ndim == 2:
+    return DENSE, "neuron", ""
+  return UNRECOGNISED, None, (f"a {ndim}-D kernel outside attention (e.g. a convolution or "
+                              "a DenseGeneral); give it a spec in overrides")
+
+
+_DECAYED_KINDS = frozenset({QUERY_KEY, VALUE, ATTENTION_OUT, FUSED_QKV, EMBEDDING, DENSE})
+
+
+def _decays(kind: str, keys: Sequence[str], shape: tuple[int, ...]) -> bool:
+  if kind in _DECAYED_KINDS:
+    return True
+  if kind in (BIAS, NORM_SCALE):
+    return False
+  name = keys[-1].lower() if keys else ""
+  return len(shape) >= 2 and name not in ("bias", "scale")
+
+
+def _check_positive(value: Optional[int], what: str) -> None:
+  if value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{what} must be an int >= 1 or None, got {value!r}.")
+
+
+def _overrides(overrides: Any) -> Optional[paths_lib.Selection]:
+  if overrides is None:
+    return None
+  if not isinstance(overrides, Mapping):
+    raise TypeError("overrides must be a mapping {path selector: unit spec}, got "
+                    f"{type(overrides).__name__}.")
+  return paths_lib.Selection(overrides, "adam_mini_blocks overrides")
+
+
+def adam_mini_partition(
+    params: Any,
+    *,
+    num_heads: Optional[int] = None,
+    num_kv_heads: Optional[int] = None,
+    overrides: Any = None,
+    on_unrecognised: OnUnrecognised = "warn",
+) -> AdamMiniPartition:
+  """Adam-mini's blocks, weight-decay mask and a per-leaf report for ``params``.
+
+  See the module docstring for the rules. Reads dicts of arrays, Flax linen
+  params (``{"params": ...}`` included) and Flax NNX ``nnx.State`` (of
+  variables, paths ending in ``.value``, or of arrays); only paths and shapes
+  are read, so ``jax.ShapeDtypeStruct`` leaves work too.
+
+  Args:
+    params: the parameter tree.
+    num_heads: attention heads; needed for 2-D (fused-heads) query/key kernels
+      and fused q/k/v kernels. ``(d, heads, head_dim)`` kernels do not need it.
+    num_kv_heads: key/value heads under grouped-query attention (default:
+      ``num_heads``).
+    overrides: ``{selector: spec}``: the spec of every leaf a selector
+      selects (a regular expression matching its path or a ``/``-prefix of
+      it; the longest match wins), in place of the rules'.
+    on_unrecognised: ``"warn"`` (default), ``"error"`` or ``"ignore"`` for
+      leaves that no rule and no override recognises (they are full Adam).
+
+  Returns:
+    An :class:`AdamMiniPartition`.
+
+  Raises:
+    ValueError: for an invalid argument, a spec (built-in or override) that
+      does not fit its leaf, or unrecognised leaves with ``on_unrecognised="error"``.
+  """
+  return _partition(params, num_heads, num_kv_heads, overrides, on_unrecognised, stacklevel=3)
+
+
+def _partition(params, num_heads, num_kv_heads, overrides, on_unrecognised, stacklevel):
+  _check_positive(num_heads, "num_heads")
+  _check_positive(num_kv_heads, "num_kv_heads")
+  if num_kv_heads is not None and num_heads is not None and num_heads % num_kv_heads:
+    raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                     f"({num_kv_heads}).")
+  if on_unrecognised not in ("warn", "error", "ignore"):
+    raise ValueError(f"on_unrecognised must be 'warn', 'error' or 'ignore', got "
+                     f"{on_unrecognised!r}.")
+  selection = _overrides(overrides)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves: list[AdamMiniLeaf] = []
+  for path, leaf in flat:
+    keys = _path_keys(path)
+    where = "/".join(keys)
+    shape = tuple(int(s) for s in (leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)))
+    kind, spec, reason = _classify(keys, shape, num_heads, num_kv_heads)
+    override = None if selection is None else selection.lookup(where, default=None)
+    overridden = override is not None
+    if overridden:
+      spec = override
+    if spec is None:
+      spec = "element"
+    leaves.append(AdamMiniLeaf(where, shape, kind, spec, _decays(kind, keys, shape),
+                               num_units(spec, shape, where), overridden, reason))
+  specs = jax.tree_util.tree_unflatten(treedef, [l.spec for l in leaves])
+  mask = jax.tree_util.tree_unflatten(treedef, [l.weight_decay for l in leaves])
+  partition = AdamMiniPartition(specs, mask, tuple(leaves))
+
+  missing = partition.unrecognised
+  if missing and on_unrecognised != "ignore":
+    listing = "; ".join(f"'{l.path}' {l.shape}: {l.reason}" for l in missing)
+    message = (f"adam_mini_blocks recognised no Adam-mini block for {len(missing)} leaves, "
+               f"kept as full Adam (one second moment per element): {listing}. Give them "
+               "a spec with overrides={path_regex: spec}.")
+    if on_unrecognised == "error":
+      raise ValueError(message)
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
+  return partition
+
+
+def adam_mini_blocks(
+    params: Any,
+    *,
+    num_heads: Optional[int] = None,
+    num_kv_heads: Optional[int] = None,
+    overrides: Any = None,
+    on_unrecognised: OnUnrecognised = "warn",
+) -> Any:
+  """Adam-mini's unit spec for each leaf of ``params``, a tree shaped like it.
+
+  Per head for query/key, per output neuron for value, attention output and MLP
+  kernels, per token for embeddings and the output head, one unit per norm
+  scale, one per element (Adam) for every bias; see the module docstring for
+  the rules and :func:`adam_mini_partition` for the arguments. Leaves it does
+  not recognise stay per element and are reported (a warning by default).
+
+  Use as Adam-mini's ``blocks`` (or any rule's ``granularity``); for other
+  arguments than the defaults, bind them:
+  ``functools.partial(adam_mini_blocks, num_heads=8)``.
+  """
+  return _partition(params, num_heads, num_kv_heads, overrides, on_unrecognised,
+                    stacklevel=3).specs
+
+
+def adam_mini_weight_decay_mask(params: Any) -> Any:
+  """True for kernels and embeddings, False for norm scales and biases.
+
+  The mask for ``optax.add_decayed_weights`` that matches the reference
+  (``adam-mini`` decays every parameter whose name contains none of ``norm``,
+  ``ln``, ``bias``). A leaf that no rule recognises is decayed when it has two
+  or more dimensions and is not named ``bias`` or ``scale``.
+  """
+  return _partition(params, None, None, None, "ignore", stacklevel=3).weight_decay_mask

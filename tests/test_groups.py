@@ -234,6 +234,172 @@ class GroupsTest(parameterized.TestCase):
     self.assertEqual(nlr.get_hyperparams(state)["default"]["learning_rate"].dtype, jnp.float32)
 
 
+class GroupChecksTest(parameterized.TestCase):
+  """Groups that claim nothing, pattern kinds, checked edits, nested and
+  chained injected states, partials and mixed half-precision trees."""
+
+  PARAMS = GroupsTest.PARAMS
+
+  def test_group_claiming_nothing_is_an_error(self):
+    # A typo: with rest="freeze" this froze the whole model silently.
+    tx = nlr.param_groups(optax.sgd, [{"params": r"backbone/.*", "learning_rate": 0.1},
+                                      {"params": r"haed/.*", "learning_rate": 0.2}],
+                          rest="freeze")
+    with self.assertRaisesRegex(
+        ValueError, r"param group 1 \('group_1', params='haed/\.\*'\) claims no "
+        r"parameter.*'backbone/Dense_0/bias'.*allow_empty=True"):
+      tx.init(self.PARAMS)
+    # A torch-style sub-tree name does not match whole paths.
+    tx = nlr.param_groups(optax.sgd, [{"params": "head", "name": "h", "learning_rate": 0.1}],
+                          rest="freeze")
+    with self.assertRaisesRegex(ValueError, r"param group 0 \('h', params='head'\)"):
+      tx.init(self.PARAMS)
+
+  def test_allow_empty(self):
+    tx = nlr.param_groups(optax.sgd, [{"params": r".*", "learning_rate": 0.1},
+                                      {"params": r"haed/.*", "learning_rate": 0.2}],
+                          allow_empty=True)
+    updates, _ = tx.update(self.PARAMS, tx.init(self.PARAMS))
+    np.testing.assert_allclose(updates["head"]["kernel"], -0.1)
+    with self.assertRaisesRegex(TypeError, "allow_empty must be True or False"):
+      nlr.param_groups(optax.sgd, [{"params": r".*", "learning_rate": 0.1}],
+                       allow_empty="yes")
+
+  def test_group_filled_by_rest_is_not_empty(self):
+    tx = nlr.param_groups(optax.sgd, [{"params": r"head/.*", "learning_rate": 0.1},
+                                      {"params": [], "name": "others", "learning_rate": 0.0}],
+                          rest="others")
+    updates, _ = tx.update(self.PARAMS, tx.init(self.PARAMS))
+    np.testing.assert_allclose(updates["backbone"]["Dense_0"]["kernel"], 0.0)
+
+  def test_compiled_patterns(self):
+    import re  # pylint: disable=g-import-not-at-top
+    tx = nlr.param_groups(optax.sgd, [
+        {"params": re.compile(r"backbone/.*"), "learning_rate": 0.1},
+        {"params": [re.compile(r"head/kernel"), r"head/bias"], "learning_rate": 0.2}])
+    updates, _ = tx.update(self.PARAMS, tx.init(self.PARAMS))
+    np.testing.assert_allclose(updates["head"]["bias"], -0.2)
+    labels = nlr.path_labels({re.compile(r"head/.*"): "a"}, default="b")(self.PARAMS)
+    self.assertEqual(labels["head"]["kernel"], "a")
+
+  @parameterized.parameters((3,), (None,), (2.5,), ({"a": 1},))
+  def test_params_of_the_wrong_kind(self, spec):
+    with self.assertRaisesRegex(
+        TypeError, r"param group 0 \('group_0'\): 'params' must be a regular expression"):
+      nlr.param_groups(optax.sgd, [{"params": spec, "learning_rate": 0.1}])
+
+  def test_groups_of_the_wrong_kind(self):
+    with self.assertRaisesRegex(TypeError, "groups must be a list of dicts"):
+      nlr.param_groups(optax.sgd, {"params": ".*", "learning_rate": 0.1})
+    with self.assertRaisesRegex(TypeError, "param group 1 must be a dict"):
+      nlr.param_groups(optax.sgd, [{"params": ".*", "learning_rate": 0.1}, ".*"])
+    with self.assertRaisesRegex(TypeError, "a path pattern must be a regular expression"):
+      nlr.path_labels({3: "a"})
+
+  def _history_groups(self):
+    tx = nlr.param_groups(nlr.grad_history_lr, [
+        {"params": r"backbone/.*", "name": "slow", "learning_rate": 1e-3},
+        {"params": r"head/.*", "name": "fast", "learning_rate": 1e-2}])
+    return tx, tx.init(self.PARAMS)
+
+  def test_set_hyperparams_checks_values(self):
+    _, state = self._history_groups()
+    with self.assertRaisesRegex(ValueError, r"learning_rate of group 'slow'.*shape \(3,\)"):
+      nlr.set_hyperparams(state, group="slow", learning_rate=jnp.ones(3))
+    with self.assertRaisesRegex(ValueError, r"shape \(2,\)"):
+      nlr.set_hyperparams(state, learning_rate=lambda v: v * jnp.ones(2))
+    with self.assertRaisesRegex(ValueError, r"shape \(3,\)"):  # Shapes are static.
+      jax.jit(lambda s, v: nlr.set_hyperparams(s, learning_rate=v))(state, jnp.ones(3))
+    with self.assertRaisesRegex(ValueError, "group 'fast': min_lr must not exceed max_lr"):
+      nlr.set_hyperparams(state, group="fast", min_lr=2.0)
+    with self.assertRaisesRegex(ValueError, "min_lr must not exceed max_lr"):
+      nlr.set_hyperparams(state, min_lr=0.5, max_lr=0.1)
+    with self.assertRaisesRegex(TypeError, "learning_rate of group 'slow'"):
+      nlr.set_hyperparams(state, group="slow", learning_rate="1e-3")
+    with self.assertRaisesRegex(TypeError, "learning_rate"):
+      nlr.set_hyperparams(state, learning_rate=None)
+    state = nlr.set_hyperparams(state, min_lr=0.5, max_lr=2.0)  # Ordered: fine.
+    self.assertEqual(float(nlr.get_hyperparams(state)["slow"]["max_lr"]), 2.0)
+    jax.jit(lambda s: nlr.set_hyperparams(s, min_lr=0.1))(state)  # Traced: not compared.
+
+  def test_set_hyperparams_integer_values(self):
+    tx = optax.inject_hyperparams(nlr.reduce_lr_on_plateau)(learning_rate=0.1, patience=3)
+    state = tx.init(self.PARAMS)
+    with self.assertRaisesRegex(ValueError, "patience of group 'default' must be an int"):
+      nlr.set_hyperparams(state, patience=2.5)
+    state = nlr.set_hyperparams(state, patience=np.int64(5))
+    self.assertEqual(int(nlr.get_hyperparams(state)["default"]["patience"]), 5)
+
+  def test_nested_param_groups_are_visible(self):
+    def inner(learning_rate):
+      return nlr.param_groups(optax.sgd, [
+          {"params": r"backbone/.*", "name": "body"},
+          {"params": r"head/.*", "name": "top", "learning_rate": 0.2}],
+          learning_rate=learning_rate)
+
+    tx = nlr.param_groups(inner, [{"params": r".*", "name": "outer", "learning_rate": 0.1}])
+    state = tx.init(self.PARAMS)
+    hps = nlr.get_hyperparams(state)
+    self.assertEqual(sorted(hps), ["outer", "outer/body", "outer/top"])
+    self.assertAlmostEqual(float(hps["outer/top"]["learning_rate"]), 0.2)
+    # The outer value would not reach the nested groups: an error, not a no-op.
+    with self.assertRaisesRegex(ValueError, r"group 'outer' holds nested groups "
+                                r"\['outer/body', 'outer/top'\]"):
+      nlr.set_hyperparams(state, group="outer", learning_rate=1.0)
+    state = nlr.set_hyperparams(state, group="outer/body", learning_rate=0.5)
+    updates, state = jax.jit(tx.update)(self.PARAMS, state, self.PARAMS)
+    np.testing.assert_allclose(updates["backbone"]["Dense_0"]["bias"], -0.5)
+    np.testing.assert_allclose(updates["head"]["bias"], -0.2)
+    state = nlr.set_hyperparams(state, learning_rate=lambda v: v * 0.5)  # Every group.
+    updates, _ = jax.jit(tx.update)(self.PARAMS, state, self.PARAMS)
+    np.testing.assert_allclose(updates["backbone"]["Dense_0"]["bias"], -0.25)
+    np.testing.assert_allclose(updates["head"]["bias"], -0.1)
+
+  def test_two_injected_states_in_a_chain(self):
+    tx = optax.chain(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+                     optax.inject_hyperparams(optax.scale)(step_size=2.0),
+                     optax.inject_hyperparams(optax.sgd)(learning_rate=1.0))
+    state = tx.init(self.PARAMS)
+    hps = nlr.get_hyperparams(state)
+    self.assertEqual(sorted(hps), ["0", "1", "2"])
+    self.assertAlmostEqual(float(hps["2"]["learning_rate"]), 1.0)
+    state = nlr.set_hyperparams(state, group="0", learning_rate=0.3)
+    state = nlr.set_hyperparams(state, group="1", step_size=0.5)
+    updates, _ = tx.update(self.PARAMS, state)
+    np.testing.assert_allclose(updates["head"]["bias"], 0.3 * 0.5 * 1.0, rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, r"unknown group 'default'"):
+      nlr.set_hyperparams(state, group="default", learning_rate=0.1)
+    # Groups of two param_groups in one chain: named by position too.
+    tx = optax.chain(
+        nlr.param_groups(optax.sgd, [{"params": ".*", "name": "g", "learning_rate": 0.1}]),
+        nlr.param_groups(optax.sgd, [{"params": ".*", "name": "g", "learning_rate": -1.0}]))
+    hps = nlr.get_hyperparams(tx.init(self.PARAMS))
+    self.assertEqual(sorted(hps), ["0/g", "1/g"])
+
+  def test_partial_keeps_float32_hyperparameters(self):
+    import functools  # pylint: disable=g-import-not-at-top
+    params = {"w": jnp.ones((2, 3), jnp.bfloat16)}
+    for factory in (nlr.grad_history_lr, functools.partial(nlr.grad_history_lr, beta=0.5),
+                    functools.partial(functools.partial(nlr.grad_history_lr), eps=1e-8)):
+      tx = nlr.param_groups(factory, [{"params": ".*", "learning_rate": 1e-3,
+                                       "min_lr": 1e-6}])
+      hps = nlr.get_hyperparams(tx.init(params))["group_0"]
+      self.assertEqual(hps["min_lr"].dtype, jnp.float32, factory)
+      self.assertEqual(float(hps["min_lr"]), np.float32(1e-6))  # Not rounded to bf16.
+
+  @parameterized.parameters("sgd", "adam", "history")
+  def test_mixed_bf16_and_f16_tree(self, name):
+    params = {"a": jnp.ones((2, 3), jnp.bfloat16), "b": jnp.ones(3, jnp.float16)}
+    factory = {"sgd": optax.sgd, "adam": optax.adam, "history": nlr.grad_history_lr}[name]
+    tx = nlr.param_groups(factory, [{"params": ".*", "learning_rate": 1e-3}])
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(params, state, params)
+    self.assertEqual(updates["a"].dtype, jnp.bfloat16)
+    self.assertEqual(updates["b"].dtype, jnp.float16)
+    self.assertEqual(nlr.get_hyperparams(state)["group_0"]["learning_rate"].dtype,
+                     jnp.float32)
+
+
 class LayerwiseTest(parameterized.TestCase):
 
   PARAMS = {f"layers_{i}": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
@@ -281,6 +447,46 @@ class LayerwiseTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r"factor must lie in \(0, inf\]"):
       nlr.layerwise_multipliers(params, 0.0)
 
+
+  @parameterized.parameters(
+      (-1.0, ValueError, r"multiplier of leaf 'b/c' must lie in \[0, inf\]"),
+      (float("nan"), ValueError, r"multiplier of leaf 'b/c' must be a finite"),
+      (float("inf"), ValueError, r"multiplier of leaf 'b/c' must be a finite"),
+      (np.ones(2), ValueError, r"multiplier of leaf 'b/c' must be a scalar.*\(2,\)"),
+      ("0.5", TypeError, r"multiplier of leaf 'b/c'"),
+      (True, TypeError, r"multiplier of leaf 'b/c'"),
+  )
+  def test_scale_by_leaf_rejects_bad_multipliers(self, bad, exc, message):
+    params = {"a": jnp.ones(2), "b": {"c": jnp.ones((2, 2))}}
+    tree = {"a": 1.0, "b": {"c": bad}}
+    with self.assertRaisesRegex(exc, message):
+      nlr.scale_by_leaf(tree)  # At construction.
+    with self.assertRaisesRegex(exc, message):
+      nlr.scale_by_leaf(lambda p: tree).init(params)  # A callable's, at init.
+
+  def test_scale_by_leaf_accepts_numpy_and_zero(self):
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    tx = nlr.scale_by_leaf({"a": np.float32(0.0), "b": jnp.array(2)})
+    updates, _ = tx.update(params, tx.init(params))
+    np.testing.assert_array_equal(updates["a"], [0.0, 0.0])
+    np.testing.assert_array_equal(updates["b"], [2.0, 2.0])
+
+  def test_layer_of_must_return_ints(self):
+    params = {"0": {"kernel": jnp.ones(2)}, "1": {"kernel": jnp.ones(2)}}
+    with self.assertRaisesRegex(ValueError, r"integer indices >= 0, got 0\.5 for '0/kernel'"):
+      nlr.layerwise_multipliers(params, 0.5, layer_of=lambda p: 0.5 if p == "0/kernel" else 1)
+    with self.assertRaisesRegex(ValueError, r"integer indices >= 0, got -1"):
+      nlr.layerwise_multipliers(params, 0.5, layer_of=lambda p: -1)
+    with self.assertRaisesRegex(TypeError, r"layer_of\('0/kernel'\) must be an int"):
+      nlr.layerwise_multipliers(params, 0.5, layer_of=lambda p: "1")
+    with self.assertRaisesRegex(TypeError, "layer_of must be a function"):
+      nlr.layerwise_multipliers(params, 0.5, layer_of={"0/kernel": 0})
+    with self.assertRaisesRegex(TypeError, "reverse must be True or False"):
+      nlr.layerwise_multipliers(params, 0.5, reverse="yes")
+    with self.assertRaisesRegex(TypeError, "factor must be a number"):
+      nlr.layerwise_multipliers(params, "0.5")
+    m = nlr.layerwise_multipliers(params, 0.5, layer_of=lambda p: np.int64(int(p[0])) * 1.0)
+    self.assertEqual(m["1"]["kernel"], 0.5)  # Integral floats and NumPy ints count.
 
 if __name__ == "__main__":
   pytest.main([__file__])

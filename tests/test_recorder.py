@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -161,6 +163,31 @@ def test_leaves_selection_and_errors():
   with pytest.raises(TypeError, match="leaves"):
     RateRecorder(leaves=3)  # type: ignore[arg-type]
 
+
+
+def test_numpy_arguments_and_argument_errors():
+  """``every=np.int64(5)`` (e.g. from a config array) is an int."""
+  recorder = RateRecorder(leaves=re.compile(r".*kernel"), every=np.int64(2),
+                          summary=np.bool_(True))
+  assert recorder.every == 2 and isinstance(recorder.every, int)
+  run(TX, 5, recorder)
+  np.testing.assert_array_equal(recorder.steps, [0, 2, 4])
+  assert recorder.paths == ("Dense_0/kernel", "Dense_1/kernel")
+  assert RateRecorder(every=jnp.array(3)).every == 3
+  assert RateRecorder(every=2.0).every == 2
+  for bad in (0, -1, 2.5, np.int64(0)):
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+      RateRecorder(every=bad)
+  for bad in ("5", None, True):
+    with pytest.raises(TypeError, match="every must be an int >= 1"):
+      RateRecorder(every=bad)
+  for bad in ("yes", 1, None):
+    with pytest.raises(TypeError, match="summary must be True or False"):
+      RateRecorder(summary=bad)
+  with pytest.raises(ValueError, match="leaves: invalid regular expression"):
+    RateRecorder(leaves="(")
+  with pytest.raises(TypeError, match="leaves must be a regular expression"):
+    RateRecorder(leaves=["a"])
 
 def test_one_recorder_per_state_structure():
   recorder = RateRecorder(leaves=".*")

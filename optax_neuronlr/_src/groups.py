@@ -359,7 +359,8 @@ def _injected(
   :func:`_hyperparam_dtype` of the tree (never half precision); other
   optimizers keep optax's default (the params' widest dtype, so that their own
   states keep the params' dtype), except that a tree mixing bfloat16 and
-  float16 leaves gets float32, which optax cannot find itself.
+  float16 leaves gets float32, which optax cannot find itself; their updates
+  are then cast back to the incoming updates' dtypes.
   """
   ours = _casts_own_scalars(optimizer)
 
@@ -373,9 +374,21 @@ def _injected(
     return make(params).init(params)
 
   def update_fn(updates, state, params=None, **extra_args):
-    return make(updates).update(updates, state, params, **extra_args)
+    new, state = make(updates).update(updates, state, params, **extra_args)
+    if not ours and _mixes_float_dtypes(updates):
+      new = jax.tree.map(lambda n, u: n.astype(u.dtype), new, updates)
+    return new, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _mixes_float_dtypes(tree: Any) -> bool:
+  """True when no float dtype of ``tree`` holds all the others (bf16 + f16)."""
+  dtypes = {
+      jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(tree)
+      if jnp.issubdtype(jnp.dtype(getattr(leaf, "dtype", jnp.float32)), jnp.floating)
+  }
+  return len(dtypes) > 1 and _widest_float(tree) not in dtypes
 
 
 def is_inject_state(x: Any) -> bool:

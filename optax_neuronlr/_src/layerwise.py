@@ -20,12 +20,22 @@ class ScaleByLeafState(NamedTuple):
   multipliers: Any
 
 
+def _check_multipliers(multipliers: Any) -> dict[str, Any]:
+  """``{path: multiplier}``, each a finite scalar ``>= 0`` (named by its leaf)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(multipliers)
+  table = {}
+  for path, m in flat:
+    key = units_lib.path_str(path)
+    validation.check_range(f"scale_by_leaf: the multiplier of leaf '{key}'", m, low=0.0)
+    table[key] = m
+  return table
+
+
 def _resolve(multipliers: Any, params: Any) -> list:
   """One multiplier per array leaf of ``params``, looked up by path."""
   if callable(multipliers):
     multipliers = multipliers(params)
-  flat, _ = jax.tree_util.tree_flatten_with_path(multipliers)
-  table = {units_lib.path_str(p): m for p, m in flat}
+  table = _check_multipliers(multipliers)
   out = []
   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
     key = units_lib.path_str(path)
@@ -52,11 +62,20 @@ def scale_by_leaf(
 
   Args:
     multipliers: a pytree of scalars mirroring the params (matched by path), or
-      a callable ``params -> pytree``.
+      a callable ``params -> pytree``. Each multiplier is a finite number
+      ``>= 0`` (0 freezes its leaf).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
+
+  Raises:
+    TypeError: for a multiplier that is not a number (at construction, or at
+      ``init`` for a callable's result).
+    ValueError: naming the leaf, for a negative, NaN or infinite multiplier or
+      a non-scalar array; at ``init``, for a leaf without a multiplier.
   """
+  if not callable(multipliers):
+    _check_multipliers(multipliers)
 
   def init_fn(params):
     flat_params, treedef = jax.tree.flatten(params)
@@ -122,16 +141,32 @@ def layerwise_multipliers(
 
   Returns:
     A pytree shaped like ``params`` of Python floats.
+
+  Raises:
+    TypeError: for a ``factor`` that is not a number, a ``layer_of`` that is not
+      callable or returns something other than an int, or a non-bool
+      ``reverse``.
+    ValueError: for ``factor <= 0`` or a ``layer_of`` index that is negative or
+      fractional (never truncated).
   """
   validation.check_range("factor", factor, low=0.0, low_open=True)
+  reverse = validation.check_flag("reverse", reverse)
+  if layer_of is not None and not callable(layer_of):
+    raise TypeError(f"layer_of must be a function path -> int, got {layer_of!r}.")
   paths = [units_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   if layer_of is None:
     modules = sorted({_module_of(p) for p in paths}, key=_natural_key)
     index = {m: k for k, m in enumerate(modules)}
     layer_of = lambda path: index[_module_of(path)]
-  layers = {p: int(layer_of(p)) for p in paths}
-  if any(k < 0 for k in layers.values()):
-    raise ValueError(f"layer_of must return indices >= 0, got {layers}.")
+  layers = {}
+  for p in paths:
+    layer = layer_of(p)
+    try:
+      layers[p] = validation.check_int(f"layer_of('{p}')", layer)
+    except ValueError as e:
+      raise ValueError(
+          f"layer_of must return integer indices >= 0, got {layer!r} for '{p}'."
+      ) from e
   top = max(layers.values(), default=0)
   exponent = (lambda k: top - k) if reverse else (lambda k: k)
   return jax.tree_util.tree_map_with_path(

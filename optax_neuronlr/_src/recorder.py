@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from optax_neuronlr._src import readers as inspect_lib
+from optax_neuronlr._src import validation
 from optax_neuronlr._src.readers import leaf_rates
 
 
@@ -86,13 +87,19 @@ class RateRecorder:
   ``recorder.add(step, summary)``.
 
   Args:
-    leaves: a regular expression; the per-unit rates of every leaf whose path
-      fully matches it are recorded (``".*"``: all; ``None``: none, summaries
-      only).
-    every: record only the steps that are multiples of ``every`` (then
-      ``step`` should be a Python int: an array step is fetched from the
-      device).
-    summary: whether to record :func:`~optax_neuronlr.rate_summary`.
+    leaves: a regular expression (a str or a compiled ``re.Pattern``); the
+      per-unit rates of every leaf whose path fully matches it are recorded
+      (``".*"``: all; ``None``: none, summaries only).
+    every: record only the steps that are multiples of ``every``, an int
+      ``>= 1`` (NumPy ints too; then ``step`` should be a Python int: an array
+      step is fetched from the device).
+    summary: whether to record :func:`~optax_neuronlr.rate_summary` (a bool).
+
+  Raises:
+    TypeError: for ``leaves`` that is not a pattern or None, a non-bool
+      ``summary`` or a non-numeric ``every``.
+    ValueError: for an invalid regular expression or ``every`` that is not an
+      int ``>= 1``.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_neuronlr as nlr
@@ -113,21 +120,25 @@ class RateRecorder:
 
   def __init__(
       self,
-      leaves: Optional[str] = None,
+      leaves: Optional[Union[str, re.Pattern]] = None,
       *,
       every: int = 1,
       summary: bool = True,
   ):
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-      raise ValueError(f"every must be an int >= 1, got {every!r}.")
-    if leaves is not None and not isinstance(leaves, str):
+    every = validation.check_int("every", every, low=1)
+    summary = validation.check_flag("summary", summary)
+    if leaves is not None and not isinstance(leaves, (str, re.Pattern)):
       raise TypeError(
-          f"leaves must be a regular expression (str) or None, got {leaves!r}."
+          "leaves must be a regular expression (a str or a compiled re.Pattern) "
+          f"or None, got {leaves!r}."
       )
+    try:
+      self._pattern = None if leaves is None else re.compile(leaves)
+    except re.error as e:
+      raise ValueError(f"leaves: invalid regular expression {leaves!r}: {e}.") from e
     self.leaves = leaves
     self.every = every
     self.summary = summary
-    self._pattern = None if leaves is None else re.compile(leaves)
     self._compute_jit = jax.jit(self.compute)
     self._stack_jit = jax.jit(_stack)
     self.clear()

@@ -147,7 +147,8 @@ class Layout:
     x = x.astype(dtype)
     if self.is_element:
       return x
-    x = x.reshape(self.view)
+    if self.blocks is not None:
+      x = _split(x, self.blocks[0], self.view)
     return jnp.sum(x, axis=self.reduce_axes).astype(dtype)
 
   def mean(self, x: jax.Array, dtype: Any) -> jax.Array:
@@ -166,12 +167,51 @@ class Layout:
     r = jnp.expand_dims(unit_values, self.reduce_axes)
     if self.blocks is None:
       return d * r
-    return (d.reshape(self.view) * r).reshape(self.shape)
+    axis = self.blocks[0]
+    return _merge(_split(d, axis, self.view) * r, axis, self.shape)
 
   def expand(self, unit_values: jax.Array) -> jax.Array:
     """Per-unit values repeated to the leaf's shape."""
     ones = jnp.ones(self.shape, unit_values.dtype)
     return self.scale(ones, unit_values)
+
+
+def _explicit_spec(x: jax.Array) -> Optional[tuple]:
+  """``x``'s partition spec on an explicit-sharding mesh, else None."""
+  try:
+    sharding = jax.typeof(x).sharding
+    mesh = sharding.mesh
+    explicit = any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+  except (AttributeError, TypeError):
+    return None
+  if not explicit:
+    return None
+  spec = tuple(sharding.spec)
+  return spec + (None,) * (x.ndim - len(spec))
+
+
+def _split(x: jax.Array, axis: int, view: tuple[int, ...]) -> jax.Array:
+  """Reshape ``x`` to ``view`` (``axis`` split in two); the blocks axis keeps
+  ``axis``' sharding on explicit-sharding meshes."""
+  spec = _explicit_spec(x)
+  if spec is None or spec[axis] is None:
+    return x.reshape(view)
+  names = spec[axis] if isinstance(spec[axis], tuple) else (spec[axis],)
+  shards = math.prod(jax.typeof(x).sharding.mesh.shape[n] for n in names)
+  # Shards of the axis map onto whole blocks when they divide the block count;
+  # otherwise the blocks are gathered (correct, with one collective).
+  keep = spec[axis] if view[axis] % shards == 0 else None
+  new = spec[:axis] + (keep, None) + spec[axis + 1:]
+  return jax.lax.reshape(x, view, out_sharding=jax.sharding.PartitionSpec(*new))
+
+
+def _merge(x: jax.Array, axis: int, shape: tuple[int, ...]) -> jax.Array:
+  """Inverse of :func:`_split`."""
+  spec = _explicit_spec(x)
+  if spec is None or spec[axis] is None:
+    return x.reshape(shape)
+  new = spec[:axis] + (spec[axis],) + spec[axis + 2:]
+  return jax.lax.reshape(x, shape, out_sharding=jax.sharding.PartitionSpec(*new))
 
 
 def element_layout(shape: Sequence[int]) -> Layout:

@@ -392,11 +392,11 @@ def nnx_model(p: GPTProblem, dtype: str, params: Optional[Mapping[str, Any]] = N
   """An :class:`NnxGPT` in ``dtype`` holding ``params`` (default: the PyTorch init's)."""
   if params is None:
     params = torch_to_flax(torch_model(p, dtype))
-  model = NnxGPT(p, jnp.dtype(dtype), nnx.Rngs(0))
-  state = nnx.state(model, nnx.Param)
+  # Built abstractly (no initialisers run), then given the values.
+  graphdef, state, rest = nnx.split(
+      nnx.eval_shape(lambda: NnxGPT(p, jnp.dtype(dtype), nnx.Rngs(0))), nnx.Param, ...)
   nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, dtype), params))
-  nnx.update(model, state)
-  return model
+  return nnx.merge(graphdef, state, rest)
 
 
 def jax_loss(model: NnxGPT, tokens: jax.Array) -> jax.Array:
@@ -506,7 +506,9 @@ def forward_difference(p: GPTProblem, dtype: str = "float64") -> float:
   with torch.no_grad():
     want = model(torch.as_tensor(tokens)).numpy()
   with jax.enable_x64(dtype == "float64"):
-    got = np.asarray(nnx_model(p, dtype, torch_to_flax(model))(jnp.asarray(tokens, jnp.int32)))
+    forward = nnx.jit(lambda m, t: m(t))
+    got = np.asarray(forward(nnx_model(p, dtype, torch_to_flax(model)),
+                             jnp.asarray(tokens, jnp.int32)))
   assert got.dtype == np.dtype(dtype), got.dtype
   return float(np.abs(got - want).max() / np.abs(want).max())
 

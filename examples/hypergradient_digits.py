@@ -39,6 +39,7 @@ Run from the repository root::
 
     python examples/hypergradient_digits.py                # ~10 s on 2 CPU cores
     python examples/hypergradient_digits.py --quick        # a few seconds: 4 runs, 10 epochs
+    python examples/hypergradient_digits.py --quick --beta-scale 10  # 6 runs
     python examples/hypergradient_digits.py --model mlp --out /tmp/hd_mlp.png
     python examples/hypergradient_digits.py --beta-scale 100 --out /tmp/hd_beta.png
 """
@@ -47,6 +48,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import pathlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
@@ -55,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import matplotlib.pyplot as plt
+from matplotlib.backend_bases import FigureCanvasBase
 import numpy as np
 import optax
 from sklearn.datasets import load_digits
@@ -178,7 +183,9 @@ def accuracy(params: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Ar
 def runs(quick: bool, beta_scale: Optional[float]) -> list[Run]:
   """Baselines at ``a0``, the HD optimizers from ``a0``, the tuned references.
 
-  With ``beta_scale``, every HD run again with ``beta * beta_scale``.
+  With ``beta_scale``, every HD run again with ``beta * beta_scale``; with
+  ``quick``, only the baselines and the global-rate HD runs (``QUICK_RUNS``),
+  and their ``beta * beta_scale`` variants.
   """
   out = []
   for family, a0, beta, make_base, make_hd in (
@@ -198,7 +205,9 @@ def runs(quick: bool, beta_scale: Optional[float]) -> list[Run]:
         ))
   out.append(Run("sgd (tuned)", "sgd", GOOD_SGD, lambda: optax.sgd(GOOD_SGD)))
   out.append(Run("adam (tuned)", "adam", GOOD_ADAM, lambda: optax.adam(GOOD_ADAM)))
-  return [r for r in out if r.name in QUICK_RUNS] if quick else out
+  if not quick:
+    return out
+  return [r for r in out if r.name.split(" (beta x")[0] in QUICK_RUNS]
 
 
 # ----------------------------------------------------------------------------
@@ -412,20 +421,47 @@ def plot_rates(
 
 
 def positive_int(text: str) -> int:
-  value = int(text)
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
   return value
 
 
 def positive_float(text: str) -> float:
-  value = float(text)
-  if not value > 0:
-    raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+  """A finite number > 0 (``inf`` and ``nan`` are rejected here, not by the
+  library after the data are loaded)."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+  if not (math.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
   return value
 
 
-def parse_args() -> argparse.Namespace:
+def check_out(parser: argparse.ArgumentParser, out: str) -> None:
+  """Fails now, not after training, if the figure cannot be written to ``out``."""
+  path = pathlib.Path(out)
+  parent = path.parent
+  if path.is_dir():
+    parser.error(f"--out {out} is a directory; give a file name such as {path / 'hd.png'}")
+  if not parent.is_dir():
+    parser.error(f"--out {out}: the directory {parent} does not exist")
+  if not os.access(parent, os.W_OK):
+    parser.error(f"--out {out}: the directory {parent} is not writable")
+  formats = FigureCanvasBase.get_supported_filetypes()
+  suffix = path.suffix.lstrip(".").lower()
+  if suffix and suffix not in formats:
+    parser.error(
+        f"--out {out}: matplotlib cannot write '.{suffix}' files; use one of "
+        f"{', '.join('.' + f for f in sorted(formats))}"
+    )
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", choices=("logreg", "mlp"), default="logreg",
                       help="multinomial logistic regression (the paper's experiment, "
@@ -440,9 +476,12 @@ def parse_args() -> argparse.Namespace:
                       help="also run every HD optimizer with F times the paper's "
                            "hyper_lr, labelled '(beta xF)'")
   parser.add_argument("--quick", action="store_true",
-                      help=f"a short run for tests: {len(QUICK_RUNS)} of the runs, "
+                      help=f"a short run for tests: {len(QUICK_RUNS)} of the runs "
+                           "(and their --beta-scale variants), "
                            f"{QUICK_EPOCHS} epochs")
-  return parser.parse_args()
+  args = parser.parse_args(argv)
+  check_out(parser, args.out)
+  return args
 
 
 def main() -> None:

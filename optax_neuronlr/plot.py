@@ -12,6 +12,11 @@ Jupyter display it as a cell's value.
   ``max_lr`` over training steps.
 
 The last two read a :class:`~optax_neuronlr.RateRecorder`.
+
+Degenerate input gives a figure that says so rather than an error: an empty
+tree or a recorder with nothing recorded yet draws an empty axes with a note;
+leaves with no units, all-NaN rates, rates all at a clamp, and clamps at 0 or
+``inf`` are drawn and noted in the titles.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 from optax_neuronlr._src import readers as inspect_lib
 from optax_neuronlr._src import recorder as recorder_lib
 from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src import validation
 
 if TYPE_CHECKING:
   from matplotlib.figure import Figure
@@ -46,6 +52,31 @@ def _new_figure(width: float, height: float) -> Figure:
         "optax_neuronlr.plot needs matplotlib: pip install matplotlib"
     ) from e
   return Figure(figsize=(width, height), layout="constrained")
+
+
+def _note_figure(title: str, note: str) -> Figure:
+  """A figure with one empty axes that says why there is nothing to draw."""
+  fig = _new_figure(5.0, 2.6)
+  ax = fig.add_subplot()
+  ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center",
+          color="0.4", wrap=True)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.set_title(title, fontsize=10)
+  return fig
+
+
+def _check_steps(steps: Any, length: int) -> Optional[np.ndarray]:
+  """``steps`` as an array of ``length`` values (None stays None)."""
+  if steps is None:
+    return None
+  steps = np.asarray(steps)
+  if steps.shape != (length,):
+    raise ValueError(
+        f"steps must hold one value per recorded step ({length}), got shape "
+        f"{steps.shape}."
+    )
+  return steps
 
 
 def _log_range(values: np.ndarray) -> tuple[float, float]:
@@ -80,8 +111,10 @@ def _histogram_data(
 ) -> dict[str, tuple[np.ndarray, Optional[float], Optional[float]]]:
   """``{leaf key: (rates, min_lr or None, max_lr or None)}`` on the host."""
   if isinstance(source, recorder_lib.RateRecorder):
-    if not len(source) or not source.paths:
+    if source.leaves is None:
       raise ValueError("the recorder holds no per-unit rates (see leaves=...).")
+    if not len(source) or not source.paths:
+      return {}  # Nothing recorded yet: an empty figure.
     return {
         p: (source.rates(p)[-1], *map(float, source.bounds(p)[-1]))
         for p in source.paths
@@ -90,40 +123,48 @@ def _histogram_data(
     found = jax.device_get(recorder_lib.leaf_rates(source))
     return {k: (np.asarray(r), float(lo), float(hi)) for k, (r, lo, hi) in found.items()}
   flat, _ = jax.tree_util.tree_flatten_with_path(source)
-  if not flat:
-    raise ValueError("no rates to plot: pass an optimizer state or a rates tree.")
   return {
       units_lib.path_str(p): (np.asarray(jax.device_get(r)), None, None)
       for p, r in flat
   }
 
 
+def _clamp_notes(rates: np.ndarray, lo, hi) -> list[tuple[float, str, str, float]]:
+  """``(bound, name, color, fraction of units at it)`` of each clamp given."""
+  out = []
+  for bound, name, color in ((lo, "min_lr", _MIN_COLOR), (hi, "max_lr", _MAX_COLOR)):
+    if bound is None:
+      continue
+    at = rates <= bound if name == "min_lr" else rates >= bound
+    out.append((bound, name, color, float(np.mean(at)) if rates.size else 0.0))
+  return out
+
+
 def _draw_histogram(ax, key, rates, lo, hi, bins, log) -> None:
-  values = rates.ravel().astype(np.float64)
-  values = values[np.isfinite(values)]
-  n = values.size
-  hidden = 0
-  if log:
-    hidden = int(np.sum(values <= 0))
-    values = values[values > 0]
-  notes = [f"{n} units"]
-  if values.size:
-    a, b = _log_range(values) if log else (values.min(), values.max())
-    bins = min(bins, max(5, 2 * math.ceil(math.sqrt(values.size))))
-    if values.min() == values.max():
+  rates = np.asarray(rates, np.float64)
+  values = rates.ravel()
+  finite = values[np.isfinite(values)]
+  notes = [f"{rates.size} units"]
+  if finite.size < values.size:
+    notes.append(f"{values.size - finite.size} not finite")
+  shown = finite[finite > 0] if log else finite
+  if log and shown.size < finite.size:
+    notes.append(f"{finite.size - shown.size} <= 0 not shown")
+  clamps = _clamp_notes(rates, lo, hi)
+  if shown.size:
+    a, b = _log_range(shown) if log else (shown.min(), shown.max())
+    bins = min(bins, max(5, 2 * math.ceil(math.sqrt(shown.size))))
+    if shown.min() == shown.max():
       bins += 1 - bins % 2  # An odd number: the one value sits mid-bin.
     edges = (np.geomspace(a, b, bins + 1) if log
              else np.linspace(a, b if b > a else a + 1, bins + 1))
-    ax.hist(values, bins=edges, color="0.35", edgecolor="white", linewidth=0.3)
+    ax.hist(shown, bins=edges, color="0.35", edgecolor="white", linewidth=0.3)
     if log:
       ax.set_xscale("log")
     left, right = ax.get_xlim()
-    for bound, name, color, frac in (
-        (lo, "min_lr", _MIN_COLOR, np.mean(rates <= lo) if lo is not None else 0),
-        (hi, "max_lr", _MAX_COLOR, np.mean(rates >= hi) if hi is not None else 0),
-    ):
-      if bound is None:
-        continue
+    for bound, name, color, _ in clamps:
+      if not math.isfinite(bound):
+        continue  # max_lr = inf: no clamp to draw.
       near = (
           (bound > 0 and math.log10(left) - _BOUND_DECADES <= math.log10(bound)
            <= math.log10(right) + _BOUND_DECADES)
@@ -131,11 +172,15 @@ def _draw_histogram(ax, key, rates, lo, hi, bins, log) -> None:
       )
       if near:
         ax.axvline(bound, color=color, linestyle="--", linewidth=1.2, label=name)
-      notes.append(f"{frac:.0%} at {name}")
-  if hidden:
-    notes.append(f"{hidden} <= 0 not shown")
-  if log and values.size:
-    _short_log_ticks(ax.xaxis, *ax.get_xlim())
+    if log:
+      _short_log_ticks(ax.xaxis, *ax.get_xlim())
+  else:
+    reason = ("no units" if not rates.size else "no finite rate" if not finite.size
+              else "no positive rate for a log axis")
+    ax.text(0.5, 0.5, reason, transform=ax.transAxes, ha="center", va="center",
+            color="0.4", fontsize=8)
+  if rates.size:
+    notes.extend(f"{frac:.0%} at {name}" for _, name, _, frac in clamps)
   ax.set_title(f"{key}\n" + ", ".join(notes), fontsize=8)
   ax.tick_params(labelsize=7)
 
@@ -167,7 +212,12 @@ def rate_histograms(
     max_leaves: at most this many leaves (the first ones) are drawn.
 
   Returns:
-    A matplotlib Figure.
+    A matplotlib Figure; for an empty tree, or a recorder with nothing
+    recorded yet, one empty axes with a note.
+
+  Raises:
+    ValueError: when ``leaves`` matches none of the leaves there are, or the
+      recorder records no per-unit rates (``leaves=None``).
 
   Example:
     >>> import jax.numpy as jnp, optax_neuronlr as nlr
@@ -180,7 +230,15 @@ def rate_histograms(
   """
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
+  bins = validation.check_int("bins", bins, low=1)
+  ncols = validation.check_int("ncols", ncols, low=1)
+  max_leaves = validation.check_int("max_leaves", max_leaves, low=1)
+  log = validation.check_flag("log", log)
   data = _histogram_data(rates_or_opt_state)
+  title = "Per-unit learning rates"
+  if not data:
+    return _note_figure(title, "no per-unit rates to plot (an empty tree, or "
+                        "nothing recorded yet)")
   if leaves is not None:
     data = {k: v for k, v in data.items() if re.fullmatch(leaves, k)}
     if not data:
@@ -202,7 +260,6 @@ def rate_histograms(
       ax.set_ylabel("units", fontsize=8)
     if i + ncols >= len(keys):
       ax.set_xlabel("learning rate", fontsize=8)
-  title = "Per-unit learning rates"
   if total > len(keys):
     title += f" (first {len(keys)} of {total} leaves; choose with leaves=...)"
   fig.suptitle(title, fontsize=10)
@@ -246,10 +303,18 @@ def rate_heatmap(
     log: logarithmic color scale.
     sort_units: order the units by their last rate instead of their index.
     min_lr: the lower clamp, if not taken from the recorder.
-    max_lr: the upper clamp, if not taken from the recorder.
+    max_lr: the upper clamp, if not taken from the recorder (``inf``: none).
 
   Returns:
-    A matplotlib Figure.
+    A matplotlib Figure; with nothing recorded yet, or a leaf without units,
+    one empty axes with a note. Where no rate is positive (e.g. every unit at
+    ``min_lr = 0``), the color scale is linear even with ``log=True``.
+
+  Raises:
+    ValueError: for an array with no step axis, ``steps`` of the wrong length,
+      a recorder that records no per-unit rates (``leaves=None``), or a
+      missing ``path`` when the recorder holds several leaves.
+    KeyError: for a ``path`` the recorder did not record.
 
   Example:
     >>> from optax_neuronlr import plot
@@ -258,12 +323,19 @@ def rate_heatmap(
     >>> fig = plot.rate_heatmap(recorder, "Dense_0/kernel")  # doctest: +SKIP
   """
   from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-  from matplotlib import colors  # pylint: disable=g-import-not-at-top
 
+  log = validation.check_flag("log", log)
+  sort_units = validation.check_flag("sort_units", sort_units)
+  validation.check_range("min_lr", min_lr, low=0.0, allow_none=True)
+  validation.check_range("max_lr", max_lr, low=0.0, allow_inf=True, allow_none=True)
   lo = hi = None
   if isinstance(recorder_or_array, recorder_lib.RateRecorder):
     recorder = recorder_or_array
+    if recorder.leaves is None:
+      raise ValueError("the recorder holds no per-unit rates (see leaves=...).")
     if path is None:
+      if not recorder.paths:
+        return _note_figure("rates", "nothing recorded yet")
       if len(recorder.paths) != 1:
         raise ValueError(
             f"choose path among the recorded leaves {list(recorder.paths)}."
@@ -273,11 +345,17 @@ def rate_heatmap(
     lo, hi = recorder.bounds(path).T  # Per step: clamps may be scheduled.
   else:
     rates = np.asarray(jax.device_get(recorder_or_array))
-  if rates.ndim < 1 or rates.shape[0] == 0:
+  if rates.ndim < 1:
     raise ValueError(f"need rates of shape (steps, *units), got {rates.shape}.")
-  lo = lo if min_lr is None else np.full(rates.shape[0], min_lr)
-  hi = hi if max_lr is None else np.full(rates.shape[0], max_lr)
-  steps = np.arange(rates.shape[0]) if steps is None else np.asarray(steps)
+  steps = _check_steps(steps, rates.shape[0])
+  num_units = math.prod(rates.shape[1:])
+  if not rates.shape[0] or not num_units:
+    what = "no steps recorded" if not rates.shape[0] else "the leaf has no units"
+    return _note_figure(
+        f"{path or 'rates'}: {num_units} units, {rates.shape[0]} steps", what)
+  lo = lo if min_lr is None else np.full(rates.shape[0], float(min_lr))
+  hi = hi if max_lr is None else np.full(rates.shape[0], float(max_lr))
+  steps = np.arange(rates.shape[0]) if steps is None else steps
   data = rates.reshape(rates.shape[0], -1).astype(np.float64).T  # units x steps
   if sort_units:
     data = data[np.argsort(data[:, -1], kind="stable")]
@@ -287,16 +365,8 @@ def rate_heatmap(
     pinned |= data <= lo
   if hi is not None:
     pinned |= data >= hi
-  free = data[np.isfinite(data) & ~pinned & ((data > 0) if log else True)]
-  if not free.size:  # Every unit clamped: scale on the clamps themselves.
-    ends = [np.min(lo), np.max(hi)] if lo is not None and hi is not None else []
-    free = np.asarray(ends if all(e > 0 for e in ends) and ends else
-                      data[np.isfinite(data) & ((data > 0) if log else True)])
-  if log and free.size:
-    norm = colors.LogNorm(*_log_range(free))
-  else:
-    a, b = (free.min(), free.max()) if free.size else (0.0, 1.0)
-    norm = colors.Normalize(a, b if b > a else a + 1)
+  requested_log = log
+  norm, log = _heatmap_norm(data, pinned, lo, hi, log)
   shown = data.copy()
   shown[pinned & (data >= (hi if hi is not None else np.inf))] = np.inf
   shown[pinned & (data <= (lo if lo is not None else -np.inf))] = -np.inf
@@ -317,6 +387,8 @@ def rate_heatmap(
   bar = fig.colorbar(mesh, ax=ax, pad=0.02, extend=extend, extendfrac=0.08)
   label = "learning rate"
   marks = [name for name, b in (("min_lr: black", lo), ("max_lr: red", hi)) if b is not None]
+  if not log and requested_log:
+    marks.append("linear: no positive rate")
   bar.set_label(label + (f" ({', '.join(marks)})" if marks else ""))
   if log:
     _short_log_ticks(bar.ax.yaxis, norm.vmin, norm.vmax)
@@ -327,8 +399,38 @@ def rate_heatmap(
   notes = [f"{data.shape[0]} units", f"{data.shape[1]} steps"]
   if pinned.any():
     notes.append(f"{pinned.mean():.0%} of cells clamped")
+  if not np.isfinite(data).all():
+    notes.append(f"{np.size(data) - np.isfinite(data).sum()} cells not finite (grey)")
   ax.set_title(f"{path or 'rates'}: " + ", ".join(notes), fontsize=10)
   return fig
+
+
+def _heatmap_norm(data, pinned, lo, hi, log) -> tuple[Any, bool]:
+  """The color scale, and whether it is logarithmic.
+
+  It spans the finite rates that are not clamped (positive ones on a log
+  scale); with every unit clamped, the finite (positive) clamps themselves;
+  else whatever finite rates there are. A log scale without a positive value
+  to span becomes linear.
+  """
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+
+  finite = data[np.isfinite(data)]
+  usable = lambda v: v[np.isfinite(v) & (v > 0)] if log else v[np.isfinite(v)]
+  free = usable(data[~pinned])
+  if not free.size:  # Every unit clamped: scale on the clamps themselves.
+    ends = np.asarray(
+        [np.min(lo), np.max(hi)] if lo is not None and hi is not None else [],
+        np.float64)
+    free = usable(ends)
+    if free.size < 2:
+      free = usable(finite)
+  if log and free.size:
+    return colors.LogNorm(*_log_range(free)), True
+  if not free.size:
+    free = finite
+  a, b = (free.min(), free.max()) if free.size else (0.0, 1.0)
+  return colors.Normalize(a, b if b > a else a + 1), False
 
 
 # Clamp fractions.
@@ -344,7 +446,14 @@ def _fraction_series(
       leaf = key[: -len("/frac_at_min_lr")]
       other = f"{leaf}/frac_at_max_lr"
       if other in summaries:
-        out[leaf] = (np.asarray(summaries[key]), np.asarray(summaries[other]))
+        pair = tuple(np.atleast_1d(np.asarray(jax.device_get(summaries[k]), np.float64))
+                     for k in (key, other))
+        if pair[0].shape != pair[1].shape or pair[0].ndim != 1:
+          raise ValueError(
+              f"{key} and {other} must be equally long series of scalars, got "
+              f"shapes {pair[0].shape} and {pair[1].shape}."
+          )
+        out[leaf] = pair
   return out
 
 
@@ -365,14 +474,19 @@ def clamp_fractions(
     recorder_or_summaries: a :class:`~optax_neuronlr.RateRecorder` that
       recorded summaries, or ``{"path/stat": values over steps}`` with the
       ``frac_at_min_lr`` and ``frac_at_max_lr`` stats of
-      :func:`~optax_neuronlr.rate_summary` (e.g. ``recorder.summaries()`` or
-      a logger's history).
+      :func:`~optax_neuronlr.rate_summary` (e.g. ``recorder.summaries()``, a
+      logger's history, or one step's ``rate_summary`` itself).
     steps: the step of each value (default: the recorder's steps, else
       ``0, 1, ...``).
     max_leaves: above this many leaves, draw their mean and range.
 
   Returns:
-    A matplotlib Figure.
+    A matplotlib Figure; with nothing recorded yet, one empty axes with a note.
+
+  Raises:
+    ValueError: for summaries without the two fraction stats, series of
+      different lengths, ``steps`` of the wrong length, or a recorder that
+      records no summaries.
 
   Example:
     >>> from optax_neuronlr import plot
@@ -382,17 +496,29 @@ def clamp_fractions(
   """
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
+  max_leaves = validation.check_int("max_leaves", max_leaves, low=1)
+  title = "units at min_lr / max_lr"
   if isinstance(recorder_or_summaries, recorder_lib.RateRecorder):
+    if not recorder_or_summaries.summary:
+      raise ValueError("the recorder records no summaries (summary=False).")
     summaries = recorder_or_summaries.summaries()
     if steps is None:
       steps = recorder_or_summaries.steps
   else:
     summaries = recorder_or_summaries
+  if not summaries:
+    return _note_figure(title, "nothing recorded yet")
   series = _fraction_series(summaries)
   if not series:
     raise ValueError("no '<path>/frac_at_min_lr' and '<path>/frac_at_max_lr' entries.")
-  length = len(next(iter(series.values()))[0])
-  steps = np.arange(length) if steps is None else np.asarray(steps)
+  lengths = {len(fracs[0]) for fracs in series.values()}
+  if len(lengths) > 1:
+    raise ValueError(f"the leaves' series differ in length: {sorted(lengths)}.")
+  length = lengths.pop()
+  if not length:
+    return _note_figure(title, "nothing recorded yet")
+  steps = _check_steps(steps, length)
+  steps = np.arange(length) if steps is None else steps
   marker = "o" if length <= 30 else None
 
   fig = _new_figure(8.0, 3.2)

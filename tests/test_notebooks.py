@@ -24,6 +24,7 @@ def test_notebook_executes(path, tmp_path):
   assert not errors, errors
 
 
-def test_three_notebooks():
+def test_four_notebooks():
   assert [p.stem for p in NOTEBOOKS] == [
-      "01_quickstart", "02_porting_from_pytorch", "03_learned_rates"]
+      "01_quickstart", "02_porting_from_pytorch", "03_learned_rates",
+      "04_write_your_own_rule"]

@@ -41,10 +41,11 @@ def test_mapping_covers_every_parameter():
   names = [n for n, _ in model.named_parameters()]
   assert sorted(pm.flax_path(n) for n in names) == sorted(flax_params)
   with jax.enable_x64(True):
-    nnx_params = pm.flat(pm.nnx.to_pure_dict(
-        pm.nnx.state(pm.nnx.eval_shape(lambda: pm.NnxGPT(PROBLEM, jnp.float64)), pm.nnx.Param)))
-  assert {k: v.shape for k, v in nnx_params.items()} == {
-      k: v.shape for k, v in flax_params.items()}
+    abstract = pm.nnx.eval_shape(lambda: pm.NnxGPT(PROBLEM, jnp.float64))
+    state = pm.nnx.to_pure_dict(pm.nnx.state(abstract, pm.nnx.Param))
+  shapes = {"/".join(am._path_keys(path)): (x.shape, x.dtype)
+            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  assert shapes == {k: (v.shape, np.dtype("float64")) for k, v in flax_params.items()}
 
 
 def test_blocks_are_the_references():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -111,3 +112,131 @@ def test_clamp_fractions(trained, tmp_path):
   assert len(fig.axes[1].get_lines()) == 1
   with pytest.raises(ValueError, match="frac_at_min_lr"):
     plot.clamp_fractions({"w/min": [0.1]})
+
+
+# ---------------------------------------------------------------------------
+# Degenerate input: a figure that says so, no matplotlib error, no warnings.
+
+
+def renders(fig, tmp_path, name: str) -> None:
+  """Saves ``fig`` as PNG with every warning (NaN/inf arithmetic) an error."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    fig.savefig(tmp_path / f"{name}.png", dpi=40)
+  assert (tmp_path / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def notes(fig) -> str:
+  return " | ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def strict(fn, *args, **kwargs):
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    return fn(*args, **kwargs)
+
+
+def _recorded(tx, params, steps=3):
+  state = tx.init(params)
+  recorder = RateRecorder(leaves=".*")
+  for k in range(steps):
+    _, state = tx.update(params, state, params)
+    recorder.record(k, state)
+  return state, recorder
+
+
+def test_empty_inputs_give_a_note(tmp_path):
+  empty_state = nlr.grad_history_lr(1e-2).init({})
+  for i, fig in enumerate([
+      strict(plot.rate_histograms, {}),
+      strict(plot.rate_histograms, empty_state),
+      strict(plot.rate_histograms, RateRecorder(leaves=".*")),  # Nothing recorded yet.
+      strict(plot.rate_heatmap, RateRecorder(leaves=".*")),
+      strict(plot.rate_heatmap, np.zeros((0, 4))),
+      strict(plot.clamp_fractions, RateRecorder()),
+      strict(plot.clamp_fractions, {}),
+      strict(plot.clamp_fractions, {"w/frac_at_min_lr": [], "w/frac_at_max_lr": []}),
+  ]):
+    renders(fig, tmp_path, f"empty_{i}")
+    assert "no per-unit rates" in notes(fig) or "nothing recorded" in notes(fig) \
+        or "no steps" in notes(fig), notes(fig)
+  # Misconfiguration is still an error, not an empty figure.
+  with pytest.raises(ValueError, match="leaves="):
+    plot.rate_histograms(RateRecorder())
+  with pytest.raises(ValueError, match="leaves="):
+    plot.rate_heatmap(RateRecorder())
+  with pytest.raises(ValueError, match="summary=False"):
+    plot.clamp_fractions(RateRecorder(leaves=".*", summary=False))
+
+
+def test_zero_size_leaves(tmp_path):
+  params = {"w": jax.numpy.ones((0, 3)), "b": jax.numpy.ones((0,)),
+            "v": jax.numpy.ones((2,))}
+  state, recorder = _recorded(nlr.grad_history_lr(1e-2), params)
+  fig = strict(plot.rate_histograms, state)
+  renders(fig, tmp_path, "zero_hist")
+  assert "b\n0 units" in titles(fig) and "no units" in notes(fig)
+  fig = strict(plot.rate_histograms, {"w": np.zeros((0,))}, log=False)
+  renders(fig, tmp_path, "zero_hist_tree")
+  fig = strict(plot.rate_heatmap, recorder, "b")
+  renders(fig, tmp_path, "zero_heat")
+  assert "b: 0 units, 3 steps" in titles(fig) and "no units" in notes(fig)
+  fig = strict(plot.rate_heatmap, np.zeros((3, 0)))
+  assert "0 units, 3 steps" in titles(fig)
+  renders(strict(plot.clamp_fractions, recorder), tmp_path, "zero_clamps")
+  renders(strict(plot.rate_heatmap, recorder, "v"), tmp_path, "zero_heat_v")
+
+
+@pytest.mark.parametrize("min_lr, max_lr, lr, at", [
+    (0.0, 1e-2, 1.0, "100% at max_lr"),       # Every unit at max_lr.
+    (1e-2, 1.0, 1e-5, "100% at min_lr"),      # Every unit at min_lr.
+    (0.0, 0.0, 1e-3, "100% at min_lr"),       # Both clamps 0.
+    (0.0, np.inf, 0.0, "100% at min_lr"),     # At min_lr = 0, no upper clamp.
+    (0.0, np.inf, 1e-2, "0% at max_lr"),      # max_lr = inf: never reached.
+])
+@pytest.mark.parametrize("log", [True, False])
+def test_rates_at_clamps_and_clamps_at_zero_and_inf(tmp_path, min_lr, max_lr, lr, at, log):
+  params = {"w": jax.numpy.ones((3, 4))}
+  tx = nlr.grad_history_lr(lr, min_lr=min_lr, max_lr=max_lr, granularity="neuron")
+  state, recorder = _recorded(tx, params)
+  fig = strict(plot.rate_histograms, state, log=log)
+  renders(fig, tmp_path, "clamp_hist")
+  assert at in titles(fig)
+  fig = strict(plot.rate_heatmap, recorder, log=log)
+  renders(fig, tmp_path, "clamp_heat")
+  if log and lr == 0.0 or log and max_lr == 0.0:
+    assert "linear: no positive rate" in fig.axes[1].get_ylabel()
+  renders(strict(plot.clamp_fractions, recorder), tmp_path, "clamp_frac")
+
+
+def test_non_finite_rates(tmp_path):
+  fig = strict(plot.rate_histograms, {"w": np.full(4, np.nan), "v": np.full(2, np.inf)})
+  renders(fig, tmp_path, "nan_hist")
+  assert "w\n4 units, 4 not finite" in titles(fig) and "no finite rate" in notes(fig)
+  fig = strict(plot.rate_heatmap, np.full((3, 2), np.nan))
+  renders(fig, tmp_path, "nan_heat")
+  assert "6 cells not finite" in titles(fig)
+  fig = strict(plot.rate_heatmap, np.zeros((3, 2)))  # log=True, nothing positive.
+  renders(fig, tmp_path, "zero_rates_heat")
+
+
+def test_argument_checks_and_one_step_summary(trained, tmp_path):
+  state, recorder = trained
+  for kwargs in (dict(bins=0), dict(ncols=0), dict(max_leaves=0), dict(bins=2.5)):
+    with pytest.raises(ValueError, match="must be an int >= 1"):
+      plot.rate_histograms(state, **kwargs)
+  with pytest.raises(TypeError, match="log must be True or False"):
+    plot.rate_histograms(state, log="yes")
+  with pytest.raises(ValueError, match=r"steps must hold one value per recorded step \(3\)"):
+    plot.rate_heatmap(np.ones((3, 2)), steps=[0, 1])
+  with pytest.raises(ValueError, match=r"steps must hold one value per recorded step \(30\)"):
+    plot.clamp_fractions(recorder, steps=np.arange(5))
+  with pytest.raises(ValueError, match="max_lr must lie in"):
+    plot.rate_heatmap(np.ones((3, 2)), max_lr=-1.0)
+  with pytest.raises(ValueError, match="differ in length"):
+    plot.clamp_fractions({"a/frac_at_min_lr": [0.0], "a/frac_at_max_lr": [0.0],
+                          "b/frac_at_min_lr": [0.0, 1.0], "b/frac_at_max_lr": [0.0, 1.0]})
+  # One step's rate_summary (0-d values) is a one-point series.
+  fig = strict(plot.clamp_fractions, nlr.rate_summary(state))
+  renders(fig, tmp_path, "one_step")
+  assert len(fig.axes[1].get_lines()) == 4

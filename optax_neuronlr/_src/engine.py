@@ -202,8 +202,8 @@ class Rule:
 
 
 @functools.lru_cache(maxsize=None)
-def _state_class(rule: Rule) -> type:
-  cls = type(rule)
+def _base_state_class(cls: type) -> type:
+  """The NamedTuple state of a rule class (its default instance's state)."""
   fields = ("count", *cls.unit_stats, *cls.element_stats, "applied", "direction_state")
   if len(set(fields)) != len(fields):
     raise TypeError(
@@ -212,15 +212,32 @@ def _state_class(rule: Rule) -> type:
     )
   name = cls.state_name or f"{cls.__name__}State"
   state_cls = NamedTuple(name, [(f, Any) for f in fields])
-  state_cls.rule = rule
+  state_cls.rule = None
   state_cls.__doc__ = (
-      f"State of :func:`scale_by_rule` for the rule ``{rule!r}``: ``count``, "
+      f"State of :func:`scale_by_rule` for :class:`{cls.__name__}`: ``count``, "
       f"unit statistics {cls.unit_stats}, element statistics "
       f"{cls.element_stats}, ``applied`` and ``direction_state`` (see "
       ":class:`optax_neuronlr.RuleState`)."
   )
   state_cls.__module__ = cls.__module__
   return state_cls
+
+
+@functools.lru_cache(maxsize=None)
+def _state_class(rule: Rule) -> type:
+  """One class per equal rule; rules with other static options get a subclass
+  of the rule class' state, so ``isinstance`` sees them all."""
+  base = _base_state_class(type(rule))
+  try:
+    default = type(rule)()
+  except TypeError:  # a rule with required options has no default instance
+    default = None
+  if rule == default:
+    base.rule = rule
+    return base
+  return type(base.__name__, (base,), {
+      "rule": rule, "__slots__": (), "__doc__": base.__doc__,
+      "__module__": base.__module__})
 
 
 _LAYOUTS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(

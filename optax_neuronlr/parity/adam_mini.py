@@ -98,6 +98,15 @@ Quirks of the reference (observed on 1.1.1, CPU):
 * ``verbose=True`` (the default) prints every parameter at construction and a
   block count at the first step.
 
+Float32: the key projection's bias has a gradient that is exactly zero in
+exact arithmetic (adding ``q . b_k`` to every logit of a row leaves the softmax
+unchanged), so in float32 its gradient is rounding noise (~1e-9), which the
+reference's per-element Adam (every bias is per element) turns into steps of
+``lr * g / (|g| + eps)``: any two float32 implementations disagree on that
+tensor from step 1 (max rel ~3e-3 here). Without it, an Adam-mini on these
+blocks agrees with the reference to 9e-6 over 50 float32 steps; in float64
+the noise (~1e-18) is far below ``eps`` and the runs agree to 5e-11.
+
 This model's names and what the reference makes of them:
 ``embed.weight`` (embd: per token, decayed); ``layers.{i}.norm1.weight``,
 ``norm2.weight``, ``final_norm.weight`` (branch 4: one block, not decayed);

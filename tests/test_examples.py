@@ -46,3 +46,61 @@ def test_transfer_learning_quick(tmp_path):
 def test_linen_train_state_quick(tmp_path):
   stdout = run_quick("linen_train_state.py", tmp_path)
   assert "Dense_0/kernel" in stdout
+
+
+def load_example(name: str):
+  """Imports ``examples/<name>.py`` as a module (its ``main`` does not run)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if f"examples.{name}" in sys.modules:
+    return sys.modules[f"examples.{name}"]
+  spec = importlib.util.spec_from_file_location(
+      f"examples.{name}", ROOT / "examples" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there.
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_hypergradient_digits_arguments(tmp_path, capsys):
+  """Bad arguments are argparse errors (exit 2, no traceback), before any training."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  hd = load_example("hypergradient_digits")
+  out = str(tmp_path / "f.png")
+  for argv, message in (
+      (["--beta-scale", "inf"], "argument --beta-scale: must be a finite number > 0"),
+      (["--beta-scale", "nan"], "argument --beta-scale: must be a finite number > 0"),
+      (["--beta-scale", "-1"], "argument --beta-scale: must be a finite number > 0"),
+      (["--beta-scale", "x"], "argument --beta-scale: must be a number, got 'x'"),
+      (["--epochs", "0"], "argument --epochs: must be at least 1"),
+      (["--epochs", "1.5"], "argument --epochs: must be an integer"),
+      (["--out", str(tmp_path / "missing" / "f.png")], "does not exist"),
+      (["--out", str(tmp_path)], "is a directory"),
+      (["--out", str(tmp_path / "f.xyz")], "cannot write '.xyz' files"),
+  ):
+    with pytest.raises(SystemExit) as e:
+      hd.parse_args(argv if "--out" in argv else [*argv, "--out", out])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err, argv
+  args = hd.parse_args(["--quick", "--beta-scale", "10", "--out", out])
+  assert args.beta_scale == 10.0
+
+
+def test_hypergradient_digits_quick_keeps_beta_scale():
+  hd = load_example("hypergradient_digits")
+  quick = [r.name for r in hd.runs(True, None)]
+  assert quick == ["sgd", "sgd-hd", "adam", "adam-hd"]
+  scaled = [r.name for r in hd.runs(True, 10.0)]
+  assert scaled == ["sgd", "sgd-hd", "sgd-hd (beta x10)", "adam", "adam-hd",
+                    "adam-hd (beta x10)"]
+  run = next(r for r in hd.runs(True, 10.0) if r.name == "adam-hd (beta x10)")
+  assert run.hyper_lr == hd.BETA_ADAM * 10.0
+
+
+def test_hypergradient_digits_inf_beta_scale_is_a_usage_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "examples" / "hypergradient_digits.py"),
+       "--beta-scale", "inf", "--out", str(tmp_path / "f.png")],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert "must be a finite number > 0" in result.stderr

@@ -18,17 +18,25 @@ what the contracts may expect of the entry:
 * ``rate_arg``: the kwarg holding the base rate that the library validates
   (``>= 0``);
 * ``granularities``: the values its ``granularity`` kwarg accepts (fuzzed);
+* ``linear``: the update is linear in the gradient (no statistic of the
+  gradient drives the rate): ``optax.MultiSteps`` in bfloat16 must then give
+  the large-batch step up to bfloat16 rounding; for the others a different
+  rounding of the accumulated mean moves the rates, so that case only runs;
 * ``quadratic`` / ``rosenbrock``: ``(steps, overrides)``: the honest settings
-  with which the entry reaches the minimum in float32;
+  with which the entry reaches the minimum in float32; ``None``: the entry
+  cannot, for a reason the entry's line gives (the contract skips it with
+  that reason);
 * ``static_args``: arguments that ``optax.inject_hyperparams`` must keep
   static (callables that are not schedules);
 * ``xfail``: ``{contract or "contract:case glob": reason}`` for contracts
   the entry is known to break because of a library bug (reported;
   ``xfail(strict=True)``, so that a fix shows up as an XPASS failure and the
   line is removed). Contract names: ``converges_quadratic``,
-  ``converges_rosenbrock``, ``extra_args``, ``inject_hyperparams``, ``dtypes``
-  and ``rates_dtype`` (cases ``"<param dtype>-state_<state dtype>"``),
-  ``eval_shape_init``, ``multi_steps``, ``apply_if_finite``, ``masked``,
+  ``converges_rosenbrock``, ``extra_args``, ``inject_hyperparams``,
+  ``schedule``, ``map_params``, ``dtypes``, ``state_dtype`` and ``rates``
+  (cases ``"<param dtype>-state_<state dtype>"``), ``sharding`` (cases
+  ``"auto"``, ``"explicit"``), ``eval_shape_init``, ``multi_steps`` (cases
+  ``"float32"``, ``"bfloat16"``), ``apply_if_finite``, ``masked``,
   ``partition``, ``donation``, ``count_overflow`` (test_contract.py);
   ``resume`` (test_resume.py); ``fuzz_valid``, ``rejects_out_of_range_axis``,
   ``rejects_non_int_axis``, ``rejects_unknown_granularity``,
@@ -38,14 +46,17 @@ what the contracts may expect of the entry:
   entry so that it keeps looking for new ones: ``"float16_adam"`` (no float16
   leaves: optax's Adam in float16 gives NaN/inf for small gradients).
 
-The module also holds the two float32 targets of the convergence contract and
-the deterministic gradient stream shared by the contract and resume tests.
+The module also holds a user's rule (:class:`InverseRMS`, written against the
+public :class:`optax_neuronlr.Rule` API as a user would), the two float32
+targets of the convergence contract and the deterministic gradient stream
+shared by the contract and resume tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
@@ -55,8 +66,8 @@ import optax
 
 import optax_neuronlr as nlr
 
-ALL_GRANULARITIES = ("element", "neuron", "tensor")
-HD_GRANULARITIES = ("global",) + ALL_GRANULARITIES
+LEAF_GRANULARITIES = ("element", "neuron", "tensor")
+ALL_GRANULARITIES = ("global",) + LEAF_GRANULARITIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +82,9 @@ class Entry:
   per_unit: bool = False
   granularities: tuple[str, ...] = ()
   rate_arg: str = "learning_rate"
-  quadratic: tuple[int, Mapping[str, Any]] = (2_000, {})
-  rosenbrock: tuple[int, Mapping[str, Any]] = (20_000, {})
+  linear: bool = False
+  quadratic: Optional[tuple[int, Mapping[str, Any]]] = (2_000, {})
+  rosenbrock: Optional[tuple[int, Mapping[str, Any]]] = (20_000, {})
   static_args: tuple[str, ...] = ()
   fuzz_avoid: tuple[str, ...] = ()
   xfail: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -135,8 +147,74 @@ def _scale_by_then_sgd(scale_by: Callable[..., Any]) -> Callable[..., Any]:
   return factory
 
 
-def trace_hd(
+def scale_by_hd_then_sgd(
     learning_rate: float,
+    hyper_lr: float,
+    multiplier: optax.ScalarOrSchedule = 1.0,
+    min_lr: float = 0.0,
+    max_lr: float = math.inf,
+    granularity: Any = "global",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+  """``chain(scale_by_hypergradient_lr(multiplier, hyper_lr, ...), optax.scale(-learning_rate))``.
+
+  The transform itself, direction None: the learned rate is a multiplier of
+  the global step ``learning_rate`` (as for :func:`_scale_by_then_sgd`).
+  """
+  return optax.chain(
+      nlr.scale_by_hypergradient_lr(
+          multiplier, hyper_lr, min_lr, max_lr, granularity=granularity,
+          neuron_axes=neuron_axes, state_dtype=state_dtype, direction=None),
+      optax.scale(-learning_rate),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class InverseRMS(nlr.Rule):
+  """A user's rule, on the public engine only: a rate inversely proportional to
+  an EMA of each unit's mean squared gradient (RMSProp's scaling, per unit)::
+
+      ms_t = beta * ms_{t-1} + (1 - beta) * mean_unit(g_t ** 2)
+      rate_t = learning_rate / (sqrt(ms_t) + eps)
+  """
+
+  unit_stats = ("ms",)
+  hyperparams = ("beta", "eps")
+
+  def observe(self, g, d, elements, hp):
+    return (g * g,)
+
+  def update(self, stats, observed, hp, prev_hp, count):
+    b = hp["beta"]
+    return {"ms": b * stats["ms"] + (1 - b) * observed[0]}
+
+  def rate(self, stats, hp, count):
+    return hp["learning_rate"] / (jnp.sqrt(stats["ms"]) + hp["eps"])
+
+
+def inverse_rms_lr(
+    learning_rate: optax.ScalarOrSchedule,
+    beta: float = 0.9,
+    eps: float = 1e-8,
+    min_lr: float = 0.0,
+    max_lr: float = 1.0,
+    granularity: Any = "neuron",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+  """A user's optimizer: ``nlr.scale_by_rule(InverseRMS(), ...)``, negated."""
+  return optax.chain(
+      nlr.scale_by_rule(
+          InverseRMS(), learning_rate, {"beta": beta, "eps": eps}, min_lr=min_lr,
+          max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes,
+          state_dtype=state_dtype),
+      optax.scale(-1.0),
+  )
+
+
+def trace_hd(
+    learning_rate: optax.ScalarOrSchedule,
     hyper_lr: float,
     decay: float = 0.9,
     granularity: str = "global",
@@ -158,7 +236,7 @@ def _first_group(path: str, leaf: Any) -> bool:
 
 
 def groups_nlr(
-    learning_rate: float,
+    learning_rate: optax.ScalarOrSchedule,
     slow_learning_rate: float,
     min_lr: float = 1e-6,
     max_lr: float = 1.0,
@@ -191,7 +269,7 @@ def _halving_multipliers(params: Any) -> Any:
 
 
 def adam_scale_by_leaf(
-    learning_rate: float, multipliers: Any = _halving_multipliers
+    learning_rate: optax.ScalarOrSchedule, multipliers: Any = _halving_multipliers
 ) -> optax.GradientTransformation:
   """``chain(optax.adam(learning_rate), nlr.scale_by_leaf(multipliers))``."""
   return optax.chain(optax.adam(learning_rate), nlr.scale_by_leaf(multipliers))
@@ -216,6 +294,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("sign_element", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     Entry("sign_neuron", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     Entry("sign_tensor", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("sign_global", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="global"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("history_blocks", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity=nlr.Blocks(-1, 2)), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     # Options: an optax direction, bias correction.
     Entry("sign_neuron_adam", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron", direction=optax.scale_by_adam()), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=0.1)), fuzz_avoid=_ADAM),
     Entry("history_bias_correction", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, bias_correction=True), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
@@ -225,16 +305,19 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("scale_by_history", _scale_by_then_sgd(nlr.scale_by_grad_history_lr), dict(learning_rate=0.05, max_lr=5.0, multiplier=optax.linear_schedule(0.5, 1.0, 50)), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
     Entry("scale_by_sign", _scale_by_then_sgd(nlr.scale_by_sign_consistency_lr), dict(learning_rate=0.05, max_lr=5.0, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
     # Hypergradient descent (SGD-HD needs max_lr below SGD's stability limit on Rosenbrock).
-    Entry("sgd_hd_global", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
-    Entry("sgd_hd_neuron", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
-    Entry("adam_hd_global", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
-    Entry("adam_hd_neuron", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4, granularity="neuron"), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
-    Entry("trace_hd", trace_hd, dict(learning_rate=0.05, hyper_lr=1e-4, max_lr=0.5), state_dtype=True, per_unit=True, granularities=HD_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-4, hyper_lr=1e-5, max_lr=1e-3))),
+    Entry("sgd_hd_global", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
+    Entry("sgd_hd_neuron", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
+    Entry("adam_hd_global", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
+    Entry("adam_hd_neuron", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
+    Entry("scale_by_hd", scale_by_hd_then_sgd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=10.0), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5)), rate_arg="multiplier"),
+    Entry("trace_hd", trace_hd, dict(learning_rate=0.05, hyper_lr=1e-4, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-4, hyper_lr=1e-5, max_lr=1e-3))),
+    # A user's rule on the public engine (nlr.Rule + nlr.scale_by_rule).
+    Entry("user_inverse_rms", inverse_rms_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     # Param groups, a layer-wise multiplier, the plateau rate.
     Entry("param_groups_nlr", groups_nlr, dict(learning_rate=0.05, slow_learning_rate=0.025, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, slow_learning_rate=5e-4, max_lr=1.0))),
-    Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), rosenbrock=(_R, dict(learning_rate=1e-3))),
+    Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), linear=True, rosenbrock=(_R, dict(learning_rate=1e-3))),
     Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
-    Entry("reduce_lr_on_plateau", nlr.reduce_lr_on_plateau, dict(learning_rate=0.05, patience=5), needs_value=True, rosenbrock=(_R, dict(learning_rate=1e-3))),
+    Entry("reduce_lr_on_plateau", nlr.reduce_lr_on_plateau, dict(learning_rate=0.05, patience=5), needs_value=True, linear=True, rosenbrock=(_R, dict(learning_rate=1e-3))),
 )
 
 BY_NAME = {e.name: e for e in ENTRIES}

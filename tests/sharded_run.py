@@ -109,8 +109,8 @@ def run_case(name: str, layout: str, mesh) -> dict:
   for path, leaf in jax.tree_util.tree_flatten_with_path(rates)[0]:
     key = "/".join(k.key for k in path)
     stat_specs[key] = [str(a) for a in leaf.sharding.spec]
-  inner = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "units"))
-           if hasattr(s, "units")][0]
+  is_rule = lambda x: isinstance(getattr(type(x), "rule", None), nlr.Rule)
+  inner = [s for s in jax.tree.leaves(state, is_leaf=is_rule) if is_rule(s)][0]
   for field in ("grad_ema", "sign_ema", "lr"):
     tree = getattr(inner, field, None)
     if tree is not None and not isinstance(tree, jax.Array):

@@ -249,11 +249,33 @@ class GroupChecksTest(parameterized.TestCase):
         ValueError, r"param group 1 \('group_1', params='haed/\.\*'\) claims no "
         r"parameter.*'backbone/Dense_0/bias'.*allow_empty=True"):
       tx.init(self.PARAMS)
-    # A torch-style sub-tree name does not match whole paths.
-    tx = nlr.param_groups(optax.sgd, [{"params": "head", "name": "h", "learning_rate": 0.1}],
+    # A group whose every leaf goes to a more specific group.
+    tx = nlr.param_groups(optax.sgd, [{"params": "head", "name": "h", "learning_rate": 0.1},
+                                      {"params": "head/.*", "name": "k", "learning_rate": 0.2}],
                           rest="freeze")
-    with self.assertRaisesRegex(ValueError, r"param group 0 \('h', params='head'\)"):
+    with self.assertRaisesRegex(ValueError, r"param group 0 \('h', params='head'\) \(a more "
+                                r"specific group takes every leaf it selects\)"):
       tx.init(self.PARAMS)
+
+  def test_groups_select_sub_trees_by_the_path_rule(self):
+    """``"head"`` (a PyTorch-style sub-module) selects every leaf below it; the
+    longest matching prefix wins; equal prefixes are an error."""
+    tx = nlr.param_groups(optax.sgd, [
+        {"params": "backbone", "learning_rate": 0.1},
+        {"params": "backbone/Dense_0/bias", "learning_rate": 0.3},
+        {"params": "head", "learning_rate": 0.2}])
+    updates, _ = tx.update(self.PARAMS, tx.init(self.PARAMS))
+    np.testing.assert_allclose(updates["backbone"]["Dense_0"]["kernel"], -0.1)
+    np.testing.assert_allclose(updates["backbone"]["Dense_0"]["bias"], -0.3)
+    np.testing.assert_allclose(updates["head"]["kernel"], -0.2)
+    tx = nlr.param_groups(optax.sgd, [{"params": "head", "learning_rate": 0.1},
+                                      {"params": "he.d", "learning_rate": 0.2}], rest="freeze")
+    with self.assertRaisesRegex(ValueError, r"more than one group.*head/bias \(group_0, group_1\)"):
+      tx.init(self.PARAMS)
+    labels = nlr.path_labels({"backbone": "slow", "backbone/Dense_0/bias": "fast"},
+                             default="rest")(self.PARAMS)
+    self.assertEqual(labels["backbone"]["Dense_0"], {"kernel": "slow", "bias": "fast"})
+    self.assertEqual(labels["head"]["kernel"], "rest")
 
   def test_allow_empty(self):
     tx = nlr.param_groups(optax.sgd, [{"params": r".*", "learning_rate": 0.1},

@@ -77,18 +77,30 @@ def test_state_shardings_structure_on_one_device():
   assert strategy.grad_ema["w"].spec == P("x")
   assert strategy.direction_state.mu["w"].spec == P(None, "x")  # Adam's moment
   assert strategy.count.spec == P()
-  hd = sh[2].inner_state
+  hd = sh[2].inner_state[0]
   assert hd.prev_direction["w"].spec == P(None, "x")
   assert hd.lr.spec == P()  # the global rate
   state = jax.jit(tx.init, out_shardings=sh)(params)
   assert state[1][0].grad_ema["w"].shape == (6,)
 
 
-def test_state_shardings_needs_named_sharding_for_units():
+def test_state_shardings_copies_single_device_shardings():
   params = {"w": jnp.ones((4, 6))}
   single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with pytest.raises(TypeError, match="NamedSharding"):
-    nlr.state_shardings(nlr.grad_history_lr(1e-3, granularity="neuron"), params,
-                        {"w": single})
+  tx = nlr.grad_history_lr(1e-3, granularity="neuron")
+  sh = nlr.state_shardings(tx, params, {"w": single})
+  assert sh[0].grad_ema["w"] == single
+  state = jax.jit(tx.init, out_shardings=sh)(params)
+  assert state[0].grad_ema["w"].shape == (6,)
   sh = nlr.state_shardings(optax.adam(1e-3), params, {"w": single})
-  assert sh[0].mu["w"] is single
+  assert sh[0].mu["w"] == single
+
+
+def test_state_shardings_of_blocks_keep_the_blocked_axis():
+  mesh = jax.make_mesh((1,), ("x",))
+  params = {"q": jnp.ones((4, 8)), "v": jnp.ones((4, 8))}
+  p_sh = {"q": NamedSharding(mesh, P(None, "x")), "v": NamedSharding(mesh, P("x", None))}
+  tx = nlr.grad_history_lr(1e-3, granularity={"q": nlr.Blocks(1, 2), "v": "neuron"})
+  sh = nlr.state_shardings(tx, params, p_sh)
+  assert sh[0].grad_ema["q"].spec == P("x")
+  assert sh[0].grad_ema["v"].spec == P(None)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.readers import unwrap_variables
@@ -49,6 +50,11 @@ def _compile(pattern: Union[str, re.Pattern], what: str) -> re.Pattern:
     raise ValueError(f"{what}: invalid regular expression {pattern!r}: {e}.") from e
 
 
+def _depth(path: str) -> int:
+  """Number of keys in a ``"/"``-joined path."""
+  return len(path.split("/")) if path else 0
+
+
 def _map_paths(fn: Callable[[str, Any], Any], tree: Any) -> Any:
   """``fn(path, leaf)`` on every array leaf; None and MaskedNode keep their place."""
   return jax.tree_util.tree_map_with_path(
@@ -62,11 +68,16 @@ def path_labels(
   """Labels for ``optax.multi_transform`` from regular expressions on paths.
 
   Each leaf's path is its keys joined by ``"/"`` (``"backbone/Dense_0/kernel"``;
-  list indices are numbers, and Flax NNX's ``.value`` is dropped). The first
-  rule whose regular expression matches the *whole* path gives the label.
+  list indices are numbers, and Flax NNX's ``.value`` is dropped). Leaves are
+  selected by the package's one path rule (:mod:`optax_neuronlr._src.paths`): a
+  rule selects a leaf when its regular expression matches the *whole* path or
+  one of its ``"/"``-prefixes (``"backbone"`` selects every leaf below
+  ``backbone``). The rule matching the longest prefix gives the label; among
+  rules that match the same prefix, the first one.
 
   Args:
-    rules: ``{regex: label}`` (in order) or a sequence of ``(regex, label)``.
+    rules: ``{regex: label}`` (in order) or a sequence of ``(regex, label)``;
+      a regex is a str or a compiled ``re.Pattern``.
     default: label of leaves that match no rule; None makes them an error.
 
   Returns:
@@ -91,11 +102,15 @@ def path_labels(
 
     def label_of(path: str, leaf: Any) -> Any:
       del leaf
+      best, best_len = None, -1
       for regex, label in compiled:
-        if regex.fullmatch(path):
-          return label
-      unmatched.append(path)
-      return default
+        n = paths_lib.selects(regex, path)
+        if n is not None and n > best_len:
+          best, best_len = label, n
+      if best_len < 0:
+        unmatched.append(path)
+        return default
+      return best
 
     out = _map_paths(label_of, params)
     if unmatched and default is None:
@@ -108,10 +123,11 @@ def path_labels(
   return labels
 
 
-def _matcher(spec: ParamsSpec, what: str) -> Callable[[str, Any], bool]:
-  """``(path, leaf) -> bool`` for a group's ``"params"`` entry."""
+def _matcher(spec: ParamsSpec, what: str) -> Callable[[str, Any], Optional[int]]:
+  """``(path, leaf) -> `` the length of the prefix that a group's ``"params"``
+  selects (None: not selected); a callable selects the whole path."""
   if callable(spec):
-    return spec
+    return lambda path, leaf: _depth(path) if spec(path, leaf) else None
   if isinstance(spec, (str, re.Pattern)):
     patterns = [spec]
   elif isinstance(spec, Sequence) or isinstance(spec, (set, frozenset)):
@@ -123,7 +139,13 @@ def _matcher(spec: ParamsSpec, what: str) -> Callable[[str, Any], bool]:
         f"a callable (path, leaf) -> bool; got {spec!r} ({type(spec).__name__})."
     )
   compiled = [_compile(p, what) for p in patterns]
-  return lambda path, leaf: any(r.fullmatch(path) for r in compiled)
+
+  def selected(path: str, leaf: Any) -> Optional[int]:
+    del leaf
+    found = [paths_lib.selects(r, path) for r in compiled]
+    return max((n for n in found if n is not None), default=None)
+
+  return selected
 
 
 def _describe_group(index: int, name: str, spec: Any) -> str:
@@ -172,13 +194,20 @@ def param_groups(
   Each group runs ``optax.inject_hyperparams(optimizer)(**defaults,
   **overrides)`` on its leaves (``optax.multi_transform``), so its values can be
   read with :func:`get_hyperparams` and changed with :func:`set_hyperparams`.
-  As in PyTorch, a parameter may belong to one group only.
 
-  A group's pattern must match the *whole* path of at least one leaf
-  (``"backbone/.*"``, not ``"backbone"``): a group that claims no leaf (a
-  typo, or a pattern naming a sub-tree) is an error at ``init``, since with
-  ``rest="freeze"`` it would silently freeze the parameters it meant to train.
-  Generic code that applies one list of groups to many different trees passes
+  Groups select leaves by the package's one path rule
+  (:mod:`optax_neuronlr._src.paths`): a pattern selects a leaf when it matches
+  the leaf's whole ``"/"``-joined path or one of its prefixes, so ``"backbone"``
+  (a PyTorch-style sub-module) and ``"backbone/.*"`` both select every leaf
+  below ``backbone``. A leaf selected by several groups goes to the one whose
+  pattern matches the longest prefix (``"backbone/head"`` beats
+  ``"backbone"``); two groups matching the same prefix are an error, as a
+  parameter in two groups is in PyTorch.
+
+  A group that claims no leaf (a typo, or a group every leaf of which goes to
+  a more specific one) is an error at ``init``: with ``rest="freeze"`` it
+  would silently freeze the parameters it meant to train. Generic code that
+  applies one list of groups to many different trees passes
   ``allow_empty=True``.
 
   ``optimizer`` may itself build param groups (e.g. a function of
@@ -209,9 +238,9 @@ def param_groups(
       entry that is not a pattern, a list of patterns or a callable (at
       construction).
     ValueError: for unknown hyperparameter names, invalid regexes, duplicate
-      group names or a bad ``rest`` (at construction); for leaves claimed by
-      two groups, with ``rest="error"`` by none, and for a group that claims no
-      leaf unless ``allow_empty`` (at init).
+      group names or a bad ``rest`` (at construction); for leaves selected
+      equally by two groups, with ``rest="error"`` by none, and for a group
+      that claims no leaf unless ``allow_empty`` (at init).
   """
   allow_empty = validation.check_flag("allow_empty", allow_empty)
   if isinstance(groups, (str, bytes, Mapping)) or not isinstance(groups, Sequence):
@@ -257,31 +286,39 @@ def param_groups(
   def labels(params: Any) -> Any:
     unclaimed, doubly, paths = [], [], []
     counts = [0] * len(names)
+    outranked = [False] * len(names)
 
     def label_of(path: str, leaf: Any) -> str:
       paths.append(path)
-      claimed = [i for i, m in enumerate(matchers) if m(path, leaf)]
-      for i in claimed:
-        counts[i] += 1
+      lengths = [m(path, leaf) for m in matchers]
+      best = max((n for n in lengths if n is not None), default=None)
+      if best is None:
+        unclaimed.append(path)
+        return FROZEN if rest == "freeze" else rest
+      claimed = [i for i, n in enumerate(lengths) if n == best]
       if len(claimed) > 1:
         doubly.append(f"{path} ({', '.join(names[i] for i in claimed)})")
-      if claimed:
-        return names[claimed[0]]
-      unclaimed.append(path)
-      return FROZEN if rest == "freeze" else rest
+      for i, n in enumerate(lengths):
+        if n is not None and i not in claimed:
+          outranked[i] = True
+      counts[claimed[0]] += 1
+      return names[claimed[0]]
 
     out = _map_paths(label_of, params)
     if doubly:
       raise ValueError(f"parameters appear in more than one group: {doubly}.")
     if rest in names:
       counts[names.index(rest)] += len(unclaimed)
-    empty = [d for d, n in zip(described, counts) if not n]
+    empty = [
+        d + (" (a more specific group takes every leaf it selects)" if o else "")
+        for d, n, o in zip(described, counts, outranked) if not n
+    ]
     if empty and not allow_empty:
       raise ValueError(
-          f"{'; '.join(empty)} claims no parameter. A pattern must match a "
-          "leaf's whole '/'-joined path (e.g. 'backbone/.*', not 'backbone'); "
-          f"the paths are {paths[:6]}{' ...' if len(paths) > 6 else ''}. Pass "
-          "allow_empty=True to allow groups that claim nothing."
+          f"{'; '.join(empty)} claims no parameter. A pattern selects the "
+          "leaves whose '/'-joined path it matches in full, or a prefix of "
+          f"it; the paths are {paths[:6]}{' ...' if len(paths) > 6 else ''}. "
+          "Pass allow_empty=True to allow groups that claim nothing."
       )
     if unclaimed and rest == "error":
       raise ValueError(

@@ -165,7 +165,9 @@ def scale_by_reduce_lr_on_plateau(
         num_bad_epochs=jnp.zeros([], jnp.int32),
         cooldown_counter=jnp.zeros([], jnp.int32),
         count=jnp.zeros([], jnp.int32),
-        applied_lr=jnp.asarray(learning_rate, dtype),
+        # A copy: under inject_hyperparams, learning_rate is the injected
+        # state's own buffer, and no two fields may share one.
+        applied_lr=jnp.array(learning_rate, dtype, copy=True),
     )
 
   def update_fn(updates, state, params=None, *, value: Any = None, **extra_args):

@@ -1,5 +1,8 @@
 """Finding per-unit learning rates inside any nested optax state.
 
+Rule states are recognised by type (the state class of a :class:`Rule`), not
+through a registry.
+
 Strategy states are found wherever they sit: in ``optax.chain`` tuples,
 ``optax.multi_transform`` / ``optax.partition`` states, ``optax.masked``,
 ``optax.inject_hyperparams``, ``optax.apply_if_finite``, ``optax.MultiSteps``
@@ -84,8 +87,11 @@ def learning_rates(opt_state: Any) -> Any:
 
   Each leaf holds one value per unit: the leaf's shape at element
   granularity, the shape of its neuron axes at neuron granularity (``(out,)``
-  for a Flax ``(in, out)`` kernel), ``()`` at tensor granularity. Leaves that no
-  strategy governs are ``None``. Before the first update, every unit shows
+  for a Flax ``(in, out)`` kernel), ``(num_blocks,)`` for ``Blocks``, ``()`` at
+  tensor granularity. At ``granularity="global"`` every leaf shows the one
+  rate; a global rule that keeps no per-element statistic (nothing shaped like
+  the params) gives that one scalar instead of a tree. Leaves that no strategy
+  governs are ``None``. Before the first update, every unit shows
   ``clip(learning_rate, min_lr, max_lr)``.
 
   Args:

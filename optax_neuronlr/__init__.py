@@ -21,12 +21,27 @@ from optax_neuronlr._src.engine import scale_by_rule
 from optax_neuronlr._src.readers import learning_rates
 from optax_neuronlr._src.readers import learning_rates_by_state
 from optax_neuronlr._src.readers import rate_summary
+from optax_neuronlr._src.rules.adam_mini import adam_mini
+from optax_neuronlr._src.rules.adam_mini import adam_mini_blocks
+from optax_neuronlr._src.rules.adam_mini import adam_mini_partition
+from optax_neuronlr._src.rules.adam_mini import adam_mini_weight_decay_mask
+from optax_neuronlr._src.rules.adam_mini import AdamMini
+from optax_neuronlr._src.rules.adam_mini import AdamMiniLeaf
+from optax_neuronlr._src.rules.adam_mini import AdamMiniPartition
+from optax_neuronlr._src.rules.adam_mini import scale_by_adam_mini
+from optax_neuronlr._src.rules.adam_mini import ScaleByAdamMiniState
 from optax_neuronlr._src.rules.hypergradient import adam_hd
 from optax_neuronlr._src.rules.hypergradient import Hypergradient
 from optax_neuronlr._src.rules.hypergradient import hypergradient_lr
 from optax_neuronlr._src.rules.hypergradient import HypergradientLRState
 from optax_neuronlr._src.rules.hypergradient import scale_by_hypergradient_lr
 from optax_neuronlr._src.rules.hypergradient import sgd_hd
+from optax_neuronlr._src.rules.neuron_norm import neuron_norm_sgd
+from optax_neuronlr._src.rules.neuron_norm import NeuronNorm
+from optax_neuronlr._src.rules.neuron_norm import scale_by_neuron_norm
+from optax_neuronlr._src.rules.neuron_norm import scale_sgd
+from optax_neuronlr._src.rules.neuron_norm import scale_sgd_labels
+from optax_neuronlr._src.rules.neuron_norm import ScaleByNeuronNormState
 from optax_neuronlr._src.rules.seed000 import grad_history_lr
 from optax_neuronlr._src.rules.seed000 import grad_magnitude_lr
 from optax_neuronlr._src.rules.seed000 import GradHistory
@@ -50,6 +65,7 @@ from optax_neuronlr._src.recorder import RateRecord
 from optax_neuronlr._src.recorder import RateRecorder
 from optax_neuronlr._src.sharding import state_shardings
 from optax_neuronlr._src.plateau import ReduceLROnPlateauState
+from optax_neuronlr._src.plateau import scale_by_reduce_lr_on_plateau
 from optax_neuronlr._src.units import Blocks
 from optax_neuronlr._src.units import GRANULARITIES
 from optax_neuronlr._src.units import Neurons
@@ -57,6 +73,9 @@ from optax_neuronlr._src.units import Neurons
 __version__ = "0.2.0"
 
 __all__ = (
+    "AdamMini",
+    "AdamMiniLeaf",
+    "AdamMiniPartition",
     "Blocks",
     "GRANULARITIES",
     "GradHistory",
@@ -64,6 +83,7 @@ __all__ = (
     "Hypergradient",
     "HypergradientLRState",
     "LayoutRow",
+    "NeuronNorm",
     "Neurons",
     "OptimizerLayout",
     "RateRecord",
@@ -71,12 +91,18 @@ __all__ = (
     "ReduceLROnPlateauState",
     "Rule",
     "RuleState",
+    "ScaleByAdamMiniState",
     "ScaleByGradHistoryLRState",
     "ScaleByGradMagnitudeLRState",
     "ScaleByLeafState",
+    "ScaleByNeuronNormState",
     "ScaleBySignConsistencyLRState",
     "SignConsistency",
     "adam_hd",
+    "adam_mini",
+    "adam_mini_blocks",
+    "adam_mini_partition",
+    "adam_mini_weight_decay_mask",
     "get_hyperparams",
     "grad_history_lr",
     "grad_magnitude_lr",
@@ -84,18 +110,24 @@ __all__ = (
     "layerwise_multipliers",
     "learning_rates",
     "learning_rates_by_state",
+    "neuron_norm_sgd",
     "optimizer_layout",
     "param_groups",
     "path_labels",
     "plot",
     "rate_summary",
     "reduce_lr_on_plateau",
+    "scale_by_adam_mini",
     "scale_by_leaf",
+    "scale_by_reduce_lr_on_plateau",
+    "scale_by_neuron_norm",
     "scale_by_rule",
     "scale_by_grad_history_lr",
     "scale_by_hypergradient_lr",
     "scale_by_grad_magnitude_lr",
     "scale_by_sign_consistency_lr",
+    "scale_sgd",
+    "scale_sgd_labels",
     "schedules",
     "set_hyperparams",
     "sgd_hd",

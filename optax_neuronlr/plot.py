@@ -22,13 +22,13 @@ leaves with no units, all-NaN rates, rates all at a clamp, and clamps at 0 or
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import jax
 import numpy as np
 
+from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import readers as inspect_lib
 from optax_neuronlr._src import recorder as recorder_lib
 from optax_neuronlr._src import units as units_lib
@@ -203,7 +203,9 @@ def rate_histograms(
       :func:`~optax_neuronlr.learning_rates` returns (``None`` leaves are
       skipped), a flat ``{path: rates}`` dict, or a
       :class:`~optax_neuronlr.RateRecorder` (its last recorded step).
-    leaves: a regular expression; only leaves whose path fully matches it.
+    leaves: a regular expression (str or compiled); only the leaves it
+      selects by the package's path rule (it matches the whole path or a
+      ``"/"``-prefix of it, as for :class:`~optax_neuronlr.RateRecorder`).
     bins: most bins per histogram (a leaf of ``n`` units gets at most
       ``max(5, 2 * ceil(sqrt(n)))``).
     log: log-spaced bins on a log x axis (non-positive rates are left out and
@@ -240,7 +242,9 @@ def rate_histograms(
     return _note_figure(title, "no per-unit rates to plot (an empty tree, or "
                         "nothing recorded yet)")
   if leaves is not None:
-    data = {k: v for k, v in data.items() if re.fullmatch(leaves, k)}
+    selector = paths_lib.compile_selector(leaves, "rate_histograms leaves")
+    data = {k: v for k, v in data.items()
+            if paths_lib.selects(selector, k) is not None}
     if not data:
       raise ValueError(f"no leaf path matches leaves={leaves!r}.")
   total = len(data)

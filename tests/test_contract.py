@@ -235,7 +235,8 @@ def test_constant_schedule_equals_the_number(entry):
   if not _takes_schedule(entry):
     pytest.skip(f"{entry.factory.__name__}'s {entry.rate_arg} is not annotated "
                 "optax.ScalarOrSchedule: it takes no schedule")
-  rate = entry.kwargs[entry.rate_arg]
+  rate = entry.kwargs.get(
+      entry.rate_arg, inspect.signature(entry.factory).parameters[entry.rate_arg].default)
   rate = 0.5 if callable(rate) else rate
   with_schedule = _first_steps(
       entry, entry.make(**{entry.rate_arg: optax.constant_schedule(rate)}), 3)

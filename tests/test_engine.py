@@ -297,3 +297,17 @@ def test_no_warnings_from_a_plain_step():
     warnings.simplefilter("error")
     tx = nlr.sign_consistency_lr(0.1, granularity="neuron")
     jax.jit(tx.update)(params, tx.init(params))
+
+
+def test_rate_summary_on_degenerate_trees():
+  state = nlr.grad_history_lr(1e-2, max_lr=jnp.inf).init(
+      {"w": jnp.ones((0, 3)), "v": jnp.ones(2)})
+  summary = nlr.rate_summary(state)
+  assert np.isnan(float(summary["w/min"])) and np.isnan(float(summary["w/median"]))
+  assert float(summary["w/frac_at_max_lr"]) == 0.0
+  assert float(summary["v/frac_at_max_lr"]) == 0.0  # max_lr = inf is never reached
+  dtypes = {(v.dtype, getattr(jax.typeof(v), "weak_type", False)) for v in summary.values()}
+  assert len(dtypes) == 1, dtypes
+  assert nlr.rate_summary(nlr.grad_history_lr(1e-2).init({})) == {}
+  pinned = nlr.grad_history_lr(1e-2, min_lr=0.0, max_lr=0.0).init({"w": jnp.ones(3)})
+  assert float(nlr.rate_summary(pinned)["w/frac_at_max_lr"]) == 1.0

@@ -422,6 +422,34 @@ class GroupChecksTest(parameterized.TestCase):
                      jnp.float32)
 
 
+class HalfPrecisionGroupsTest(parameterized.TestCase):
+
+  def test_optax_adam_groups_in_bfloat16_match_plain_adam(self):
+    """float32 hyperparameters (bf16 rounds b2=0.999 to 1: NaN), bf16 updates
+    and moments as with the plain optimizer, and no retrace."""
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), GroupsTest.PARAMS)
+    grads = jax.tree.map(lambda p: p - 1.5, params)
+    tx = nlr.param_groups(optax.adam, [{"params": ".*", "learning_rate": 0.2}])
+    plain = optax.adam(0.2)
+    traces = []
+
+    @jax.jit
+    def step(state):
+      traces.append(1)
+      return tx.update(grads, state, params)
+
+    state, plain_state = tx.init(params), plain.init(params)
+    for _ in range(3):
+      updates, state = step(state)
+      want, plain_state = plain.update(grads, plain_state, params)
+      for u, w in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
+        self.assertEqual(u.dtype, jnp.bfloat16)
+        np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(w, np.float32),
+                                   rtol=2e-2)
+    self.assertLen(traces, 1)
+    self.assertEqual(nlr.get_hyperparams(state)["group_0"]["b2"].dtype, jnp.float32)
+
+
 class LayerwiseTest(parameterized.TestCase):
 
   PARAMS = {f"layers_{i}": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
@@ -485,6 +513,16 @@ class LayerwiseTest(parameterized.TestCase):
       nlr.scale_by_leaf(tree)  # At construction.
     with self.assertRaisesRegex(exc, message):
       nlr.scale_by_leaf(lambda p: tree).init(params)  # A callable's, at init.
+
+  def test_scale_by_leaf_sub_tree_multipliers(self):
+    params = {"backbone": {"a": jnp.ones(2), "b": jnp.ones(2)}, "head": {"k": jnp.ones(2)}}
+    tx = nlr.scale_by_leaf({"backbone": 0.1, "backbone/b": 0.5, "he.*": 2.0})
+    updates, _ = tx.update(params, tx.init(params))
+    np.testing.assert_allclose(updates["backbone"]["a"], 0.1)
+    np.testing.assert_allclose(updates["backbone"]["b"], 0.5)
+    np.testing.assert_allclose(updates["head"]["k"], 2.0)
+    with self.assertRaisesRegex(ValueError, "no multiplier for leaf 'head/k'"):
+      nlr.scale_by_leaf({"backbone": 0.1}).init(params)
 
   def test_scale_by_leaf_accepts_numpy_and_zero(self):
     params = {"a": jnp.ones(2), "b": jnp.ones(2)}

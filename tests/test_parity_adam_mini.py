@@ -6,8 +6,9 @@ and Flax NNX from the standard modules); these tests check that the two agree
 tests the weight mapping, gradients, data stream and loop), that
 ``adam_mini_blocks`` gives this model the reference's blocks and weight decay,
 and that an Adam-mini written directly on those blocks with the engine's
-layouts reproduces ``adam_mini.Adam_mini`` step by step. ``nlr.adam_mini``
-itself lands with the rule engine: its test is ``xfail(strict=True)`` until then.
+layouts reproduces ``adam_mini.Adam_mini`` step by step, and that
+``nlr.adam_mini(lr, ...)`` as it is (blocks read from the paths, the default
+weight-decay mask) does too: the ``adam-mini`` row of the parity table.
 """
 
 from __future__ import annotations
@@ -142,15 +143,27 @@ def test_a_wrong_block_is_caught():
   assert diff.max_rel > 1e-4
 
 
-def test_pending_row():
-  result = pm.run_case(STEPS)
-  assert result.ok and result.verdict.startswith("pending")
-  assert "adam-mini" in harness.format_table([result], ("float64",))
+@pytest.fixture(scope="module")
+def row() -> harness.Result:
+  return pm.run_case(STEPS)
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=True,
-                   reason="nlr.adam_mini lands with the rule engine (issue 12 part 1)")
-def test_adam_mini_matches_reference_in_float64():
-  diff = harness.compare(pm.jax_trajectory(PROBLEM, STEPS, pm.adam_mini_tx(PROBLEM)),
-                         pm.reference_trajectory(PROBLEM, STEPS))
-  assert diff.max_rel <= harness.TOLERANCE["float64"], diff.first_step_over(1e-6)
+def test_parity_row(row):
+  assert row.ok and row.verdict.startswith("exact"), row.verdict
+  assert set(row.diffs) == {"float64"}
+  table = harness.format_table([row], ("float64", "float32"))
+  assert "| adam-mini |" in table and "nlr.adam_mini" in table
+
+
+def test_adam_mini_matches_reference_in_float64(row):
+  """nlr.adam_mini as it is: every parameter after each of 50 steps, float64."""
+  diff = row.diffs["float64"]
+  assert len(diff.rel_by_step) == STEPS
+  assert diff.max_rel <= 1e-10, (diff.max_rel, diff.first_step_over(1e-10))
+
+
+def test_parity_cli_runs_the_row(capsys):
+  from optax_neuronlr.parity import __main__ as cli  # pylint: disable=g-import-not-at-top
+  assert cli.main(["--case", "adam-mini", "--steps", "3"]) == 0
+  out = capsys.readouterr().out
+  assert "| adam-mini |" in out and "exact" in out

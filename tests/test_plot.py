@@ -75,6 +75,9 @@ def test_rate_histograms(trained, tmp_path):
   assert "at max_lr" not in titles(fig)
   fig = plot.rate_histograms(recorder, leaves=r".*kernel")
   assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
+  fig = plot.rate_histograms(state, leaves="Dense_1")  # A sub-tree, as elsewhere.
+  assert "Dense_1/kernel" in titles(fig) and "Dense_1/bias" in titles(fig)
+  assert "Dense_0" not in titles(fig)
   fig = plot.rate_histograms({"w": np.array([0.0, 1e-3, 1e-2])})
   assert "1 <= 0 not shown" in titles(fig)
   with pytest.raises(ValueError, match="leaves"):

@@ -189,6 +189,13 @@ def test_numpy_arguments_and_argument_errors():
   with pytest.raises(TypeError, match="leaves must be a regular expression"):
     RateRecorder(leaves=["a"])
 
+
+def test_leaves_follow_the_path_rule():
+  """``leaves="Dense_0"`` selects the leaves below it, as everywhere else."""
+  recorder = RateRecorder(leaves="Dense_0")
+  run(TX, 2, recorder)
+  assert recorder.paths == ("Dense_0/bias", "Dense_0/kernel")
+
 def test_one_recorder_per_state_structure():
   recorder = RateRecorder(leaves=".*")
   run(TX, 1, recorder)

@@ -306,7 +306,10 @@ def param_groups(
 
     out = _map_paths(label_of, params)
     if doubly:
-      raise ValueError(f"parameters appear in more than one group: {doubly}.")
+      raise ValueError(
+          "parameters selected by more than one group through the same prefix "
+          f"(otherwise the longest matching prefix wins): {doubly}."
+      )
     if rest in names:
       counts[names.index(rest)] += len(unclaimed)
     empty = [
@@ -355,13 +358,29 @@ def _hyperparam_dtype(tree: Any) -> jnp.dtype:
   """The widest float dtype of ``tree``'s leaves, and at least float32.
 
   ``optax.inject_hyperparams`` otherwise stores the hyperparameters in the
-  params' widest dtype, which rounds ``min_lr = 1e-6`` to bfloat16 and fails
-  on trees that mix bfloat16 and float16 leaves.
+  params' widest dtype, which rounds ``min_lr = 1e-6`` and Adam's ``b2 =
+  0.999`` (to 1.0: a NaN bias correction) in bfloat16, and fails on trees that
+  mix bfloat16 and float16 leaves.
   """
   widest = _widest_float(tree)
   dtype = jnp.dtype(jnp.float32) if widest is None else jnp.promote_types(
       jnp.float32, widest)
   return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _cast_like(tree: Any, like: Any) -> Any:
+  """``tree`` with each float array cast to the dtype of ``like``'s leaf."""
+
+  def cast(new, old):
+    old_dtype = getattr(old, "dtype", None)
+    if (old_dtype is None or getattr(new, "dtype", old_dtype) == old_dtype
+        or not jnp.issubdtype(old_dtype, jnp.inexact)):
+      return new
+    return new.astype(old_dtype)
+
+  if jax.tree.structure(tree) != jax.tree.structure(like):
+    return tree
+  return jax.tree.map(cast, tree, like)
 
 
 def _unwrapped(optimizer: Callable[..., Any]) -> Callable[..., Any]:
@@ -390,42 +409,36 @@ def _injected(
     static: tuple[str, ...],
     kwargs: Mapping[str, Any],
 ) -> optax.GradientTransformationExtraArgs:
-  """``optax.inject_hyperparams(optimizer)(**kwargs)``.
+  """``optax.inject_hyperparams(optimizer)(**kwargs)``, hyperparameters kept in
+  :func:`_hyperparam_dtype` of the tree (never half precision).
 
-  For this library's factories the hyperparameters are kept in
-  :func:`_hyperparam_dtype` of the tree (never half precision); other
-  optimizers keep optax's default (the params' widest dtype, so that their own
-  states keep the params' dtype), except that a tree mixing bfloat16 and
-  float16 leaves gets float32, which optax cannot find itself; their updates
-  are then cast back to the incoming updates' dtypes.
+  This library's factories cast their hyperparameters to their statistics'
+  dtype themselves. For other optimizers (optax's own), whose arithmetic takes
+  the dtype of the hyperparameter arrays, the updates are cast back to the
+  incoming updates' dtypes and the inner state to its previous dtypes: as with
+  the plain optimizer, whose Python-float hyperparameters are weakly typed,
+  bfloat16 params keep bfloat16 updates and moments, and a jitted step never
+  retraces.
   """
   ours = _casts_own_scalars(optimizer)
 
   def make(tree):
     return optax.inject_hyperparams(
-        optimizer, static_args=static,
-        hyperparam_dtype=_hyperparam_dtype(tree) if ours else _widest_float(tree),
+        optimizer, static_args=static, hyperparam_dtype=_hyperparam_dtype(tree),
     )(**kwargs)
 
   def init_fn(params):
     return make(params).init(params)
 
   def update_fn(updates, state, params=None, **extra_args):
-    new, state = make(updates).update(updates, state, params, **extra_args)
-    if not ours and _mixes_float_dtypes(updates):
-      new = jax.tree.map(lambda n, u: n.astype(u.dtype), new, updates)
-    return new, state
+    new, new_state = make(updates).update(updates, state, params, **extra_args)
+    if not ours:
+      new = _cast_like(new, updates)
+      new_state = new_state._replace(
+          inner_state=_cast_like(new_state.inner_state, state.inner_state))
+    return new, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _mixes_float_dtypes(tree: Any) -> bool:
-  """True when no float dtype of ``tree`` holds all the others (bf16 + f16)."""
-  dtypes = {
-      jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(tree)
-      if jnp.issubdtype(jnp.dtype(getattr(leaf, "dtype", jnp.float32)), jnp.floating)
-  }
-  return len(dtypes) > 1 and _widest_float(tree) not in dtypes
 
 
 def is_inject_state(x: Any) -> bool:

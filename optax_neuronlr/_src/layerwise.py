@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 
@@ -36,15 +37,22 @@ def _resolve(multipliers: Any, params: Any) -> list:
   if callable(multipliers):
     multipliers = multipliers(params)
   table = _check_multipliers(multipliers)
+  selection = None
   out = []
   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
     key = units_lib.path_str(path)
-    if key not in table:
+    if key in table:
+      out.append(table[key])
+      continue
+    if selection is None:  # Only where a key is not a leaf's exact path.
+      selection = paths_lib.Selection(table, "scale_by_leaf")
+    value = selection.lookup(key, default=None)
+    if value is None:
       raise ValueError(
           f"scale_by_leaf: no multiplier for leaf '{key}' (multipliers has "
           f"{sorted(table)[:8]})."
       )
-    out.append(table[key])
+    out.append(value)
   return out
 
 
@@ -63,7 +71,11 @@ def scale_by_leaf(
   Args:
     multipliers: a pytree of scalars mirroring the params (matched by path), or
       a callable ``params -> pytree``. Each multiplier is a finite number
-      ``>= 0`` (0 freezes its leaf).
+      ``>= 0`` (0 freezes its leaf). Paths follow the package's one path rule
+      (:mod:`optax_neuronlr._src.paths`): a multiplier given for a sub-tree
+      (``{"backbone": 0.1, "head": 1.0}``) or keyed by a regular expression
+      (``{"layers_.*": 0.5}``) covers every leaf below it, the longest matching
+      prefix winning.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.

@@ -115,10 +115,10 @@ def scale_by_reduce_lr_on_plateau(
   The state keeps the reductions as a factor, ``scale``, apart from the base
   rate, and an update applies
 
-  .. math::
-
-    lr = \max(\mathrm{learning\_rate} \cdot \mathrm{scale},\;
-              \min(\mathrm{min\_lr}, \mathrm{learning\_rate}))
+  $$
+  lr = \max(\mathrm{learning\_rate} \cdot \mathrm{scale},\;
+            \min(\mathrm{min\_lr}, \mathrm{learning\_rate}))
+  $$
 
   (PyTorch never raises a rate that starts below ``min_lr``). So under
   ``optax.inject_hyperparams`` a change of ``learning_rate`` takes effect at the

@@ -177,16 +177,26 @@ def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
     opt_state: any optax state.
 
   Returns:
-    ``{"path/stat": scalar}``.
+    ``{"path/stat": scalar}``, every value a strongly typed scalar of the
+    default float dtype. A zero-size leaf gives NaN statistics and zero clamp
+    fractions; an empty tree gives ``{}``.
   """
   out: dict[str, jax.Array] = {}
+  dtype = jnp.result_type(float)
   for key, (r, lo, hi) in leaf_rates(opt_state).items():
+    if not r.size:  # a zero-size leaf has no units: NaN statistics, no clamps
+      nan = jnp.full((), jnp.nan, dtype)
+      for stat in ("min", "median", "max", "mean"):
+        out[f"{key}/{stat}"] = nan
+      out[f"{key}/frac_at_min_lr"] = jnp.zeros((), dtype)
+      out[f"{key}/frac_at_max_lr"] = jnp.zeros((), dtype)
+      continue
     at_lo, at_hi = r <= lo.astype(r.dtype), r >= hi.astype(r.dtype)
-    r = r.astype(jnp.result_type(float))
-    out[f"{key}/min"] = jnp.min(r, initial=jnp.inf)
-    out[f"{key}/median"] = jnp.median(r) if r.size else jnp.asarray(jnp.nan)
-    out[f"{key}/max"] = jnp.max(r, initial=-jnp.inf)
-    out[f"{key}/mean"] = jnp.mean(r) if r.size else jnp.asarray(jnp.nan)
-    out[f"{key}/frac_at_min_lr"] = jnp.mean(at_lo) if r.size else jnp.asarray(0.0)
-    out[f"{key}/frac_at_max_lr"] = jnp.mean(at_hi) if r.size else jnp.asarray(0.0)
+    r = r.astype(dtype)
+    out[f"{key}/min"] = jnp.min(r)
+    out[f"{key}/median"] = jnp.median(r)
+    out[f"{key}/max"] = jnp.max(r)
+    out[f"{key}/mean"] = jnp.mean(r)
+    out[f"{key}/frac_at_min_lr"] = jnp.mean(at_lo.astype(dtype))
+    out[f"{key}/frac_at_max_lr"] = jnp.mean(at_hi.astype(dtype))
   return out

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import readers as inspect_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.readers import leaf_rates
@@ -88,8 +89,10 @@ class RateRecorder:
 
   Args:
     leaves: a regular expression (a str or a compiled ``re.Pattern``); the
-      per-unit rates of every leaf whose path fully matches it are recorded
-      (``".*"``: all; ``None``: none, summaries only).
+      per-unit rates of every leaf it selects by the package's one path rule
+      (:mod:`optax_neuronlr._src.paths`: it matches the leaf's whole path or
+      a ``"/"``-prefix of it, so ``"Dense_0"`` selects ``Dense_0/kernel``) are
+      recorded (``".*"``: all; ``None``: none, summaries only).
     every: record only the steps that are multiples of ``every``, an int
       ``>= 1`` (NumPy ints too; then ``step`` should be a Python int: an array
       step is fetched from the device).
@@ -169,7 +172,10 @@ class RateRecorder:
     chosen = {}
     if self._pattern is not None:
       found = leaf_rates(opt_state)
-      chosen = {k: found[k] for k in sorted(found) if self._pattern.fullmatch(k)}
+      chosen = {
+          k: found[k] for k in sorted(found)
+          if paths_lib.selects(self._pattern, k) is not None
+      }
     return RateRecord(
         keys=tuple(summary),
         summary=_stack(list(summary.values())),

@@ -334,6 +334,19 @@ def check_granularity(granularity: Any, neuron_axes: Any) -> None:
         )
 
 
+def _mirrored(specs: Any, treedef: Any) -> Optional[list]:
+  """The specs, one per leaf in order, of a spec tree shaped exactly like the
+  params (e.g. what ``adam_mini_blocks`` returns): each leaf takes its own
+  spec without matching every path against every selector (quadratic in the
+  number of leaves, re-run on every trace); None for any other spec tree."""
+  if is_unit_spec(specs):
+    return None
+  leaves, spec_treedef = jax.tree_util.tree_flatten(specs, is_leaf=is_unit_spec)
+  if spec_treedef != treedef or not all(is_unit_spec(s) for s in leaves):
+    return None
+  return leaves
+
+
 def tree_layouts(
     tree: Any, granularity: Any, neuron_axes: Any = None
 ) -> tuple[list[Layout], jax.tree_util.PyTreeDef]:
@@ -353,7 +366,15 @@ def tree_layouts(
     leaf_spec = "tensor" if granularity == "global" else granularity
     spec_of = lambda where: leaf_spec
   else:
-    spec_of = _spec_lookup(granularity, tree, is_unit_spec, "granularity")
+    specs = granularity
+    if callable(specs) and not is_unit_spec(specs):
+      specs = specs(tree)
+    mirrored = _mirrored(specs, treedef)
+    if mirrored is not None:
+      in_order = iter(mirrored)
+      spec_of = lambda where: next(in_order)
+    else:
+      spec_of = _spec_lookup(specs, tree, is_unit_spec, "granularity")
   layouts = []
   for path, leaf in flat:
     where = path_str(path)

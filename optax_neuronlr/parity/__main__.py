@@ -4,6 +4,11 @@ Options: ``--steps N`` (default 50), ``--dtype float64|float32|both`` (default
 both), ``--case NAME`` (repeatable; default every case). Prints one Markdown
 table and, when every case runs, the TensorFlow document's own toy problem
 (``004``); exits 1 when a checked case fails its verdict.
+
+The last row, ``adam-mini``, runs ``nlr.adam_mini`` against the PyTorch package
+``adam-mini==1.1.1`` on a small GPT (:mod:`optax_neuronlr.parity.adam_mini`),
+in float64 only; it needs ``pip install adam-mini==1.1.1`` (the ``test``
+extra) and flax.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import jax
 import torch
 
 from optax_neuronlr.parity import seed004
+from optax_neuronlr.parity.harness import Result
 from optax_neuronlr.parity.cases import CASES
 from optax_neuronlr.parity.harness import DTYPES, exit_status, format_table, run_case
 
 DEFAULT_STEPS = 50
+ADAM_MINI = "adam-mini"
+NAMES = (*CASES, ADAM_MINI)
 
 
 def _positive_int(text: str) -> int:
@@ -42,17 +50,24 @@ def parser() -> argparse.ArgumentParser:
                  help=f"training steps per case (default {DEFAULT_STEPS})")
   p.add_argument("--dtype", choices=(*DTYPES, "both"), default="both",
                  help="precision to compare in (default both)")
-  p.add_argument("--case", action="append", choices=list(CASES), metavar="NAME",
-                 help=f"run only this case (repeatable); one of: {', '.join(CASES)}")
+  p.add_argument("--case", action="append", choices=list(NAMES), metavar="NAME",
+                 help=f"run only this case (repeatable); one of: {', '.join(NAMES)}")
   return p
+
+
+def _run(name: str, steps: int, dtypes: Sequence[str]) -> Result:
+  if name == ADAM_MINI:
+    from optax_neuronlr.parity import adam_mini  # pylint: disable=g-import-not-at-top
+    return adam_mini.run_case(steps, dtypes)
+  return run_case(CASES[name], steps, dtypes)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Parses ``argv``, prints the table, returns the exit status."""
   args = parser().parse_args(argv)
   dtypes = DTYPES if args.dtype == "both" else (args.dtype,)
-  names = list(dict.fromkeys(args.case)) if args.case else list(CASES)
-  results = [run_case(CASES[name], args.steps, dtypes) for name in names]
+  names = list(dict.fromkeys(args.case)) if args.case else list(NAMES)
+  results = [_run(name, args.steps, dtypes) for name in names]
   print(f"PyTorch parity, {args.steps} steps (torch {torch.__version__}, "
         f"jax {jax.__version__})\n")
   print(format_table(results, dtypes))

@@ -73,15 +73,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src import validation
+from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.units import Blocks
 from optax_neuronlr._src.units import Neurons
 from optax_neuronlr._src.units import UnitSpec
@@ -358,14 +365,18 @@ def _partition(params, num_heads, num_kv_heads, overrides, on_unrecognised, stac
 
   missing = partition.unrecognised
   if missing and on_unrecognised != "ignore":
-    listing = "; ".join(f"'{l.path}' {l.shape}: {l.reason}" for l in missing)
-    message = (f"adam_mini_blocks recognised no Adam-mini block for {len(missing)} leaves, "
-               f"kept as full Adam (one second moment per element): {listing}. Give them "
-               "a spec with overrides={path_regex: spec}.")
+    message = _unrecognised_message(missing, "adam_mini_blocks",
+                                    "a spec with overrides={path_regex: spec}")
     if on_unrecognised == "error":
       raise ValueError(message)
     warnings.warn(message, UserWarning, stacklevel=stacklevel)
   return partition
+
+
+def _unrecognised_message(missing: Sequence[AdamMiniLeaf], who: str, fix: str) -> str:
+  listing = "; ".join(f"'{l.path}' {l.shape}: {l.reason}" for l in missing)
+  return (f"{who} recognised no Adam-mini block for {len(missing)} leaves, kept as "
+          f"full Adam (one second moment per element): {listing}. Give them {fix}.")
 
 
 def adam_mini_blocks(
@@ -401,3 +412,300 @@ def adam_mini_weight_decay_mask(params: Any) -> Any:
   or more dimensions and is not named ``bias`` or ``scale``.
   """
   return _partition(params, None, None, None, "ignore", stacklevel=3).weight_decay_mask
+
+
+# ---------------------------------------------------------------------------
+# The optimizer: a rule for the second moment, the first moment as direction.
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamMini(engine.Rule):
+  r"""Adam-mini's second moment: one EMA of the mean of $g^2$ per unit (block).
+
+  With the direction $\hat m_t$ (Adam's bias-corrected first moment), per unit
+  $b$ at step $t$:
+
+  $$
+  v_{b,t} = \beta_2 v_{b,t-1} + (1 - \beta_2)\, \mathrm{mean}_{i \in b}\, g_{i,t}^2,
+  \qquad
+  r_{b,t} = \frac{\eta_t}{\sqrt{v_{b,t}} / \sqrt{1 - \beta_2^t} + \epsilon},
+  $$
+
+  and the update of every element of the unit is $r_{b,t}\, \hat m_t$ (Zhang
+  et al., 2024; bias correction and $\epsilon$ placed as Adam's, as the
+  reference ``adam-mini==1.1.1`` does). On ``"element"`` units this is Adam.
+  """
+
+  unit_stats = ("v",)
+  hyperparams = ("b2", "eps")
+  state_name = "ScaleByAdamMiniState"
+  name = "adam_mini"
+
+  def observe(self, g, d, elements, hp):
+    return (g * g,)
+
+  def update(self, stats, observed, hp, prev_hp, count):
+    b2 = hp["b2"]
+    return {"v": b2 * stats["v"] + (1 - b2) * observed[0]}
+
+  def rate(self, stats, hp, count):
+    v = stats["v"]
+    root = jnp.sqrt(v) / jnp.sqrt(1 - hp["b2"] ** count).astype(v.dtype)
+    return hp["learning_rate"] / (root + hp["eps"])
+
+
+ScaleByAdamMiniState = AdamMini().state_class()
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _library_dirs() -> tuple[str, ...]:
+  dirs = [_PACKAGE_DIR]
+  for name in ("optax", "jax", "flax"):
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, "__file__", None):
+      dirs.append(os.path.dirname(os.path.abspath(module.__file__)))
+  return tuple(d + os.sep for d in dirs)
+
+
+def _user_stacklevel() -> int:
+  """The ``stacklevel`` at which ``warnings.warn``, called by our caller, names
+  the first frame outside this package, optax, jax and flax (the user's
+  ``tx.init(params)`` or ``nnx.Optimizer(...)`` line)."""
+  skip = _library_dirs()
+  frame, level = sys._getframe(2), 1  # pylint: disable=protected-access
+  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+class _AutoBlocks:
+  """``blocks=None``: :func:`adam_mini_blocks` of the tree each trace sees.
+
+  A unit-spec callable for the engine (``tree -> tree of specs``). The engine
+  calls it on every ``init`` and on every trace of ``update``, so the
+  partition is computed once per tree signature (paths and shapes) and cached
+  here, one cache per optimizer. Unrecognised leaves are reported by
+  :meth:`report` at ``init``, once per optimizer, never per trace.
+  """
+
+  def __init__(self, num_heads: Optional[int], num_kv_heads: Optional[int]):
+    self.num_heads = num_heads
+    self.num_kv_heads = num_kv_heads
+    self._cache: dict[tuple, AdamMiniPartition] = {}
+    self._reported: set[str] = set()
+
+  def partition(self, tree: Any) -> AdamMiniPartition:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    key = tuple((tuple(p), tuple(np.shape(x))) for p, x in flat)
+    try:
+      return self._cache[key]
+    except (KeyError, TypeError):
+      pass
+    partition = _partition(tree, self.num_heads, self.num_kv_heads, None, "ignore",
+                           stacklevel=2)
+    try:
+      self._cache[key] = partition
+    except TypeError:  # an unhashable key: no caching
+      pass
+    return partition
+
+  def __call__(self, tree: Any) -> Any:
+    # A tree shaped like ``tree``: the engine then zips specs with leaves.
+    specs = [l.spec for l in self.partition(tree).leaves]
+    return jax.tree.structure(tree).unflatten(specs)
+
+  def report(self, params: Any, on_unrecognised: str) -> None:
+    missing = self.partition(params).unrecognised
+    if on_unrecognised == "ignore" or not missing:
+      return
+    fix = ("a spec: blocks=functools.partial(nlr.adam_mini_blocks, overrides={path_regex: "
+           "spec}); or on_unrecognised='ignore'")
+    if on_unrecognised == "error":
+      raise ValueError(_unrecognised_message(missing, "adam_mini", fix))
+    new = [l for l in missing if l.path not in self._reported]
+    if new:
+      self._reported.update(l.path for l in new)
+      warnings.warn(_unrecognised_message(new, "adam_mini", fix), UserWarning,
+                    stacklevel=_user_stacklevel())
+
+
+def _check_adam_args(b1: Any, b2: Any, eps: Any) -> None:
+  validation.check_beta("b1", b1)
+  validation.check_beta("b2", b2)
+  validation.check_range("eps", eps, low=0.0)
+
+
+def scale_by_adam_mini(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    blocks: Any = None,
+    num_heads: Optional[int] = None,
+    num_kv_heads: Optional[int] = None,
+    on_unrecognised: OnUnrecognised = "warn",
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam-mini's scaling: Adam with one second moment per block.
+
+  Adam-mini (Zhang et al., 2024, "Adam-mini: Use Fewer Learning Rates To Gain
+  More") keeps Adam's first moment in full and one second moment per block of
+  parameters, the mean of $g^2$ over the block averaged over time; the blocks
+  follow the Hessian's block structure of a transformer (one per attention
+  head for query and key, one per output neuron elsewhere, one per token for
+  embeddings and the output head). Per block $b$ and element $i \in b$:
+
+  $$
+  m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+  v_{b,t} = \beta_2 v_{b,t-1} + (1 - \beta_2)\, \mathrm{mean}_{i \in b}\, g_{i,t}^2,
+  $$
+
+  $$
+  u_{i,t} = \frac{\eta_t}{\sqrt{v_{b,t}} / \sqrt{1 - \beta_2^t} + \epsilon}
+      \cdot \frac{m_{i,t}}{1 - \beta_1^t}.
+  $$
+
+  The state is a full first moment (``direction_state``, an
+  ``optax.EmaState``) and one ``v`` per block, about half of Adam's. The
+  per-block rate $\eta_t / (\sqrt{\hat v_{b,t}} + \epsilon)$ is what
+  :func:`optax_neuronlr.learning_rates` reads.
+
+  Args:
+    b1: decay of the first moment, in ``[0, 1)``.
+    b2: decay of the second moment, in ``[0, 1)``.
+    eps: added to the bias-corrected root of ``v``, ``>= 0``.
+    learning_rate: $\eta$, a number or an optax schedule; the default 1.0
+      returns the preconditioned direction, as ``optax.scale_by_adam`` does
+      (:func:`adam_mini` passes its learning rate here, so that the rates
+      read back are the applied ones).
+    blocks: the blocks. None (default): :func:`adam_mini_blocks` of the
+      params, read from their paths and shapes at ``init`` and on each trace
+      of ``update`` (cached); or any ``granularity`` of
+      :func:`optax_neuronlr.scale_by_rule`: a unit spec, a pytree of specs
+      selected by path, or a callable ``params -> pytree of specs`` such as
+      ``functools.partial(nlr.adam_mini_blocks, overrides={...})``.
+    num_heads: attention heads, for fused ``(d, heads*head_dim)`` query/key
+      kernels and fused q/k/v kernels; only with ``blocks=None``. An int:
+      under ``optax.inject_hyperparams`` list it in ``static_args``.
+    num_kv_heads: key/value heads under grouped-query attention (default
+      ``num_heads``); only with ``blocks=None``.
+    on_unrecognised: with ``blocks=None``, what ``init`` does about leaves
+      that :func:`adam_mini_blocks` does not recognise (kept as full Adam,
+      one second moment per element): ``"warn"`` (default; one warning per
+      optimizer, listing every such path), ``"error"`` (``ValueError``) or
+      ``"ignore"``. :func:`optax_neuronlr.optimizer_layout` shows every
+      leaf's units either way.
+    state_dtype: dtype of both moments; None: float32 for bf16/f16 params,
+      else the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` returning ``+u``; its state
+    is a :data:`ScaleByAdamMiniState`.
+  """
+  _check_adam_args(b1, b2, eps)
+  validation.check_choice("on_unrecognised", on_unrecognised, ("warn", "error", "ignore"))
+  validation.check_dtype("state_dtype", state_dtype)
+  if blocks is None:
+    _check_positive(num_heads, "num_heads")
+    _check_positive(num_kv_heads, "num_kv_heads")
+    if num_kv_heads is not None and num_heads is not None and num_heads % num_kv_heads:
+      raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                       f"({num_kv_heads}).")
+    auto = _AutoBlocks(num_heads, num_kv_heads)
+    granularity = auto
+  else:
+    if num_heads is not None or num_kv_heads is not None:
+      raise ValueError(
+          "num_heads and num_kv_heads are read only with blocks=None; with your own "
+          "blocks, bind them there: blocks=functools.partial(nlr.adam_mini_blocks, "
+          "num_heads=...).")
+    auto, granularity = None, blocks
+  inner = engine.scale_by_rule(
+      AdamMini(), learning_rate, {"b2": b2, "eps": eps}, granularity=granularity,
+      state_dtype=state_dtype,
+      direction=moments.first_moment(b1, debias=True, state_dtype=state_dtype))
+  if auto is None:
+    return inner
+
+  def init_fn(params):
+    auto.report(params, on_unrecognised)
+    return inner.init(params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, inner.update)
+
+
+def adam_mini(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    blocks: Any = None,
+    num_heads: Optional[int] = None,
+    num_kv_heads: Optional[int] = None,
+    on_unrecognised: OnUnrecognised = "warn",
+    mask: Any = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam-mini (Zhang et al., 2024): AdamW with one second moment per block.
+
+  :func:`scale_by_adam_mini`, decoupled weight decay and the learning rate,
+  as ``optax.adamw``: with $u$ the update of :func:`scale_by_adam_mini` at
+  rate $\eta_t$ and $\lambda$ the weight decay,
+
+  $$
+  p_t = p_{t-1} - u_t - \eta_t \lambda\, p_{t-1} \cdot \mathrm{mask}.
+  $$
+
+  ``blocks=None`` reads the blocks from the params' paths and shapes
+  (:func:`adam_mini_blocks`), so ``nlr.adam_mini(1e-3)`` is right as it is for
+  a Flax NNX or linen transformer built from the standard modules
+  (``Embed``, ``MultiHeadAttention``, ``Linear``/``Dense``, ``LayerNorm``,
+  ``RMSNorm``). The weight decay applies to kernels and embeddings, not to
+  norm scales or biases (:func:`adam_mini_weight_decay_mask`), as the
+  reference ``adam-mini==1.1.1``, with which it agrees to 1e-10 in float64
+  (``python -m optax_neuronlr.parity --case adam-mini``).
+
+  Args:
+    learning_rate: $\eta$, a number or an optax schedule, ``>= 0``.
+    b1: decay of the first moment, in ``[0, 1)``.
+    b2: decay of the per-block second moment, in ``[0, 1)``.
+    eps: added to the bias-corrected root of ``v``, ``>= 0``.
+    weight_decay: $\lambda$, ``>= 0``; decoupled (scaled by $\eta_t$, not by
+      the adaptive rate).
+    blocks: the blocks; see :func:`scale_by_adam_mini`.
+    num_heads: heads of fused attention kernels; see
+      :func:`scale_by_adam_mini` (list it in ``static_args`` of
+      ``optax.inject_hyperparams``).
+    num_kv_heads: key/value heads under grouped-query attention.
+    on_unrecognised: ``"warn"``, ``"error"`` or ``"ignore"``; see
+      :func:`scale_by_adam_mini`.
+    mask: where weight decay applies: a tree of bools shaped like the params,
+      or a callable ``params -> tree``; None (default):
+      :func:`adam_mini_weight_decay_mask` (kernels and embeddings).
+    state_dtype: dtype of both moments; None: float32 for bf16/f16 params,
+      else the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import optax_neuronlr as nlr
+    >>> tx = nlr.adam_mini(1e-3, weight_decay=0.1)
+    >>> # optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  """
+  validation.check_rate("learning_rate", learning_rate)
+  validation.check_range("weight_decay", weight_decay, low=0.0)
+  return optax.chain(
+      scale_by_adam_mini(
+          b1, b2, eps, learning_rate=learning_rate, blocks=blocks, num_heads=num_heads,
+          num_kv_heads=num_kv_heads, on_unrecognised=on_unrecognised,
+          state_dtype=state_dtype),
+      moments.decoupled_weight_decay(
+          learning_rate, weight_decay,
+          adam_mini_weight_decay_mask if mask is None else mask),
+      optax.scale(-1.0),
+  )

@@ -1,0 +1,81 @@
+r"""Building blocks shared by Adam-mini and SCALE: a first moment and weight decay.
+
+* :func:`first_moment`: an EMA of the gradient, $m_t = \beta m_{t-1} + (1 -
+  \beta) g_t$, optionally divided by $1 - \beta^t$, kept in the package's
+  statistics dtype (float32 for bf16/f16 leaves unless ``state_dtype`` says
+  otherwise), with ``optax.EmaState`` as its state. A rule takes it as its
+  ``direction``.
+* :func:`decoupled_weight_decay`: adds $\eta_t \lambda p$ to the update, with
+  $\eta_t$ a number or a schedule of the step count, for transforms whose
+  output already carries the learning rate (AdamW's decay, $-\eta \lambda p$,
+  once the alias negates the sum).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_neuronlr._src import engine
+
+
+def first_moment(
+    decay: Any, *, debias: bool, state_dtype: Any = None
+) -> optax.GradientTransformation:
+  r"""EMA of the updates, $m_t = \beta m_{t-1} + (1 - \beta) g_t$.
+
+  Returns $m_t / (1 - \beta^t)$ with ``debias``, else $m_t$. ``decay`` may be
+  traced (``optax.inject_hyperparams``). The EMA is kept in
+  ``engine.stat_dtype(leaf dtype, state_dtype)`` and returned in that dtype.
+  """
+
+  def init_fn(params):
+    return optax.EmaState(
+        count=jnp.zeros([], jnp.int32),
+        ema=jax.tree.map(
+            lambda p: jnp.zeros(p.shape, engine.stat_dtype(p.dtype, state_dtype)), params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    ema = jax.tree.map(
+        lambda g, m: (decay * m + (1 - decay) * g.astype(m.dtype)).astype(m.dtype),
+        updates, state.ema)
+    if debias:
+      out = jax.tree.map(lambda m: (m / (1 - decay**count)).astype(m.dtype), ema)
+    else:
+      out = ema
+    return out, optax.EmaState(count=count, ema=ema)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def decoupled_weight_decay(
+    learning_rate: optax.ScalarOrSchedule, weight_decay: Any, mask: Any = None
+) -> optax.GradientTransformation:
+  r"""Adds $\eta_t \lambda p$ to the updates (where ``mask`` is True).
+
+  $\eta_t$ is ``learning_rate`` (a number, or a schedule evaluated at the step
+  count before the update, as ``optax.scale_by_learning_rate``). The state is
+  an ``optax.ScaleByScheduleState`` whether or not the rate is a schedule, so
+  that ``optax.inject_hyperparams`` (which turns a number into a traced value)
+  sees the same structure.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(optax._src.base.NO_PARAMS_MSG)  # pylint: disable=protected-access
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    scale = lr * weight_decay
+    updates = jax.tree.map(lambda g, p: (g + scale * p).astype(g.dtype), updates, params)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  tx = optax.GradientTransformation(init_fn, update_fn)
+  return tx if mask is None else optax.masked(tx, mask)

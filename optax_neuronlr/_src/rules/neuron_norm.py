@@ -1,0 +1,414 @@
+r"""Per-neuron normalised SGD and SCALE (Glentis et al., 2025), as rules.
+
+SCALE ("Stochastic Column-normAlized Last-layer momEntum"; Glentis, Li, Han and
+Hong, 2025, "A Minimalist Optimizer Design for LLM Pretraining",
+arXiv:2506.16659) asks how little must be added to SGD to train a transformer
+as well as Adam, and answers with two pieces:
+
+* every weight matrix's gradient is normalised per output neuron: divided by
+  its root mean square over the neuron's fan-in (a "column" of the paper's
+  ``(in, out)`` matrices), so every neuron moves by the same amount whatever
+  the scale of its gradient; no second moment is kept;
+* first-order momentum only on the output layer, whose gradient is the
+  noisiest; every other matrix uses the raw stochastic gradient.
+
+Vectors (biases, norm scales) are trained with AdamW. The state is the output
+head's momentum, Adam's two moments for the vectors, and one number per neuron
+of every matrix (the last RMS, kept so that
+:func:`optax_neuronlr.learning_rates` can show the applied rates).
+
+Per unit $n$ (an output neuron) with direction $d$ ($g$, or the head's
+momentum) and base rate $\eta_t$:
+
+$$
+\rho_{n,t} = \sqrt{\mathrm{mean}_{i \in n}\, d_{i,t}^2}, \qquad
+u_{i,t} = \frac{\eta_t}{\max(\rho_{n,t}, \epsilon)}\, d_{i,t}.
+$$
+
+``max(rms, eps)`` is the reference's ``clamp_min(eps)`` (not ``rms + eps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_neuronlr._src import engine
+from optax_neuronlr._src import validation
+from optax_neuronlr._src.rules import adam_mini as am
+from optax_neuronlr._src.rules import moments
+from optax_neuronlr._src.units import Neurons
+
+HIDDEN = "hidden"
+HEAD = "head"
+VECTOR = "vector"
+LABELS = (HIDDEN, HEAD, VECTOR)
+
+# Module names of an output head (whole, case-insensitive; the leaf is its kernel).
+HEAD_NAMES = frozenset({"lm_head", "head", "output", "output_layer", "output_head",
+                        "out_head", "final_layer", "unembed", "unembedding", "logits",
+                        "classifier"})
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronNorm(engine.Rule):
+  r"""A rate per unit that normalises the direction's RMS over the unit.
+
+  $\rho_t = \sqrt{\mathrm{mean}_{\text{unit}}\, d_t^2}$ (the last value only,
+  no average over time) and rate $\eta_t / \max(\rho_t, \epsilon)$.
+  """
+
+  unit_stats = ("rms",)
+  hyperparams = ("eps",)
+  state_name = "ScaleByNeuronNormState"
+  name = "neuron_norm"
+
+  def observe(self, g, d, elements, hp):
+    d = d.astype(g.dtype)
+    return (d * d,)
+
+  def update(self, stats, observed, hp, prev_hp, count):
+    return {"rms": jnp.sqrt(observed[0])}
+
+  def rate(self, stats, hp, count):
+    return hp["learning_rate"] / jnp.maximum(stats["rms"], hp["eps"])
+
+
+ScaleByNeuronNormState = NeuronNorm().state_class()
+
+
+def scale_by_neuron_norm(
+    eps: float = 1e-8,
+    *,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    granularity: Any = "neuron",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+    direction: Optional[optax.GradientTransformation] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Divides the direction by its RMS over each output neuron's fan-in.
+
+  The normalisation of SCALE (Glentis et al., 2025): per unit $n$,
+
+  $$
+  \rho_{n,t} = \sqrt{\mathrm{mean}_{i \in n}\, d_{i,t}^2}, \qquad
+  u_{i,t} = \frac{\eta_t}{\max(\rho_{n,t}, \epsilon)}\, d_{i,t},
+  $$
+
+  so every unit's update has RMS $\eta_t$ (unless $\rho < \epsilon$). No
+  statistic is kept across steps; the state holds the last $\rho$ per unit,
+  from which :func:`optax_neuronlr.learning_rates` recomputes the rates.
+
+  With the default units (one per index of the last axis) a Flax ``(in,
+  out)`` kernel is normalised per output neuron over its fan-in, a
+  ``(vocab, d)`` embedding per feature over the vocabulary (as the
+  reference does for embeddings), a 1-D leaf per element (sign descent: each
+  element's $|d| / \rho = 1$).
+
+  Args:
+    eps: lower bound of $\rho$, ``> 0`` (guards all-zero units).
+    learning_rate: $\eta$, a number or an optax schedule; the default 1.0
+      returns the normalised direction.
+    granularity: the units; see :func:`optax_neuronlr.scale_by_rule`.
+    neuron_axes: neuron axes for ``granularity="neuron"``; see
+      :func:`optax_neuronlr.scale_by_rule` (``(1, 2)`` for a
+      ``(d, heads, head_dim)`` attention kernel).
+    state_dtype: dtype of the stored RMS; None: float32 for bf16/f16
+      params, else the params' dtype.
+    direction: the direction to normalise (e.g. a momentum,
+      ``optax.ema(0.9, debias=False)``); None: the gradient.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` returning ``+u``; its state
+    is a :data:`ScaleByNeuronNormState`.
+  """
+  validation.check_range("eps", eps, low=0.0, low_open=True)
+  return engine.scale_by_rule(
+      NeuronNorm(), learning_rate, {"eps": eps}, granularity=granularity,
+      neuron_axes=neuron_axes, state_dtype=state_dtype, direction=direction)
+
+
+def neuron_norm_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float = 1e-8,
+    *,
+    granularity: Any = "neuron",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+    direction: Optional[optax.GradientTransformation] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Per-neuron normalised SGD on every leaf: :func:`scale_by_neuron_norm`, negated.
+
+  ``optax.chain(scale_by_neuron_norm(eps, learning_rate=learning_rate,
+  ...), optax.scale(-1.0))``. Every leaf, 1-D ones included, is normalised
+  (1-D leaves per element, i.e. sign descent, at the default units); for a
+  transformer use :func:`scale_sgd`, which trains vectors with AdamW.
+
+  Args:
+    learning_rate: $\eta$, a number or an optax schedule, ``>= 0``.
+    eps: lower bound of the RMS, ``> 0``.
+    granularity: the units; see :func:`optax_neuronlr.scale_by_rule`.
+    neuron_axes: neuron axes for ``granularity="neuron"``.
+    state_dtype: dtype of the stored RMS.
+    direction: the direction to normalise; None: the gradient.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import optax, optax_neuronlr as nlr
+    >>> tx = nlr.neuron_norm_sgd(1e-2, direction=optax.ema(0.9, debias=False))
+  """
+  validation.check_rate("learning_rate", learning_rate)
+  return optax.chain(
+      scale_by_neuron_norm(eps, learning_rate=learning_rate, granularity=granularity,
+                           neuron_axes=neuron_axes, state_dtype=state_dtype,
+                           direction=direction),
+      optax.scale(-1.0))
+
+
+# ---------------------------------------------------------------------------
+# SCALE for transformers: labels and units from paths and shapes.
+
+
+def _keys(path) -> list[str]:
+  return am._path_keys(path)  # pylint: disable=protected-access
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+  return tuple(int(s) for s in (x.shape if hasattr(x, "shape") else np.shape(x)))
+
+
+def _find_heads(flat, head: Any) -> set[str]:
+  """Paths of the output head's kernel(s)."""
+  if head is False:
+    return set()
+  paths = {"/".join(_keys(p)): _shape(x) for p, x in flat}
+  if head is not None:
+    pattern = re.compile(head) if isinstance(head, str) else head
+    return {p for p, s in paths.items() if len(s) >= 2 and
+            any(pattern.fullmatch(q) for q in _prefixes(p))}
+  by_name = {p for p, s in paths.items()
+             if len(s) == 2 and p.split("/")[-1].lower() == "kernel"
+             and len(p.split("/")) >= 2 and p.split("/")[-2].lower() in HEAD_NAMES}
+  if by_name:
+    return by_name
+  # An unnamed head: a (d, vocab) kernel whose shape is an embedding's, transposed.
+  embeds = {s for p, s in paths.items() if p.split("/")[-1].lower() == "embedding"
+            and len(s) == 2}
+  return {p for p, s in paths.items() if len(s) == 2 and p.split("/")[-1].lower() == "kernel"
+          and (s[1], s[0]) in embeds}
+
+
+def _prefixes(path: str) -> list[str]:
+  parts = path.split("/")
+  return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _units(keys: list[str], shape: tuple[int, ...]) -> Any:
+  """A matrix's output neurons: both head axes of a ``(d, heads, head_dim)``
+  query/key/value kernel, else the last axis."""
+  if len(shape) == 3 and keys and keys[-1].lower() == "kernel" and len(keys) >= 2:
+    module = keys[-2].lower()
+    if module in am.QUERY_NAMES | am.KEY_NAMES | am.VALUE_NAMES:
+      return Neurons((1, 2))
+  return "neuron"
+
+
+def scale_sgd_labels(params: Any, *, head: Any = None) -> Any:
+  """:func:`scale_sgd`'s label of each leaf: ``"hidden"``, ``"head"`` or ``"vector"``.
+
+  * ``"vector"``: leaves with at most one dimension and every leaf named
+    ``bias`` or ``scale`` (the ``(heads, head_dim)`` biases of attention
+    included): AdamW;
+  * ``"head"``: the output head's kernel: momentum, then normalised per
+    output neuron (per token);
+  * ``"hidden"``: every other leaf with two or more dimensions (attention,
+    MLP and convolution kernels, embeddings): normalised, no momentum.
+
+  Args:
+    params: the parameter tree (arrays, ``jax.ShapeDtypeStruct``, Flax
+      linen params or an NNX ``nnx.State``); only paths and shapes are read.
+    head: which kernel is the output head. None (default): the 2-D kernels
+      of modules named ``lm_head``, ``head``, ``output``, ``output_layer``,
+      ``output_head``, ``out_head``, ``final_layer``, ``unembed``,
+      ``unembedding``, ``logits`` or ``classifier`` (whole names,
+      case-insensitive), else a ``(d, vocab)`` kernel whose transpose is the
+      shape of an ``embedding``; a path selector (a regular expression
+      matching a path or a ``/``-prefix of it); or False for none.
+
+  Returns:
+    A tree shaped like ``params``, of the strings above.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  heads = _find_heads(flat, head)
+  labels = []
+  for p, x in flat:
+    keys, shape = _keys(p), _shape(x)
+    if len(shape) <= 1 or (keys and keys[-1].lower() in ("bias", "scale")):
+      labels.append(VECTOR)
+    else:
+      labels.append(HEAD if "/".join(keys) in heads else HIDDEN)
+  return jax.tree_util.tree_unflatten(treedef, labels)
+
+
+class _Partition:
+  """Labels and units of one :func:`scale_sgd`, cached per tree signature."""
+
+  def __init__(self, head: Any):
+    self.head = head
+    self._labels: dict = {}
+    self._warned = False
+
+  def labels(self, tree: Any) -> Any:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    key = (treedef, tuple(_shape(x) for _, x in flat))
+    try:
+      return self._labels[key]
+    except (KeyError, TypeError):
+      pass
+    labels = scale_sgd_labels(tree, head=self.head)
+    try:
+      self._labels[key] = labels
+    except TypeError:
+      pass
+    return labels
+
+  @staticmethod
+  def units(tree: Any) -> Any:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return treedef.unflatten([_units(_keys(p), _shape(x)) for p, x in flat])
+
+  def report(self, params: Any) -> None:
+    if self.head is not None or self._warned:
+      return
+    if HEAD not in jax.tree.leaves(self.labels(params)):
+      self._warned = True
+      warnings.warn(
+          "scale_sgd found no output head (no 2-D kernel of a module named one of "
+          f"{sorted(HEAD_NAMES)}, nor a (d, vocab) kernel matching an embedding): no leaf "
+          "gets momentum. Pass head=<path regex>, or head=False to silence this.",
+          UserWarning, stacklevel=am._user_stacklevel())  # pylint: disable=protected-access
+
+
+def scale_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    adam_eps: float = 1e-8,
+    adam_weight_decay: float = 0.0,
+    head: Any = None,
+    granularity: Any = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""SCALE (Glentis et al., 2025): per-neuron normalised SGD for transformers.
+
+  Three groups of leaves (:func:`scale_sgd_labels`), one
+  ``optax.partition``:
+
+  * ``"hidden"`` matrices (attention, MLP, embeddings): $u = \eta_t\, g /
+    \max(\rho, \epsilon)$ with $\rho$ the RMS of $g$ over each output
+    neuron's fan-in (:func:`scale_by_neuron_norm`), no momentum;
+  * the ``"head"`` (output layer): the same normalisation of the momentum
+    $m_t = \mu m_{t-1} + (1 - \mu) g_t$ (the paper puts momentum only
+    there, where the gradient is noisiest);
+  * ``"vector"`` leaves (biases, norm scales): AdamW at
+    ``adam_learning_rate`` (:func:`scale_by_adam_mini` on element units,
+    which is Adam).
+
+  Decoupled weight decay $-\eta_t \lambda p$ on the matrices
+  (``weight_decay``) and $-\eta^{adam}_t \lambda_{adam} p$ on the vectors
+  (``adam_weight_decay``; the reference decays every parameter with one
+  $\lambda$: pass ``adam_weight_decay=weight_decay`` for that). The state is
+  the head's momentum, Adam's moments of the vectors and one number per
+  neuron of each hidden matrix (the last RMS; about 0.002x AdamW's state on
+  those matrices).
+
+  Args:
+    learning_rate: $\eta$ of the matrices, a number or an optax schedule,
+      ``>= 0``. Each neuron's update has RMS $\eta$, as Adam's per element,
+      so rates of Adam's order work.
+    momentum: $\mu$ of the head's momentum, in ``[0, 1)``.
+    eps: lower bound of $\rho$, ``> 0``.
+    weight_decay: decoupled weight decay of the matrices, ``>= 0``.
+    adam_learning_rate: AdamW's rate for the vectors, a number or a
+      schedule; None (default): ``learning_rate``.
+    b1: AdamW's first-moment decay, in ``[0, 1)``.
+    b2: AdamW's second-moment decay, in ``[0, 1)``.
+    adam_eps: AdamW's $\epsilon$, ``>= 0``.
+    adam_weight_decay: decoupled weight decay of the vectors, ``>= 0``.
+    head: which kernel is the output head: None (by name or shape, see
+      :func:`scale_sgd_labels`; a warning at ``init`` if none is found), a
+      path selector, or False (none; no momentum anywhere).
+    granularity: the matrices' units; None (default): one per output neuron
+      (both head axes of a ``(d, heads, head_dim)`` query/key/value kernel,
+      else the last axis); or any granularity of
+      :func:`optax_neuronlr.scale_by_rule`.
+    state_dtype: dtype of every statistic (momentum, Adam's moments, the
+      RMS); None: float32 for bf16/f16 params, else the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    ``optax.partition`` state with the inner states ``"hidden"``, ``"head"``
+    and ``"vector"``.
+
+  Example:
+    >>> import optax_neuronlr as nlr
+    >>> tx = nlr.scale_sgd(1e-3)
+    >>> # optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  """
+  validation.check_rate("learning_rate", learning_rate)
+  validation.check_beta("momentum", momentum)
+  validation.check_range("weight_decay", weight_decay, low=0.0)
+  validation.check_range("adam_weight_decay", adam_weight_decay, low=0.0)
+  validation.check_range("adam_eps", adam_eps, low=0.0)
+  if adam_learning_rate is None:
+    adam_learning_rate = learning_rate
+  else:
+    validation.check_rate("adam_learning_rate", adam_learning_rate)
+  if not (head is None or head is False or isinstance(head, (str, re.Pattern))):
+    raise TypeError(f"head must be None, False or a path selector (a regular expression), "
+                    f"got {type(head).__name__} {head!r}.")
+  if isinstance(head, str):
+    try:
+      re.compile(head)
+    except re.error as e:
+      raise ValueError(f"head: {head!r} is not a valid regular expression: {e}.") from e
+  partition = _Partition(head)
+  units = partition.units if granularity is None else granularity
+
+  def normalised(direction):
+    return optax.chain(
+        scale_by_neuron_norm(eps, learning_rate=learning_rate, granularity=units,
+                             state_dtype=state_dtype, direction=direction),
+        moments.decoupled_weight_decay(learning_rate, weight_decay),
+        optax.scale(-1.0))
+
+  vector = optax.chain(
+      am.scale_by_adam_mini(b1, b2, adam_eps, learning_rate=adam_learning_rate,
+                            blocks="element", state_dtype=state_dtype),
+      moments.decoupled_weight_decay(adam_learning_rate, adam_weight_decay),
+      optax.scale(-1.0))
+  inner = optax.partition(
+      {HIDDEN: normalised(None),
+       HEAD: normalised(moments.first_moment(momentum, debias=False, state_dtype=state_dtype)),
+       VECTOR: vector},
+      partition.labels)
+
+  def init_fn(params):
+    partition.report(params)
+    return inner.init(params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, inner.update)

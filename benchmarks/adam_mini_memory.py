@@ -1,34 +1,47 @@
-"""Optimizer-state bytes of Adam-mini and per-neuron SGD against ``optax.adamw``.
+"""Optimizer-state bytes and step time of Adam-mini and SCALE against ``optax.adamw``.
 
 What it measures
 ----------------
 A Flax NNX causal transformer built from the standard modules (``nnx.Embed``,
 ``--layers`` blocks of ``nnx.LayerNorm`` + ``nnx.MultiHeadAttention`` +
 ``nnx.LayerNorm`` + an MLP of two ``nnx.Linear``, a final ``nnx.LayerNorm`` and
-an ``nnx.Linear`` output head) is built *abstractly* (``nnx.eval_shape``: no
-arrays are allocated), and each optimizer's state is built abstractly too
-(``jax.eval_shape(tx.init, params)``). The state's bytes are the sum of
-``size * itemsize`` over its array leaves, so GPT-2-size trees cost nothing
-to measure. Each row gives the bytes and the ratio to ``optax.adamw``.
+an ``nnx.Linear`` output head), as the pure dict of its ``nnx.Param`` state.
 
-Rows:
+**State bytes.** The model and each optimizer's state are built *abstractly*
+(``nnx.eval_shape``, ``jax.eval_shape(tx.init, params)``: no arrays are
+allocated); a state's bytes are the sum of ``size * itemsize`` over its array
+leaves, so GPT-2-size trees cost nothing to measure. Rows:
 
 * ``optax.adamw`` (the baseline: ``mu`` and ``nu``, both full size);
 * ``optax.sgd(momentum=0.9)`` (one full-size buffer, for scale);
-* ``adam_mini (expected)``: what Adam-mini must keep, computed from
-  ``adam_mini_blocks`` (a full first moment, plus one second moment per unit of
-  the partition, plus a step counter): the figure the measured row must meet;
-* ``nlr.adam_mini`` and the per-neuron normalised SGD: measured once they
-  exist (issue 12; the engine lands first). Until then they show ``pending``.
+* ``adam_mini (expected)``: a full first moment, one second moment per unit
+  of ``adam_mini_blocks`` and a counter, computed from the partition;
+* ``nlr.adam_mini`` (measured; it must equal the expected row up to a few
+  scalars);
+* ``nlr.scale_sgd`` (SCALE), the whole state, and its ``"hidden"`` group
+  (every matrix but the output head) against ``optax.adamw``'s state on the
+  same leaves.
 
-Issue 12's targets: Adam-mini at most 0.55x ``optax.adamw``; per-neuron SGD at
-most 0.05x for its hidden matrices.
+**Step time** (``--time``). The jitted step ``tx.update`` +
+``optax.apply_updates`` on concrete float32 params on CPU (donated params and
+state, fixed random gradients), for ``optax.adamw`` and each optimizer, as
+``benchmarks/step_time.py`` does: every optimizer is compiled and warmed up,
+then each round runs ``A X1 A X2 A`` chunks of ``--steps`` steps (``A`` =
+adamw), in an order rotated per round, and each chunk of ``X`` is divided by
+the mean of the adamw chunks around it (slow phases of a noisy 2-core machine
+cancel). ``x adamw`` is the median of those ratios, ``min-max`` their range;
+``ms/step`` the median and best chunk.
+
+Issue 12's targets: Adam-mini's state at most 0.55x ``optax.adamw``'s; SCALE's
+hidden matrices at most 0.05x; step time at most 1.0x adamw's on CPU. The
+lines under the tables say which are met.
 
 How to run
 ----------
 ::
 
-    python benchmarks/adam_mini_memory.py                    # small default model
+    python benchmarks/adam_mini_memory.py                    # small model, bytes only
+    python benchmarks/adam_mini_memory.py --time             # + CPU step time (~2 min)
     python benchmarks/adam_mini_memory.py --preset gpt2-small
     python benchmarks/adam_mini_memory.py --d-model 512 --layers 8 --heads 8 --markdown
 """
@@ -37,7 +50,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import statistics
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -47,7 +64,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from optax_neuronlr._src.rules.adam_mini import adam_mini_partition
+import optax_neuronlr as nlr
 
 BASELINE = "optax.adamw"
 PRESETS = {
@@ -121,7 +138,7 @@ def measured(name: str, tx: optax.GradientTransformation, params: Any) -> Row:
 
 def adam_mini_expected(params: Any) -> Row:
   """A full first moment + one second moment per unit + an int32 counter."""
-  partition = adam_mini_partition(params, on_unrecognised="error")
+  partition = nlr.adam_mini_partition(params, on_unrecognised="error")
   leaves = jax.tree.leaves(params)
   first = nbytes(params)
   itemsize = jnp.dtype(leaves[0].dtype).itemsize
@@ -130,36 +147,127 @@ def adam_mini_expected(params: Any) -> Row:
              f"{partition.num_units():,} second moments")
 
 
-def pending(name: str, why: str) -> Row:
-  return Row(name, None, why)
-
-
-# TODO(issue 12): replace the pending rows with measured(...) of
-#   nlr.adam_mini(1e-3, weight_decay=0.1) and the per-neuron SGD preset.
-def rows(params: Any) -> list[Row]:
+def hidden_rows(params: Any) -> list[Row]:
+  """SCALE's "hidden" group against optax.adamw on the same leaves."""
+  labels = nlr.scale_sgd_labels(params)
+  hidden = jax.tree.map(lambda x, l: x if l == "hidden" else None, params, labels)
+  state = jax.eval_shape(nlr.scale_sgd(1e-3).init, params)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(hidden))
   return [
-      measured(BASELINE, optax.adamw(1e-3, weight_decay=0.1), params),
-      measured("optax.sgd(momentum=0.9)", optax.sgd(1e-3, momentum=0.9), params),
-      adam_mini_expected(params),
-      pending("nlr.adam_mini", "lands with the rule engine"),
-      pending("per-neuron SGD", "issue 12 part 3"),
+      Row(f"{BASELINE}, hidden matrices only", nbytes(jax.eval_shape(
+          optax.adamw(1e-3, weight_decay=0.1).init, hidden)), f"{n:,} params"),
+      Row("nlr.scale_sgd, hidden matrices only", nbytes(state.inner_states["hidden"]),
+          "one RMS per output neuron"),
   ]
 
 
-def format_table(rows: list[Row], markdown: bool) -> str:
-  base = next(r.state_bytes for r in rows if r.name == BASELINE)
+def optimizers() -> dict[str, optax.GradientTransformation]:
+  """The optimizers compared, by row name (the baseline first)."""
+  return {
+      BASELINE: optax.adamw(1e-3, weight_decay=0.1),
+      "optax.sgd(momentum=0.9)": optax.sgd(1e-3, momentum=0.9),
+      "nlr.adam_mini": nlr.adam_mini(1e-3, weight_decay=0.1),
+      "nlr.scale_sgd": nlr.scale_sgd(1e-3, weight_decay=0.1),
+  }
+
+
+def rows(params: Any) -> list[Row]:
+  txs = optimizers()
+  out = [measured(BASELINE, txs[BASELINE], params),
+         measured("optax.sgd(momentum=0.9)", txs["optax.sgd(momentum=0.9)"], params),
+         adam_mini_expected(params)]
+  out += [measured(name, txs[name], params) for name in ("nlr.adam_mini", "nlr.scale_sgd")]
+  return out
+
+
+def memory_targets(all_rows: list[Row], hidden: list[Row]) -> list[str]:
+  by_name = {r.name: r.state_bytes for r in all_rows + hidden}
+  mini = by_name["nlr.adam_mini"] / by_name[BASELINE]
+  scale = (by_name["nlr.scale_sgd, hidden matrices only"]
+           / by_name[f"{BASELINE}, hidden matrices only"])
+  return [_verdict("nlr.adam_mini state", mini, 0.55),
+          _verdict("nlr.scale_sgd state on the hidden matrices", scale, 0.05)]
+
+
+def _verdict(what: str, ratio: float, limit: float) -> str:
+  return (f"  {'met   ' if ratio <= limit else 'MISSED'} {what}: {_ratio(ratio)}x "
+          f"{BASELINE} (target <= {limit}x)")
+
+
+def format_table(rows: list[Row], markdown: bool, base_name: str = BASELINE) -> str:
+  base = next(r.state_bytes for r in rows if r.name == base_name)
   cells = [("optimizer", "state bytes", "x adamw", "note")]
   for r in rows:
     if r.state_bytes is None:
       cells.append((r.name, "pending", "-", r.note))
     else:
-      cells.append((r.name, f"{r.state_bytes:,}", f"{r.state_bytes / base:.3f}", r.note))
+      cells.append((r.name, f"{r.state_bytes:,}", _ratio(r.state_bytes / base), r.note))
+  return _format(cells, markdown)
+
+
+def _ratio(x: float) -> str:
+  return f"{x:.3f}" if x >= 0.01 else f"{x:.1e}"
+
+
+def _format(cells: list[tuple[str, ...]], markdown: bool) -> str:
   if markdown:
     lines = ["| " + " | ".join(c) + " |" for c in cells]
     lines.insert(1, "| " + " | ".join("---" for _ in cells[0]) + " |")
     return "\n".join(lines)
   widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
   return "\n".join("  ".join(x.ljust(w) for x, w in zip(c, widths)).rstrip() for c in cells)
+
+
+# ---------------------------------------------------------------------------
+# Step time (CPU), interleaved with the baseline as in step_time.py.
+
+
+def concrete_params(c: Config) -> Any:
+  model = Transformer(c, nnx.Rngs(0))
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def time_steps(c: Config, steps: int, repeats: int, warmup: int) -> dict[str, tuple[list, list]]:
+  """Per optimizer: seconds per step of each chunk, and its ratio to adamw's."""
+  import step_time  # benchmarks/step_time.py: Runner, make_runner, round_order
+
+  warnings.filterwarnings("ignore", message=".*donated buffers.*")
+  device = jax.devices("cpu")[0]
+  host = concrete_params(c)
+  rng = np.random.default_rng(1)
+  grads = jax.device_put(jax.tree.map(
+      lambda x: (1e-3 * rng.standard_normal(x.shape)).astype(x.dtype), host), device)
+  runners = {name: step_time.make_runner(tx, host, grads, device, warmup)
+             for name, tx in optimizers().items()}
+  base = runners[BASELINE]
+  others = [n for n in runners if n != BASELINE]
+  out = {n: ([], []) for n in runners}
+  for r in range(repeats):
+    before = base.run(steps)
+    out[BASELINE][0].append(before)
+    for name in step_time.round_order(others, r):
+      t = runners[name].run(steps)
+      after = base.run(steps)
+      out[name][0].append(t)
+      out[name][1].append(t / (0.5 * (before + after)))
+      out[BASELINE][0].append(after)
+      out[BASELINE][1].append(after / before)
+      before = after
+  return out
+
+
+def time_table(timed: dict[str, tuple[list, list]], markdown: bool) -> str:
+  cells = [("optimizer", "ms/step (median)", "ms/step (best)", "x adamw", "x adamw min-max")]
+  for name, (times, ratios) in timed.items():
+    cells.append((name, f"{1e3 * statistics.median(times):.2f}", f"{1e3 * min(times):.2f}",
+                  "1.00" if name == BASELINE else f"{statistics.median(ratios):.2f}",
+                  f"{min(ratios):.2f}-{max(ratios):.2f}"))
+  return _format(cells, markdown)
+
+
+def time_targets(timed: dict[str, tuple[list, list]]) -> list[str]:
+  return [_verdict(f"{name} step time", statistics.median(timed[name][1]), 1.0)
+          for name in ("nlr.adam_mini", "nlr.scale_sgd")]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -169,6 +277,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument(f"--{name}", type=int, default=None)
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32")
   p.add_argument("--markdown", action="store_true")
+  p.add_argument("--time", action="store_true", help="also time the step on CPU")
+  p.add_argument("--steps", type=int, default=10, help="steps per timed chunk")
+  p.add_argument("--repeats", type=int, default=9, help="timing rounds")
+  p.add_argument("--warmup", type=int, default=3)
   args = p.parse_args(argv)
   values = dict(PRESETS[args.preset])
   for key in values:
@@ -179,8 +291,26 @@ def main(argv: Optional[list[str]] = None) -> int:
   with jax.enable_x64(args.dtype == "float64"):
     params = abstract_params(c)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    print(f"Transformer {c} : {n:,} parameters, {nbytes(params):,} bytes\n")
-    print(format_table(rows(params), args.markdown))
+    print(f"Transformer {c} : {n:,} parameters, {nbytes(params):,} bytes; "
+          f"jax {jax.__version__}, optax {optax.__version__}\n")
+    all_rows, hidden = rows(params), hidden_rows(params)
+    print(format_table(all_rows, args.markdown))
+    print()
+    print(format_table(hidden, args.markdown, f"{BASELINE}, hidden matrices only"))
+    print("\nTargets (issue 12):")
+    print("\n".join(memory_targets(all_rows, hidden)))
+  if args.time:
+    if args.dtype != "float32":
+      p.error("--time runs in float32 only")
+    start = time.perf_counter()
+    timed = time_steps(c, args.steps, args.repeats, args.warmup)
+    device = jax.devices("cpu")[0]
+    print(f"\nStep time on {device.platform} ({os.cpu_count()} CPUs visible), "
+          f"{args.repeats} rounds x {args.steps} steps per chunk, "
+          f"{time.perf_counter() - start:.0f} s:\n")
+    print(time_table(timed, args.markdown))
+    print("\nTargets (issue 12):")
+    print("\n".join(time_targets(timed)))
   return 0
 
 

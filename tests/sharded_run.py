@@ -5,6 +5,11 @@ takes effect before JAX starts. Prints one JSON object per case: the maximum
 parameter difference from a single-device run (and the total parameter change
 it is measured against), the shardings of the per-unit statistics, and the
 collectives in the compiled step with their per-device element counts.
+
+The ``head_axis`` cases run Adam-mini on attention kernels whose head axis is
+sharded (``(d, heads, head_dim)`` kernels and fused ``(d, heads*head_dim)``
+ones, 8 heads on 8 devices): the per-head second moment shards with its heads,
+so the step needs no collective at all.
 """
 
 from __future__ import annotations
@@ -44,6 +49,27 @@ TRANSFORMS = {
         1e-2, granularity="tensor", bias_correction=True, max_lr=0.1),
     "adam_hd/neuron": lambda: nlr.adam_hd(1e-2, 1e-4, granularity="neuron"),
     "sgd_hd/global": lambda: nlr.sgd_hd(1e-2, 1e-3),
+    "adam_mini/neuron": lambda: nlr.adam_mini(1e-2, weight_decay=0.1),
+    "neuron_norm_sgd/neuron": lambda: nlr.neuron_norm_sgd(1e-2),
+}
+# Adam-mini with the head axis sharded: (d, heads, head_dim) kernels as
+# nnx.MultiHeadAttention builds them, and fused (d, heads*head_dim) kernels.
+HEADS = 8
+QKV = {"kernel": P(None, "x", None), "bias": P("x", None)}
+FUSED = {"kernel": P(None, "x"), "bias": P("x")}
+HEAD_CASES = {
+    "adam_mini/heads": (
+        {m: {"kernel": (16, HEADS, 4), "bias": (HEADS, 4)} for m in ("query", "key", "value")}
+        | {"out": {"kernel": (HEADS, 4, 16), "bias": (16,)}},
+        {"query": QKV, "key": QKV, "value": QKV,
+         "out": {"kernel": P(None, None, "x"), "bias": P("x")}},
+        lambda: nlr.adam_mini(1e-2, weight_decay=0.1, on_unrecognised="error")),
+    "adam_mini/fused_heads": (
+        {m: {"kernel": (16, HEADS * 4), "bias": (HEADS * 4,)} for m in ("q_proj", "k_proj", "v_proj")}
+        | {"o_proj": {"kernel": (HEADS * 4, 16), "bias": (16,)}},
+        {"q_proj": FUSED, "k_proj": FUSED, "v_proj": FUSED, "o_proj": FUSED},
+        lambda: nlr.adam_mini(1e-2, weight_decay=0.1, num_heads=HEADS,
+                              on_unrecognised="error")),
 }
 STEPS = 5
 COLLECTIVE = re.compile(
@@ -51,15 +77,15 @@ COLLECTIVE = re.compile(
     r"collective-permute|all-to-all)(?:-start)?\(")
 
 
-def _tree(fn):
-  return jax.tree.map(fn, SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+def _tree(fn, shapes):
+  return jax.tree.map(fn, shapes, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def _data():
+def _data(shapes):
   rng = np.random.default_rng(0)
-  params = _tree(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32))
+  params = _tree(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes)
   grads = [_tree(lambda s: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.integers(-3, 2),
-                                       jnp.float32)) for _ in range(STEPS)]
+                                       jnp.float32), shapes) for _ in range(STEPS)]
   return params, grads
 
 
@@ -79,9 +105,30 @@ def _collectives(hlo: str) -> list[tuple[str, int]]:
   return out
 
 
+def _unit_stat_specs(state) -> dict:
+  """``{"state.<statistic>/<path>": spec}`` of every rule state's unit statistics."""
+  out = {}
+  rule_states = [x for x in jax.tree.leaves(state, is_leaf=_is_rule_state) if _is_rule_state(x)]
+  for rule_state in rule_states:
+    for field in type(rule_state).rule.unit_stats:
+      tree = getattr(rule_state, field)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = "/".join(k.key for k in path)
+        out[f"state.{field}/{key}"] = [str(a) for a in leaf.sharding.spec]
+  return out
+
+
+def _is_rule_state(x) -> bool:
+  return isinstance(getattr(type(x), "rule", None), nlr.Rule)
+
+
 def run_case(name: str, layout: str, mesh) -> dict:
-  tx = TRANSFORMS[name]()
-  params, grads = _data()
+  if layout == "head_axis":
+    shapes, specs, make = HEAD_CASES[name]
+  else:
+    shapes, specs, make = SHAPES, LAYOUTS[layout], TRANSFORMS[name]
+  tx = make()
+  params, grads = _data(shapes)
   start = jax.tree.map(np.asarray, params)  # donation below may reuse its buffers
   step = _step(tx)
 
@@ -89,7 +136,7 @@ def run_case(name: str, layout: str, mesh) -> dict:
   for g in grads:
     single_params, single_state = jax.jit(step)(single_params, single_state, g)
 
-  p_sh = jax.tree.map(lambda spec: NamedSharding(mesh, spec), LAYOUTS[layout],
+  p_sh = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                       is_leaf=lambda x: isinstance(x, P))
   s_sh = nlr.state_shardings(tx, params, p_sh)
   sharded_step = jax.jit(step, in_shardings=(p_sh, s_sh, p_sh),
@@ -116,6 +163,7 @@ def run_case(name: str, layout: str, mesh) -> dict:
     if tree is not None and not isinstance(tree, jax.Array):
       stat_specs[f"state.{field}/dense/kernel"] = [
           str(a) for a in tree["dense"]["kernel"].sharding.spec]
+  stat_specs.update(_unit_stat_specs(state))
   return {"case": name, "layout": layout, "max_diff": diff, "total_change": change,
           "stat_specs": stat_specs, "collectives": _collectives(hlo)}
 
@@ -126,6 +174,8 @@ def main() -> None:
   for layout in LAYOUTS:
     for name in TRANSFORMS:
       print(json.dumps(run_case(name, layout, mesh)))
+  for name in HEAD_CASES:
+    print(json.dumps(run_case(name, "head_axis", mesh)))
 
 
 if __name__ == "__main__":

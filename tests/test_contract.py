@@ -68,14 +68,22 @@ from tests.registry import ENTRIES, PER_UNIT, QUADRATIC, Entry
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 
+def _marks(entry: Entry, contract: str, case: str = "") -> list:
+  """``skip`` (a documented reason) or ``xfail(strict=True)`` (a known bug)."""
+  skip = entry.skip_reason(contract, case)
+  if skip:
+    return [pytest.mark.skip(reason=skip)]
+  reason = entry.xfail_reason(contract, case)
+  return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+
+
 def over(contract: str, entries=ENTRIES, cases=None):
   """Parametrises a test over ``entries`` (and ``cases``, as ``case``);
   ``entry.xfail`` marks the known failures."""
   params = []
   for e in entries:
     for case in cases if cases else (None,):
-      reason = e.xfail_reason(contract, case or "")
-      marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+      marks = _marks(e, contract, case or "")
       if case is None:
         params.append(pytest.param(e, id=e.name, marks=marks))
       else:
@@ -372,8 +380,7 @@ def _dtype_cases():
   for e in ENTRIES:
     for dtype in PARAM_DTYPES:
       for sd in STATE_DTYPES if e.state_dtype else (None,):
-        reason = e.xfail_reason("dtypes", f"{dtype}-state_{sd}")
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        marks = _marks(e, "dtypes", f"{dtype}-state_{sd}")
         cases.append(pytest.param(e, dtype, sd, id=f"{e.name}-{dtype}-state_{sd}", marks=marks))
   return cases
 
@@ -423,8 +430,7 @@ def _state_dtype_cases():
       continue
     for dtype in ("bfloat16", "float32", "float64"):
       for sd in STATE_DTYPES:
-        reason = e.xfail_reason("state_dtype", f"{dtype}-state_{sd}")
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        marks = _marks(e, "state_dtype", f"{dtype}-state_{sd}")
         cases.append(pytest.param(e, dtype, sd, id=f"{e.name}-{dtype}-state_{sd}", marks=marks))
   return cases
 
@@ -500,6 +506,17 @@ def test_init_from_shape_dtype_structs(entry):
   concrete = tx.init(params)
   _assert_same_types(jax.eval_shape(tx.init, shapes), concrete, "eval_shape(init) vs init")
   _assert_same_types(tx.init(shapes), concrete, "init(ShapeDtypeStruct) vs init")
+
+
+@over("empty_params")
+def test_params_without_arrays(entry):
+  """A tree with no array leaf (as every optax transform takes it): ``init``
+  and ``update`` run and return that empty tree."""
+  params = {"frozen": None, "empty": {}}
+  tx = entry.make()
+  state = tx.init(params)
+  updates, state = tx.update(params, state, params, **entry.extra(jnp.asarray(1.0)))
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
 
 
 # ---------------------------------------------------------------------------

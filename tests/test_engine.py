@@ -311,3 +311,27 @@ def test_rate_summary_on_degenerate_trees():
   assert nlr.rate_summary(nlr.grad_history_lr(1e-2).init({})) == {}
   pinned = nlr.grad_history_lr(1e-2, min_lr=0.0, max_lr=0.0).init({"w": jnp.ones(3)})
   assert float(nlr.rate_summary(pinned)["w/frac_at_max_lr"]) == 1.0
+
+
+@pytest.mark.parametrize("multiplicative", [False, True])
+def test_complex_hypergradient_equals_the_real_pair(multiplicative):
+  rng = np.random.default_rng(3)
+  gs = [rng.normal(size=(2, 3)) + 1j * rng.normal(size=(2, 3)) for _ in range(4)]
+  tx = nlr.sgd_hd(0.1, 0.05, multiplicative=multiplicative)
+  cs = tx.init({"w": jnp.zeros((2, 3), jnp.complex64)})
+  rs = tx.init({"re": jnp.zeros((2, 3)), "im": jnp.zeros((2, 3))})
+  for g in gs:
+    uc, cs = tx.update({"w": jnp.asarray(g, jnp.complex64)}, cs)
+    ur, rs = tx.update({"re": jnp.asarray(g.real, jnp.float32),
+                        "im": jnp.asarray(g.imag, jnp.float32)}, rs)
+    np.testing.assert_allclose(np.real(uc["w"]), ur["re"], rtol=1e-5)
+    np.testing.assert_allclose(np.imag(uc["w"]), ur["im"], rtol=1e-5)
+  assert cs[0].prev_direction["w"].dtype == jnp.complex64
+
+
+def test_complex_magnitude_is_the_modulus():
+  g = jnp.array([3 + 4j, -1j], jnp.complex64)
+  tx = nlr.scale_by_grad_history_lr(1.0, beta=0.0, max_lr=jnp.inf)
+  _, state = tx.update({"w": g}, tx.init({"w": jnp.zeros(2, jnp.complex64)}))
+  np.testing.assert_allclose(state.grad_ema["w"], [5.0, 1.0], rtol=1e-6)
+  assert state.grad_ema["w"].dtype == jnp.float32

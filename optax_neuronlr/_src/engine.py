@@ -12,7 +12,9 @@ for every rule:
   count, evaluated at the count before the update (as ``optax.scale_by_schedule``);
 * dtypes: statistics in ``state_dtype`` (float32 for bf16/f16 leaves by
   default, else the leaf's dtype); sums are accumulated in at least float32;
-  updates keep the incoming dtype;
+  updates keep the incoming dtype. Complex leaves get real per-unit
+  statistics (the real part of each observed quantity: $|g|$ is the modulus,
+  the sign rule keeps $\mathrm{Re}(g/|g|)$) and complex element statistics;
 * ``direction``: an optional optax transform whose output the rate scales;
 * inspection (:func:`optax_neuronlr.learning_rates`), sharding, checkpoints and
   ``optax.inject_hyperparams``.
@@ -288,9 +290,21 @@ def stat_dtype(leaf_dtype: Any, state_dtype: Any) -> jnp.dtype:
   leaf_dtype = jnp.dtype(leaf_dtype)
   if leaf_dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return jnp.dtype(jnp.float32)
-  if not jnp.issubdtype(leaf_dtype, jnp.inexact):
+  if not jnp.issubdtype(leaf_dtype, jnp.floating):  # complex leaves: real statistics
     return jnp.dtype(jnp.result_type(float))
   return canonical(leaf_dtype)
+
+
+def _element_dtype(leaf_dtype: Any, dtype: Any) -> jnp.dtype:
+  """Element statistics of complex leaves are complex (e.g. a stored direction)."""
+  if jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+    return jnp.promote_types(dtype, jnp.complex64)
+  return jnp.dtype(dtype)
+
+
+def _real(x: jax.Array) -> jax.Array:
+  """Per-unit statistics are real: observed complex quantities keep their real part."""
+  return jnp.real(x) if jnp.iscomplexobj(x) else x
 
 
 def clamp(rate: jax.Array, hp: Hyper) -> jax.Array:
@@ -475,7 +489,11 @@ def scale_by_rule(
       zeros = jnp.zeros_like(leaf, dtype=dtype)
       if not is_global:
         unit.append(rule.init(layout.sum(zeros, dtype), hp))
-      elem.append(rule.init_elements(zeros, hp))
+      if rule.element_stats:
+        elem.append(rule.init_elements(
+            jnp.zeros_like(leaf, dtype=_element_dtype(leaf.dtype, dtype)), hp))
+      else:
+        elem.append({})
     if is_global:
       dtype = jnp.result_type(*dtypes) if dtypes else stat_dtype(jnp.float32, state_dtype)
       one = rule.init(jnp.zeros([], dtype), hp)
@@ -531,10 +549,10 @@ def scale_by_rule(
       else:
         dtype = stat_dtype(g.dtype, state_dtype)
       compute = jnp.promote_types(g.dtype, dtype)
-      accumulate = jnp.promote_types(compute, jnp.float32)
+      accumulate = jnp.promote_types(jnp.finfo(compute).dtype, jnp.float32)
       elements = {n: v[i] for n, v in elem_old.items()}
       gc = g.astype(compute)
-      quantities = rule.observe(gc, d, elements, hp)
+      quantities = tuple(_real(q) for q in rule.observe(gc, d, elements, hp))
       if is_global:
         observed = tuple(layout.sum(q, accumulate) for q in quantities)
       else:

@@ -43,9 +43,10 @@ class Hypergradient(engine.Rule):
     return {"lr": zeros + engine.clamp(hp["learning_rate"], hp).astype(zeros.dtype)}
 
   def observe(self, g, d, elements, hp):
-    prev = elements["prev_direction"].astype(g.dtype)
+    # Re<g, d> of complex leaves treats them as pairs of reals.
+    prev = jnp.conj(elements["prev_direction"].astype(g.dtype))
     if self.multiplicative:
-      return g * prev, g * g, prev * prev
+      return g * prev, g * jnp.conj(g), prev * jnp.conj(prev)
     return (g * prev,)
 
   def update(self, stats, observed, hp, prev_hp, count):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax
@@ -177,3 +178,61 @@ def test_check_choice_and_is_number():
 
 if __name__ == "__main__":
   pytest.main([__file__])
+
+
+# Every public factory x every numeric argument x each kind of bad value: a
+# TypeError or ValueError at construction that names the argument; and the
+# default value as a Python, NumPy or JAX scalar is accepted.
+_FACTORIES = {
+    "scale_by_grad_magnitude_lr": (nlr.scale_by_grad_magnitude_lr, {"learning_rate": 0.1}),
+    "grad_magnitude_lr": (nlr.grad_magnitude_lr, {"learning_rate": 0.1}),
+    "scale_by_grad_history_lr": (nlr.scale_by_grad_history_lr, {"learning_rate": 0.1}),
+    "grad_history_lr": (nlr.grad_history_lr, {"learning_rate": 0.1}),
+    "scale_by_sign_consistency_lr": (nlr.scale_by_sign_consistency_lr, {"learning_rate": 0.1}),
+    "sign_consistency_lr": (nlr.sign_consistency_lr, {"learning_rate": 0.1}),
+    "scale_by_hypergradient_lr": (nlr.scale_by_hypergradient_lr,
+                                  {"learning_rate": 0.1, "hyper_lr": 0.1}),
+    "hypergradient_lr": (nlr.hypergradient_lr, {"learning_rate": 0.1, "hyper_lr": 0.1}),
+    "sgd_hd": (nlr.sgd_hd, {"learning_rate": 0.1, "hyper_lr": 0.1}),
+    "adam_hd": (nlr.adam_hd, {"learning_rate": 0.1, "hyper_lr": 0.1}),
+    "scale_by_reduce_lr_on_plateau": (nlr.scale_by_reduce_lr_on_plateau,
+                                      {"learning_rate": 0.1}),
+    "reduce_lr_on_plateau": (nlr.reduce_lr_on_plateau, {"learning_rate": 0.1}),
+}
+_NON_NUMERIC = ("granularity", "neuron_axes", "state_dtype", "direction", "mode",
+                "threshold_mode", "bias_correction", "multiplicative")
+_CASES = []
+for _name, (_f, _base) in _FACTORIES.items():
+  for _p in inspect.signature(_f).parameters.values():
+    if _p.name not in _NON_NUMERIC:
+      _CASES.append((_name, _p.name))
+_BAD = {"string": "0.5", "none": None, "complex": 1 + 1j, "nan": math.nan,
+        "np_nan": np.float32(np.nan), "jnp_nan": jnp.array(jnp.nan),
+        "vector": jnp.ones(3), "list": [0.5]}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD))
+@pytest.mark.parametrize("factory,arg", _CASES)
+def test_every_numeric_argument_rejects_bad_values(factory, arg, bad):
+  f, base = _FACTORIES[factory]
+  with pytest.raises((TypeError, ValueError), match=arg):
+    f(**{**base, arg: _BAD[bad]})
+
+
+@pytest.mark.parametrize("factory,arg", _CASES)
+def test_every_numeric_argument_takes_numpy_and_jax_scalars(factory, arg):
+  f, base = _FACTORIES[factory]
+  default = inspect.signature(f).parameters[arg].default
+  value = base.get(arg, default)
+  if value is inspect.Parameter.empty or value is None:
+    pytest.skip(f"{arg} has no default to reuse")
+  kind = np.int64 if isinstance(value, int) and not isinstance(value, bool) else np.float64
+  for v in (value, kind(value), jnp.asarray(value)):
+    f(**{**base, arg: v})
+
+
+@pytest.mark.parametrize("factory,arg", _CASES)
+def test_every_numeric_argument_rejects_negative_infinity(factory, arg):
+  f, base = _FACTORIES[factory]
+  with pytest.raises((TypeError, ValueError), match=arg):
+    f(**{**base, arg: -math.inf})

@@ -202,7 +202,7 @@ def _split(x: jax.Array, axis: int, view: tuple[int, ...]) -> jax.Array:
   # otherwise the blocks are gathered (correct, with one collective).
   keep = spec[axis] if view[axis] % shards == 0 else None
   new = spec[:axis] + (keep, None) + spec[axis + 1:]
-  return jax.lax.reshape(x, view, out_sharding=jax.sharding.PartitionSpec(*new))
+  return jax.lax.reshape(x, view, out_sharding=_on_mesh_of(x, new))
 
 
 def _merge(x: jax.Array, axis: int, shape: tuple[int, ...]) -> jax.Array:
@@ -211,7 +211,14 @@ def _merge(x: jax.Array, axis: int, shape: tuple[int, ...]) -> jax.Array:
   if spec is None or spec[axis] is None:
     return x.reshape(shape)
   new = spec[:axis] + (spec[axis],) + spec[axis + 2:]
-  return jax.lax.reshape(x, shape, out_sharding=jax.sharding.PartitionSpec(*new))
+  return jax.lax.reshape(x, shape, out_sharding=_on_mesh_of(x, new))
+
+
+def _on_mesh_of(x: jax.Array, spec: tuple) -> jax.sharding.NamedSharding:
+  """``spec`` on ``x``'s (abstract) mesh: a bare PartitionSpec needs a mesh
+  context (``jax.set_mesh``), which a jit with explicit-mesh shardings lacks."""
+  return jax.sharding.NamedSharding(jax.typeof(x).sharding.mesh,
+                                    jax.sharding.PartitionSpec(*spec))
 
 
 def element_layout(shape: Sequence[int]) -> Layout:

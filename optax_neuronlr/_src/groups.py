@@ -35,21 +35,6 @@ FROZEN = "frozen"
 _STATIC_ARGS = ("neuron_axes", "state_dtype", "mu_dtype", "accumulator_dtype")
 
 
-def _compile(pattern: Union[str, re.Pattern], what: str) -> re.Pattern:
-  """A regular expression (a string or compiled), or a clear error."""
-  if isinstance(pattern, re.Pattern):
-    return pattern
-  if not isinstance(pattern, str):
-    raise TypeError(
-        f"{what}: a path pattern must be a regular expression (a str or a "
-        f"compiled re.Pattern), got {pattern!r} ({type(pattern).__name__})."
-    )
-  try:
-    return re.compile(pattern)
-  except re.error as e:
-    raise ValueError(f"{what}: invalid regular expression {pattern!r}: {e}.") from e
-
-
 def _depth(path: str) -> int:
   """Number of keys in a ``"/"``-joined path."""
   return len(path.split("/")) if path else 0
@@ -95,7 +80,7 @@ def path_labels(
     ...     nlr.path_labels({r"backbone/.*": "slow", r"head/.*": "fast"}))
   """
   items = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
-  compiled = [(_compile(p, "path_labels"), label) for p, label in items]
+  compiled = [(paths_lib.compile_selector(p, "path_labels"), label) for p, label in items]
 
   def labels(params: Any) -> Any:
     unmatched: list[str] = []
@@ -138,7 +123,7 @@ def _matcher(spec: ParamsSpec, what: str) -> Callable[[str, Any], Optional[int]]
         "parameter path (a str or a compiled re.Pattern), a list of them, or "
         f"a callable (path, leaf) -> bool; got {spec!r} ({type(spec).__name__})."
     )
-  compiled = [_compile(p, what) for p in patterns]
+  compiled = [paths_lib.compile_selector(p, what) for p in patterns]
 
   def selected(path: str, leaf: Any) -> Optional[int]:
     del leaf

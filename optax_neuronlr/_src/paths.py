@@ -59,13 +59,13 @@ def compile_selector(selector: Any, where: str) -> re.Pattern:
     return selector
   if not isinstance(selector, str):
     raise TypeError(
-        f"{where}: a path selector must be a string or a compiled regular "
-        f"expression, got {type(selector).__name__} {selector!r}."
+        f"{where}: a path pattern must be a regular expression (a str or a "
+        f"compiled re.Pattern), got {selector!r} ({type(selector).__name__})."
     )
   try:
     return re.compile(selector)
   except re.error as e:
-    raise ValueError(f"{where}: {selector!r} is not a valid regular expression: {e}.") from e
+    raise ValueError(f"{where}: invalid regular expression {selector!r}: {e}.") from e
 
 
 def selects(selector: re.Pattern, path: str) -> Optional[int]:

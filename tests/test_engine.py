@@ -125,12 +125,19 @@ def test_global_unit_sums_over_the_whole_tree():
   rate = 0.1 / (np.sqrt(total) + 1e-3)
   for k in g:
     np.testing.assert_allclose(u[k], rate * np.asarray(g[k]), rtol=1e-5)
-  assert state.ms.shape == ()
-  # One rate for the tree; with no per-element statistic to shape it per
-  # leaf, learning_rates returns that one scalar.
-  assert nlr.learning_rates(state).shape == ()
-  hd = nlr.sgd_hd(0.1, 1e-3)  # keeps the previous direction per element
-  assert jax.tree.map(jnp.shape, nlr.learning_rates(hd.init(params))) == {"a": (), "b": ()}
+  # One unit for the tree: every leaf holds a copy of the one statistic.
+  assert jax.tree.map(jnp.shape, state.ms) == {"a": (), "b": ()}
+  np.testing.assert_allclose(state.ms["a"], state.ms["b"])
+  assert type(state).is_global and isinstance(state, SumSquare().state_class())
+  rates = nlr.learning_rates(state)
+  np.testing.assert_allclose(rates["a"], rate, rtol=1e-5)
+  assert [r.granularity for r in nlr.optimizer_layout(state, params).rows] == ["global"] * 2
+
+
+def test_global_unit_on_an_empty_tree():
+  for tx in (nlr.sgd_hd(0.1, 1e-3), nlr.grad_history_lr(0.1, granularity="global")):
+    updates, state = tx.update({}, tx.init({}), {})
+    assert updates == {}
 
 
 def test_element_statistics_and_direction():

@@ -134,7 +134,7 @@ class HypergradientTest(parameterized.TestCase):
       _, state, _ = _run_jax(nlr.sgd_hd(0.1, 0.1, granularity=granularity), steps=2,
                              dtype=jnp.float32)
       self.assertEqual(jax.tree.map(jnp.shape, nlr.learning_rates(state)), shapes)
-    self.assertEqual(nlr.sgd_hd(0.1, 0.1).init(INIT)[0].lr.shape, ())
+    self.assertEqual(jax.tree.map(jnp.shape, nlr.sgd_hd(0.1, 0.1).init(INIT)[0].lr), {"w": (), "b": ()})
 
   def test_clamps_bind(self):
     _, state, _ = _run_jax(nlr.sgd_hd(0.1, 1e3, granularity="neuron", max_lr=0.2,

@@ -183,3 +183,14 @@ def test_explicit_sharding_init_matches_update():
     assert r["init_equals_update"], r
     assert r["compiles"] == 1, r
     assert r["fori_loop"], r
+
+
+def test_param_groups_under_masked_partition_and_map_params():
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+  tx = nlr.param_groups(optax.sgd, [{"params": "w"}, {"params": "b"}], learning_rate=0.1)
+  optax.masked(tx, {"w": True, "b": False}).init(params)  # 'b' is masked out, not a typo
+  optax.partition({"g": tx, "s": optax.sgd(0.1)}, {"w": "g", "b": "s"}).init(params)
+  optax.tree_utils.tree_map_params(tx, lambda x: x, tx.init(params))
+  typo = nlr.param_groups(optax.sgd, [{"params": "w"}, {"params": "bias"}], learning_rate=0.1)
+  with pytest.raises(ValueError, match="claims no parameter"):
+    optax.masked(typo, {"w": True, "b": False}).init(params)

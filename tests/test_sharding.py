@@ -97,7 +97,7 @@ def test_state_shardings_structure_on_one_device():
   assert strategy.count.spec == P()
   hd = sh[2].inner_state[0]
   assert hd.prev_direction["w"].spec == P(None, "x")
-  assert hd.lr.spec == P()  # the global rate
+  assert hd.lr["w"].spec == P()  # the global rate, one copy per leaf
   state = jax.jit(tx.init, out_shardings=sh)(params)
   assert state[1][0].grad_ema["w"].shape == (6,)
 

@@ -147,9 +147,11 @@ class Rule:
     """Names of the scalars in ``hp`` and in a state's ``applied`` tuple."""
     return ENGINE_SCALARS + tuple(self.hyperparams)
 
-  def state_class(self) -> type:
-    """This rule's NamedTuple state class (one per equal rule)."""
-    return _state_class(self)
+  def state_class(self, is_global: bool = False) -> type:
+    """This rule's NamedTuple state class (one per equal rule; ``is_global``:
+    the variant for ``granularity="global"``, a subclass)."""
+    cls = _state_class(self)
+    return _global_state_class(cls) if is_global else cls
 
   def init(self, zeros: jax.Array, hp: Hyper) -> Stats:
     """Initial unit statistics of a leaf, from the leaf's per-unit zeros.
@@ -215,6 +217,7 @@ def _base_state_class(cls: type) -> type:
   name = cls.state_name or f"{cls.__name__}State"
   state_cls = NamedTuple(name, [(f, Any) for f in fields])
   state_cls.rule = None
+  state_cls.is_global = False
   state_cls.__doc__ = (
       f"State of :func:`scale_by_rule` for :class:`{cls.__name__}`: ``count``, "
       f"unit statistics {cls.unit_stats}, element statistics "
@@ -240,6 +243,16 @@ def _state_class(rule: Rule) -> type:
   return type(base.__name__, (base,), {
       "rule": rule, "__slots__": (), "__doc__": base.__doc__,
       "__module__": base.__module__})
+
+
+@functools.lru_cache(maxsize=None)
+def _global_state_class(cls: type) -> type:
+  """The state class of a rule run with ``granularity="global"``: each leaf
+  holds a copy of the one per-tree statistic, so readers see params-shaped
+  trees, and ``is_global`` tells tools that they are one unit."""
+  return type(cls.__name__, (cls,), {
+      "is_global": True, "__slots__": (), "__doc__": cls.__doc__,
+      "__module__": cls.__module__})
 
 
 _LAYOUTS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
@@ -356,14 +369,7 @@ def rates_of(state: Any) -> Any:
     return jax.tree.map(
         lambda e: leaf_rate(jnp.zeros(jnp.shape(r), e.dtype)),
         getattr(state, names[0]))
-  unit = [getattr(state, n) for n in rule.unit_stats]
-  rates = jax.tree.map(leaf_rate, *unit)
-  if rule.element_stats:
-    elements = getattr(state, rule.element_stats[0])
-    if jax.tree.structure(unit[0]) != jax.tree.structure(elements):
-      # granularity="global": one rate, shown for every leaf.
-      rates = jax.tree.map(lambda _: rates, elements)
-  return rates
+  return jax.tree.map(leaf_rate, *(getattr(state, n) for n in rule.unit_stats))
 
 
 def _check_rule(rule: Any, hyperparams: Mapping[str, Any]) -> None:
@@ -389,6 +395,8 @@ def _check_rule(rule: Any, hyperparams: Mapping[str, Any]) -> None:
 def _check_shapes(layouts, treedef, state, rule, is_global) -> None:
   """The update's leaves must have the shapes the state was built for."""
   names = rule.element_stats or (() if is_global else rule.unit_stats)
+  if not treedef.num_leaves:
+    return
   if not names:
     return
   old = treedef.flatten_up_to(getattr(state, names[0]))
@@ -468,7 +476,7 @@ def scale_by_rule(
           f"{type(direction).__name__}."
       )
     direction = optax.with_extra_args_support(direction)
-  state_cls = rule.state_class()
+  state_cls = rule.state_class(is_global)
   names = rule.scalar_names()
 
   def lr_at(count):
@@ -487,21 +495,16 @@ def scale_by_rule(
     unit, elem = [], []
     for layout, leaf, dtype in zip(layouts, leaves, dtypes):
       zeros = jnp.zeros_like(leaf, dtype=dtype)
-      if not is_global:
-        unit.append(rule.init(layout.sum(zeros, dtype), hp))
+      unit_zeros = jnp.zeros([], dtype) if is_global else layout.sum(zeros, dtype)
+      unit.append(rule.init(unit_zeros, hp))
       if rule.element_stats:
         elem.append(rule.init_elements(
             jnp.zeros_like(leaf, dtype=_element_dtype(leaf.dtype, dtype)), hp))
       else:
         elem.append({})
-    if is_global:
-      dtype = jnp.result_type(*dtypes) if dtypes else stat_dtype(jnp.float32, state_dtype)
-      one = rule.init(jnp.zeros([], dtype), hp)
-      stats = {n: _copy(one[n]) for n in rule.unit_stats}
-    else:
-      stats = {
-          n: treedef.unflatten([_copy(s[n]) for s in unit]) for n in rule.unit_stats
-      }
+    stats = {
+        n: treedef.unflatten([_copy(s[n]) for s in unit]) for n in rule.unit_stats
+    }
     stats.update({
         n: treedef.unflatten([_copy(s[n]) for s in elem]) for n in rule.element_stats
     })
@@ -534,15 +537,12 @@ def scale_by_rule(
           updates, state.direction_state, params, **extra_args
       )
       dirs = treedef.flatten_up_to(d)
-    if is_global:
-      unit_old = {n: getattr(state, n) for n in rule.unit_stats}
-    else:
-      unit_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.unit_stats}
+    unit_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.unit_stats}
     elem_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.element_stats}
 
     leaves = []  # (layout, g, g in compute dtype, d, stats dtype, elements, observed)
     for i, (layout, g, d) in enumerate(zip(layouts, grads, dirs)):
-      if unit_old and not is_global:
+      if unit_old:
         dtype = next(iter(unit_old.values()))[i].dtype
       elif elem_old:
         dtype = next(iter(elem_old.values()))[i].dtype
@@ -567,27 +567,28 @@ def scale_by_rule(
       new = {n: new[n].astype(dtype) for n in rule.unit_stats}
       return new, clamp(rule.rate(new, hp, count), hp).astype(dtype)
 
-    if is_global:
-      dtype = (next(iter(unit_old.values())).dtype if unit_old else
-               jnp.result_type(*[x[4] for x in leaves]) if leaves else jnp.float32)
+    if is_global and leaves:
+      # One unit for the tree: every leaf holds a copy of its statistics.
+      dtype = jnp.result_type(*[x[4] for x in leaves])
       totals = tuple(t.astype(dtype) for t in _global_reduce(rule, leaves))
-      stats, global_rate = new_stats(unit_old, totals, dtype)
+      old = {n: v[0].astype(dtype) for n, v in unit_old.items()}
+      global_stats, global_rate = new_stats(old, totals, dtype)
 
     outs, unit_new, elem_new = [], [], []
     for i, (layout, g, gc, d, dtype, elements, observed) in enumerate(leaves):
       if is_global:
         rate = global_rate.astype(dtype)
+        new = {n: v.astype(dtype) for n, v in global_stats.items()}
       else:
         new, rate = new_stats({n: v[i] for n, v in unit_old.items()}, observed, dtype)
-        unit_new.append(new)
+      unit_new.append(new)
       outs.append(layout.scale(d, rate).astype(g.dtype))
       elem_new.append({
           n: v.astype(elements[n].dtype)
           for n, v in rule.update_elements(elements, gc, d, hp, count).items()
       })
 
-    if not is_global:
-      stats = {n: treedef.unflatten([s[n] for s in unit_new]) for n in rule.unit_stats}
+    stats = {n: treedef.unflatten([s[n] for s in unit_new]) for n in rule.unit_stats}
     stats.update(
         {n: treedef.unflatten([s[n] for s in elem_new]) for n in rule.element_stats}
     )

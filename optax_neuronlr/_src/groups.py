@@ -47,6 +47,22 @@ def _map_paths(fn: Callable[[str, Any], Any], tree: Any) -> Any:
   )
 
 
+def _masked_paths(tree: Any) -> list[str]:
+  """Paths of the ``optax.MaskedNode`` placeholders in ``tree``."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_masked)[0]
+  return [units_lib.path_str(p) for p, x in flat if is_masked(x)]
+
+
+def _selects_masked(matcher: Callable[[str, Any], Any], path: str) -> bool:
+  """Whether a group's matcher selects a masked-out leaf (a callable group that
+  needs the leaf itself cannot tell, and counts as selecting it)."""
+  try:
+    return matcher(path, None) is not None
+  except Exception:  # pylint: disable=broad-except
+    return True
+
+
 def path_labels(
     rules: LabelRules, default: Optional[Any] = None
 ) -> Callable[[Any], Any]:
@@ -297,6 +313,16 @@ def param_groups(
       )
     if rest in names:
       counts[names.index(rest)] += len(unclaimed)
+    # optax.masked / optax.partition hand a narrowed tree (MaskedNode where a
+    # leaf is masked out) and optax.tree.map_params a placeholder without
+    # leaves: a group that selects a masked-out leaf, or any group of a tree
+    # without leaves, is not a typo.
+    masked = _masked_paths(params)
+    if not paths:
+      counts = [1] * len(names)
+    for i, m in enumerate(matchers):
+      if not counts[i] and any(_selects_masked(m, p) for p in masked):
+        counts[i] = 1
     empty = [
         d + (" (a more specific group takes every leaf it selects)" if o else "")
         for d, n, o in zip(described, counts, outranked) if not n

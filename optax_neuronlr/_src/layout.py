@@ -101,10 +101,7 @@ class _Walker:
   def rate_state(self, state: Any, ctx: _Context) -> None:
     rule = engine.rule_of(state)
     rates = engine.rates_of(state)
-    unit = getattr(state, rule.unit_stats[0]) if rule.unit_stats else None
-    is_global = unit is not None and rule.element_stats and (
-        jax.tree.structure(unit)
-        != jax.tree.structure(getattr(state, rule.element_stats[0])))
+    is_global = getattr(type(state), "is_global", False)
     base = _scalar(engine.applied_scalars(state)["learning_rate"])
     for p, r in jax.tree_util.tree_flatten_with_path(rates)[0]:
       path = units_lib.path_str(p)

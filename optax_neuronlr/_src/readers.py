@@ -88,9 +88,8 @@ def learning_rates(opt_state: Any) -> Any:
   Each leaf holds one value per unit: the leaf's shape at element
   granularity, the shape of its neuron axes at neuron granularity (``(out,)``
   for a Flax ``(in, out)`` kernel), ``(num_blocks,)`` for ``Blocks``, ``()`` at
-  tensor granularity. At ``granularity="global"`` every leaf shows the one
-  rate; a global rule that keeps no per-element statistic (nothing shaped like
-  the params) gives that one scalar instead of a tree. Leaves that no strategy
+  tensor granularity; at ``granularity="global"`` every leaf shows the one
+  rate. Leaves that no strategy
   governs are ``None``. Before the first update, every unit shows
   ``clip(learning_rate, min_lr, max_lr)``.
 

@@ -35,8 +35,8 @@ def first_moment(
   def init_fn(params):
     return optax.EmaState(
         count=jnp.zeros([], jnp.int32),
-        ema=jax.tree.map(
-            lambda p: jnp.zeros(p.shape, engine.stat_dtype(p.dtype, state_dtype)), params))
+        ema=jax.tree.map(  # zeros_like keeps the params' shardings (explicit meshes)
+            lambda p: jnp.zeros_like(p, dtype=engine.stat_dtype(p.dtype, state_dtype)), params))
 
   def update_fn(updates, state, params=None):
     del params

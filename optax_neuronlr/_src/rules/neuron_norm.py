@@ -62,7 +62,8 @@ class NeuronNorm(engine.Rule):
   r"""A rate per unit that normalises the direction's RMS over the unit.
 
   $\rho_t = \sqrt{\mathrm{mean}_{\text{unit}}\, d_t^2}$ (the last value only,
-  no average over time) and rate $\eta_t / \max(\rho_t, \epsilon)$.
+  no average over time; a non-finite $\rho_t$ keeps $\rho_{t-1}$) and rate
+  $\eta_t / \max(\rho_t, \epsilon)$.
   """
 
   unit_stats = ("rms",)
@@ -75,7 +76,11 @@ class NeuronNorm(engine.Rule):
     return (d * d,)
 
   def update(self, stats, observed, hp, prev_hp, count):
-    return {"rms": jnp.sqrt(observed[0])}
+    # A non-finite RMS (an overflowing direction) keeps the last finite one; this
+    # also makes the update read the old statistic, so that a donated state
+    # buffer is reused (jit drops unused inputs, and their donation with them).
+    rms = jnp.sqrt(observed[0])
+    return {"rms": jnp.where(jnp.isfinite(rms), rms, stats["rms"])}
 
   def rate(self, stats, hp, count):
     return hp["learning_rate"] / jnp.maximum(stats["rms"], hp["eps"])

@@ -67,6 +67,7 @@ vmapped seed runs); its numbers only show that everything runs.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import importlib.util
 import json
@@ -136,6 +137,7 @@ class Budget:
   evals: int
   timing: bool  # a dedicated single-run timing (False: from the vmapped seed runs)
   quick: bool
+  jobs: int = 2  # methods run at a time
 
 
 # ---------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def digits_problem(example, quick: bool) -> Problem:
             "val": (data.x_train[val], data.y_train[val]),
             "test": (data.x_test, data.y_test)}
   return Problem(init, loss, scores, epoch_batches(len(train), example.BATCH_SIZE), rows,
-                 arrays, steps=40 if quick else 600, head="out",
+                 arrays, steps=20 if quick else 600, head="out",
                  description=f"MLP 64-64-64-10, batch {example.BATCH_SIZE}, "
                              f"{len(train)} train / {len(val)} val / "
                              f"{data.x_test.shape[0]} test images")
@@ -254,7 +256,7 @@ def rnn_problem(example, quick: bool) -> Problem:
             "test": (data.test.x, data.test.y)}
   n = data.train.x.shape[0]
   return Problem(init, loss, scores, epoch_batches(n, example.BATCH_SIZE), rows, arrays,
-                 steps=40 if quick else 1500, head="out",
+                 steps=20 if quick else 1500, head="out",
                  description=f"GRU {example.HIDDEN} units, batch {example.BATCH_SIZE} "
                              f"sequences of {example.SEQ_LEN} steps, {n} train / "
                              f"{data.val.x.shape[0]} val / {data.test.x.shape[0]} test "
@@ -289,7 +291,7 @@ def char_lm_problem(example, quick: bool) -> Problem:
   n_val = c.eval_batches * c.batch
   return Problem(init, loss, scores, sample,
                  lambda text, starts: text[starts[:, None] + windows], arrays,
-                 steps=40 if quick else 800, head="head",
+                 steps=20 if quick else 800, head="head",
                  description=f"transformer d={c.d_model}, {c.layers} layers, {c.heads} "
                              f"heads, batch {c.batch} x {c.seq_len} characters; "
                              f"{len(corpus.train):,} train characters, {n_val} held-out "
@@ -548,20 +550,25 @@ class MethodResult:
 
 
 def run_method(problem: Problem, method: Method, budget: Budget) -> MethodResult:
-  """Grid (seed 0), then the chosen rate from ``budget.seeds`` fresh seeds, then costs."""
+  """Grid (seed 0), then the chosen rate from ``budget.seeds`` fresh seeds.
+
+  ms/step is left to :func:`time_methods` (quick: the vmapped seed runs' wall
+  time per run and step)."""
   runner = make_runner(problem, method, budget.evals)
   grid = execute(runner, problem, rate_grid(method.rates, budget.grid_points),
                  [0] * budget.grid_points, budget.evals)
   rate = pick_rate(grid)
   seeds = execute(runner, problem, [rate] * budget.seeds, list(range(1, budget.seeds + 1)),
                   budget.evals)
-  if budget.timing:
-    ms, source = time_step(problem, method, rate), "single jitted run"
-  else:
-    ms = 1e3 * seeds.seconds / (problem.steps * budget.seeds)
-    source = "vmapped seed runs / seeds (includes evaluation)"
+  ms = 1e3 * seeds.seconds / (problem.steps * budget.seeds)
   return MethodResult(method, grid, seeds, rate, state_bytes_per_param(problem, method),
-                      ms, source)
+                      ms, "vmapped seed runs: wall time / (steps x seeds)")
+
+
+def time_methods(problem: Problem, results: Sequence[MethodResult]) -> None:
+  """Sets each result's ms/step from a dedicated single jitted run, one at a time."""
+  for r in results:
+    r.ms_per_step, r.ms_source = time_step(problem, r.method, r.rate), "single jitted run"
 
 
 # ---------------------------------------------------------------------------
@@ -834,24 +841,33 @@ def write_outputs(study: dict[str, Any], out: pathlib.Path) -> None:
 
 def run_task(task: Task, selected: Sequence[Method], budget: Budget,
              log: Callable[[str], None]) -> dict[str, Any]:
-  """Every selected method on one task; the task's JSON entry."""
+  """Every selected method on one task; the task's JSON entry.
+
+  Methods run ``budget.jobs`` at a time (compilation and these small models are
+  mostly single-threaded); the step timing runs afterwards, one at a time.
+  """
   try:
     problem = task.build(load_example(task.example), budget.quick)
   except (FileNotFoundError, ImportError, AttributeError) as e:
     log(f"{task.name}: not run ({e})")
     return {"title": task.title, "unavailable": f"examples/{task.example}.py: {e}"}
-  if budget.quick:
-    problem = dataclasses.replace(problem, steps=problem.steps // budget.evals * budget.evals)
+  problem = dataclasses.replace(problem, steps=problem.steps // budget.evals * budget.evals)
   start = time.perf_counter()
-  results = []
-  for method in selected:
+
+  def one(method: Method) -> MethodResult:
     t0 = time.perf_counter()
     r = run_method(problem, method, budget)
-    results.append(r)
-    log(f"{task.name:8s} {method.name:40s} rate {r.rate:<8.3g} "
-        f"val {np.mean(r.seeds.final_loss):.4g}  grid failed {int(r.grid.failed.sum())}  "
-        f"{r.ms_per_step:.2f} ms/step  {time.perf_counter() - t0:.0f} s")
+    log(f"{task.name:8s} {method.name:36s} rate {r.rate:<8.3g} "
+        f"val {np.mean(r.seeds.final_loss):<10.4g} grid failed {int(r.grid.failed.sum())}"
+        f"  {time.perf_counter() - t0:.0f} s")
+    return r
+
+  with concurrent.futures.ThreadPoolExecutor(budget.jobs) as pool:
+    results = list(pool.map(one, selected))
+  if budget.timing:
+    time_methods(problem, results)
   target = summarise(results)
+  log(f"{task.name}: {time.perf_counter() - start:.0f} s")
   return task_json(task, problem, results, target, time.perf_counter() - start)
 
 
@@ -896,6 +912,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--tasks", default=None, help="regex: only the tasks it matches")
   p.add_argument("--methods", default=None, help="regex: only the methods it matches")
   p.add_argument("--seeds", type=int, default=None, help=f"seeds per method (default {SEEDS})")
+  p.add_argument("--jobs", type=int, default=2,
+                 help="methods trained at a time (default %(default)s; the timing runs alone)")
   p.add_argument("--retime", action="store_true",
                  help="re-measure ms/step of the study in --out and rewrite its files")
   return p.parse_args(argv)
@@ -913,7 +931,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   budget = Budget(grid_points=QUICK_GRID_POINTS if args.quick else GRID_POINTS,
                   seeds=args.seeds or (QUICK_SEEDS if args.quick else SEEDS),
                   evals=QUICK_EVALS if args.quick else EVALS,
-                  timing=not args.quick, quick=args.quick)
+                  timing=not args.quick, quick=args.quick, jobs=args.jobs)
   all_methods = methods()
   chosen = [m for m in select(all_methods, args.methods)]
   start = time.perf_counter()

@@ -340,6 +340,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("user_inverse_rms", inverse_rms_lr, dict(learning_rate=0.05, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=_R_EMA),
     # Param groups, a layer-wise multiplier, the plateau rate.
     Entry("param_groups_nlr", groups_nlr, dict(learning_rate=0.05, slow_learning_rate=0.025, max_lr=0.5), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=1e-3, slow_learning_rate=5e-4, max_lr=1.0))),
+    Entry("adam_mini", nlr.adam_mini, dict(learning_rate=0.05, weight_decay=0.01, on_unrecognised="ignore"), state_dtype=True, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
+    Entry("adam_mini_neuron", nlr.adam_mini, dict(learning_rate=0.05, blocks="neuron"), state_dtype=True, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
+    Entry("scale_sgd", nlr.scale_sgd, dict(learning_rate=0.05, head=False), state_dtype=True, rosenbrock=(_R, dict(learning_rate=1e-3))),
+    Entry("neuron_norm_sgd", nlr.neuron_norm_sgd, dict(learning_rate=0.05), state_dtype=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=optax.exponential_decay(1e-2, 2000, 0.5)))),
     Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), linear=True, rosenbrock=(_R, dict(learning_rate=1e-3)), skip=_GROUPS_SKIP),
     Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("reduce_lr_on_plateau", nlr.reduce_lr_on_plateau, dict(learning_rate=0.05, patience=5), needs_value=True, linear=True, rosenbrock=(_R, dict(learning_rate=1e-3))),

@@ -1,4 +1,4 @@
-"""Adam-mini's blocks for Flax parameter trees (Zhang et al. 2024, "Adam-mini").
+"""Adam-mini for Flax parameter trees (Zhang et al. 2024, "Adam-mini"): blocks and optimizer.
 
 Adam-mini keeps Adam's first moment in full and one second moment per *block*:
 the mean of ``g**2`` over the block, averaged over time. The blocks follow the
@@ -6,7 +6,11 @@ Hessian's block structure of a transformer, and the reference (the PyTorch
 package ``adam-mini==1.1.1``) chooses them from parameter *names* on PyTorch
 ``(out, in)`` weights. This module restates that partition for Flax layouts
 (``(in, out)`` kernels, ``(vocab, d)`` embeddings, ``DenseGeneral`` attention
-kernels) from each leaf's path and shape.
+kernels) from each leaf's path and shape (:func:`adam_mini_blocks`), and runs
+the optimizer on the rule engine: :class:`AdamMini` (the per-block second
+moment, a :class:`~optax_neuronlr.Rule`) with the first moment as its
+direction, :func:`scale_by_adam_mini` and :func:`adam_mini` (with decoupled
+weight decay and the learning rate, as ``optax.adamw``).
 
 Rules (the first that applies wins). A leaf's *name* is the last key of its path
 (Flax NNX's trailing ``.value`` dropped) and its *module* the key before; module

@@ -100,7 +100,7 @@ import optax_neuronlr as nlr
 # Configuration.
 
 GRID_POINTS = 7  # half a decade apart: three decades
-SEEDS = 5
+SEEDS = 7  # = GRID_POINTS: the grid's compiled run serves the seeds too
 EVALS = 20  # validation evaluations per run
 TIMING_STEPS = 20
 TIMING_REPEATS = 5
@@ -114,7 +114,8 @@ ADAM_DIRECTION_CAP = 10.0  # x adam variants: max_lr = this x the base rate
 
 # Where each kind of method's grid lies: (lowest, highest) base rate.
 RATE_RANGES = {
-    "sgd": (1e-3, 1.0),    # SGD(-momentum, -HD), Adafactor (relative steps), grad_magnitude
+    "plain": (10**-2.5, 10**0.5),  # SGD, SGD-HD, grad_magnitude_lr (rates up to max_lr=1)
+    "sgd": (1e-3, 1.0),    # SGD with momentum 0.9 (10x the step), Adafactor (relative steps)
     "adam": (1e-4, 1e-1),  # Adam-like steps: AdamW, Adam-HD, Adam-mini, SCALE, EMA rules
     "low": (1e-5, 1e-2),   # rules on Adam's direction, whose steps reach 10x the base rate
 }
@@ -364,7 +365,7 @@ def seed000_method(rule: str, granularity: str, variant: str) -> Method:
       "x adam": (f"direction=scale_by_adam(){', bias_correction=True' if ema else ''}, "
                  f"max_lr={ADAM_DIRECTION_CAP:g}x rate"),
   }[variant]
-  kind = "low" if variant == "x adam" else ("adam" if ema else "sgd")
+  kind = "low" if variant == "x adam" else ("adam" if ema else "plain")
   return Method(f"{rule}[{granularity}] {variant}", f"reference 000, {granularity}", build,
                 kind, settings, clamps=True, requires=(rule,))
 
@@ -380,10 +381,10 @@ def methods() -> list[Method]:
              requires=("adam_mini_weight_decay_mask",)),
       Method("adafactor", BASELINE, lambda r, p: optax.adafactor(r), "sgd",
              "optax.adafactor defaults (relative steps)"),
-      Method("sgd", "reference and learned rates", lambda r, p: optax.sgd(r), "sgd",
+      Method("sgd", "reference and learned rates", lambda r, p: optax.sgd(r), "plain",
              "optax.sgd (no momentum; SGD-HD's comparison)"),
       Method("sgd_hd", "reference and learned rates",
-             lambda r, p: nlr.sgd_hd(r, SGD_HD_HYPER_LR), "sgd",
+             lambda r, p: nlr.sgd_hd(r, SGD_HD_HYPER_LR), "plain",
              f"global rate, hyper_lr={SGD_HD_HYPER_LR:g}", clamps=True, requires=("sgd_hd",)),
       Method("adam_hd", "reference and learned rates",
              lambda r, p: nlr.adam_hd(r, ADAM_HD_HYPER_LR), "adam",
@@ -761,21 +762,41 @@ def line_style(name: str, index: int) -> dict[str, Any]:
   return {"color": color, "ls": STYLES.get(variant, "-")}
 
 
+def panel_axes(n: int) -> tuple[plt.Figure, np.ndarray]:
+  """A 2-column grid of ``n`` panels sharing the y axis, as a flat array."""
+  rows = -(-n // 2)
+  fig, axes = plt.subplots(rows, 2, figsize=(13, 4.8 * rows), sharey=True, squeeze=False,
+                           layout="constrained")
+  for ax in axes.flat[n:]:
+    ax.set_axis_off()
+  return fig, axes.flat[:n]
+
+
+def band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean, min and max over runs (axis 0) of the finite values; NaN where none."""
+  ok = np.isfinite(curves)
+  count = ok.sum(0)
+  safe = np.where(ok, curves, 0.0)
+  mean = np.where(count > 0, safe.sum(0) / np.maximum(count, 1), np.nan)
+  low = np.where(count > 0, np.where(ok, curves, np.inf).min(0), np.nan)
+  high = np.where(count > 0, np.where(ok, curves, -np.inf).max(0), np.nan)
+  return mean, low, high
+
+
 def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
   """Validation loss at each method's chosen rate: mean over seeds, min-max band."""
   panels = family_panels(task)
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), sharey=True,
-                           squeeze=False, layout="constrained")
+  fig, axes = panel_axes(len(panels))
   steps = np.asarray(task["eval_steps"])
   target = task["target"].get("val_loss")
-  for ax, (title, names) in zip(axes[0], panels):
+  for ax, (title, names) in zip(axes, panels):
     for i, method in enumerate(names):
       curves = np.asarray([[np.nan if v is None else v for v in run["val_curve"]["loss"]]
                            for run in task["methods"][method]["seeds"]], float)
       style = line_style(method, i)
-      ax.plot(steps, np.nanmean(curves, 0), lw=1.5, label=method, **style)
-      ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.15,
-                      color=style["color"])
+      mean, low, high = band(curves)
+      ax.plot(steps, mean, lw=1.5, label=method, **style)
+      ax.fill_between(steps, low, high, alpha=0.15, color=style["color"])
     if target is not None:
       ax.axhline(target, color="black", lw=0.8, ls="-.")
     ax.set_title(title, fontsize=10)
@@ -783,13 +804,14 @@ def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_xlabel("step")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-  axes[0, 0].set_ylabel(f"validation {task['loss']} (mean over seeds, min-max band)")
+  for ax in axes[::2]:
+    ax.set_ylabel(f"validation {task['loss']}\n(mean over seeds, min-max band)")
   fig.suptitle(f"{task['title']}: each method at its chosen rate; dash-dot: the target "
                f"({task['target'].get('method', '-')})", fontsize=11)
   finite = np.asarray([v for m in task["methods"].values() for run in m["seeds"]
                        for v in run["val_curve"]["loss"] if v is not None])
   if finite.size:
-    axes[0, 0].set_ylim(np.min(finite) * 0.8, min(np.max(finite), np.median(finite) * 30))
+    axes[0].set_ylim(np.min(finite) * 0.8, min(np.max(finite), np.median(finite) * 30))
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -797,12 +819,11 @@ def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
 def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
   """Final validation loss against the base rate (seed 0), every method; x: failed."""
   panels = family_panels(task)
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), sharey=True,
-                           squeeze=False, layout="constrained")
+  fig, axes = panel_axes(len(panels))
   finite = [run["final"]["val_loss"] for m in task["methods"].values() for run in m["grid"]
             if not run["failed"]]
   top = max(finite) * 1.5 if finite else 1.0
-  for ax, (title, names) in zip(axes[0], panels):
+  for ax, (title, names) in zip(axes, panels):
     for i, method in enumerate(names):
       grid = task["methods"][method]["grid"]
       rates = np.asarray([run["rate"] for run in grid])
@@ -817,7 +838,8 @@ def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-  axes[0, 0].set_ylabel(f"final validation {task['loss']} (seed 0)")
+  for ax in axes[::2]:
+    ax.set_ylabel(f"final validation {task['loss']} (seed 0)")
   fig.suptitle(f"{task['title']}: sensitivity to the base rate (x at the top: failed run)",
                fontsize=11)
   fig.savefig(path, dpi=100)
@@ -916,6 +938,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="methods trained at a time (default %(default)s; the timing runs alone)")
   p.add_argument("--retime", action="store_true",
                  help="re-measure ms/step of the study in --out and rewrite its files")
+  p.add_argument("--replot", action="store_true",
+                 help="rewrite the table and figures from the JSON in --out")
   return p.parse_args(argv)
 
 
@@ -924,6 +948,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   log = lambda text: print(text, flush=True)
   if args.retime:
     retime(args.out, log)
+    return
+  if args.replot:
+    write_outputs(json.loads((args.out / "convergence.json").read_text()), args.out)
     return
   if args.quick:
     # Compilation dominates the quick run: about 2x faster without XLA's optimisations.

@@ -195,10 +195,15 @@ def test_numpy_and_jax_integer_neuron_axes(axes):
 
 def test_neuron_axes_under_inject_hyperparams():
   params = {"w": jnp.ones((3, 2))}
+  tx = optax.inject_hyperparams(nlr.grad_history_lr, static_args=("neuron_axes",))(
+      0.1, granularity="neuron", neuron_axes=0)
+  _, state = jax.jit(tx.update)(params, tx.init(params))
+  assert nlr.learning_rates(state)["w"].shape == (3,)
+  # Without static_args inject_hyperparams traces the int: a clear error.
   tx = optax.inject_hyperparams(nlr.grad_history_lr)(0.1, granularity="neuron",
                                                       neuron_axes=0)
-  _, state = tx.update(params, tx.init(params))
-  assert nlr.learning_rates(state)["w"].shape == (3,)
+  with pytest.raises(TypeError, match="static_args=\\('neuron_axes',\\)"):
+    jax.jit(tx.update)(params, tx.init(params))
 
 
 @pytest.mark.parametrize("make", [

@@ -334,6 +334,12 @@ def check_granularity(granularity: Any, neuron_axes: Any) -> None:
     )
   if not callable(neuron_axes) and neuron_axes is not None:
     flat = jax.tree.leaves(neuron_axes, is_leaf=_is_axes_spec)
+    if any(isinstance(a, jax.core.Tracer) for a in flat):
+      raise TypeError(
+          "neuron_axes arrived as a traced array: optax.inject_hyperparams makes "
+          "int arguments hyperparameters. Keep it static: "
+          "optax.inject_hyperparams(factory, static_args=('neuron_axes',))."
+      )
     for a in flat:
       if not _is_axes_spec(a):
         raise TypeError(

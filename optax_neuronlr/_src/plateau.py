@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_neuronlr._src import aliases
 from optax_neuronlr._src import validation
 
 
@@ -200,19 +201,9 @@ def scale_by_reduce_lr_on_plateau(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def reduce_lr_on_plateau(
-    learning_rate: float,
-    *,
-    mode: str = "min",
-    factor: float = 0.1,
-    patience: int = 10,
-    threshold: float = 1e-4,
-    threshold_mode: str = "rel",
-    cooldown: int = 0,
-    min_lr: float = 0.0,
-    eps: float = 1e-8,
-) -> optax.GradientTransformationExtraArgs:
-  r"""SGD whose rate follows PyTorch's ``ReduceLROnPlateau``: ``u = -lr * g``.
+reduce_lr_on_plateau = aliases.negated(
+    scale_by_reduce_lr_on_plateau, "reduce_lr_on_plateau",
+    r"""SGD whose rate follows PyTorch's ``ReduceLROnPlateau``: ``u = -lr * g``.
 
   ``optax.chain(scale_by_reduce_lr_on_plateau(...), optax.scale(-1.0))``; see
   :func:`scale_by_reduce_lr_on_plateau` for the rule, the arguments and how a
@@ -248,12 +239,4 @@ def reduce_lr_on_plateau(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value``.
-  """
-  return optax.chain(
-      scale_by_reduce_lr_on_plateau(
-          learning_rate, mode=mode, factor=factor, patience=patience,
-          threshold=threshold, threshold_mode=threshold_mode, cooldown=cooldown,
-          min_lr=min_lr, eps=eps,
-      ),
-      optax.scale(-1.0),
-  )
+  """)

@@ -138,7 +138,7 @@ class Budget:
   evals: int
   timing: bool  # a dedicated single-run timing (False: from the vmapped seed runs)
   quick: bool
-  jobs: int = 2  # methods run at a time
+  jobs: int = 2  # threads compiling ahead
 
 
 # ---------------------------------------------------------------------------
@@ -508,32 +508,82 @@ def pick_rate(grid: RunSet) -> float:
 
 def state_bytes_per_param(problem: Problem, method: Method) -> float:
   """Optimizer-state bytes (array leaves, abstractly) per model parameter."""
-  params = jax.eval_shape(problem.init, jax.random.key(0))
+  params = jax.eval_shape(lambda: problem.init(jax.random.key(0)))
   state = jax.eval_shape(lambda p: method.build(1e-3, problem).init(p), params)
   nbytes = lambda tree: sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
   return nbytes(state) / sum(x.size for x in jax.tree.leaves(params))
 
 
-def time_step(problem: Problem, method: Method, rate: float,
-              steps: int = TIMING_STEPS, repeats: int = TIMING_REPEATS) -> float:
-  """ms per training step of one jitted run (a ``lax.scan`` of ``steps`` steps), after
-  compilation: the median of ``repeats`` calls."""
-  tx = method.build(rate, problem)
-  step = train_step(problem, tx)
+def make_timer(problem: Problem, method: Method) -> Callable:
+  """``(rate, params, indices, data) -> params``: one run of ``len(indices)`` training
+  steps in a ``lax.scan``, jitted (the optimizer state is initialised inside)."""
 
-  @jax.jit
-  def run(params, state, idx, data):
-    return jax.lax.scan(lambda c, i: step(c, i, data), (params, state), idx)[0]
+  def run(rate, params, idx, data):
+    tx = method.build(rate, problem)
+    step = train_step(problem, tx)
+    return jax.lax.scan(lambda c, i: step(c, i, data), (params, tx.init(params)), idx)[0][0]
 
+  return jax.jit(run)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A method's programs, compiled in a worker thread; run only in the main thread
+  (two executions at once can deadlock XLA:CPU)."""
+
+  method: Method
+  runner: Callable  # jitted and vmapped whole runs
+  compiled: Any  # ``runner`` compiled for batches of ``grid_points`` runs
+  timer: Any  # ``make_timer`` compiled, or None
+  state_bytes: float
+
+
+def prepare(problem: Problem, method: Method, budget: Budget) -> Prepared:
+  """Traces and compiles ``method``'s programs from abstract shapes (executes nothing)."""
+  spec = jax.ShapeDtypeStruct
+  n = budget.grid_points
+  runner = make_runner(problem, method, budget.evals)
+  compiled = runner.lower(spec((n,), jnp.float32), spec((n,), jnp.int32),
+                          problem.data).compile()
+  timer = None
+  if budget.timing:
+    params = jax.eval_shape(lambda: problem.init(jax.random.key(0)))
+    idx = jax.eval_shape(lambda: problem.sample(jax.random.key(1), TIMING_STEPS))
+    timer = make_timer(problem, method).lower(spec((), jnp.float32), params, idx,
+                                              problem.data).compile()
+  return Prepared(method, runner, compiled, timer, state_bytes_per_param(problem, method))
+
+
+def timed_calls(problem: Problem, timer: Callable, rate: float) -> Callable[[], float]:
+  """A function returning the ms per step of one call of ``timer`` (warmed up)."""
   params = problem.init(jax.random.key(0))
-  args = (params, tx.init(params), problem.sample(jax.random.key(1), steps), problem.data)
-  jax.block_until_ready(run(*args))  # compiles
-  times = []
-  for _ in range(repeats):
+  idx = problem.sample(jax.random.key(1), TIMING_STEPS)
+  args = (jnp.float32(rate), params, idx, problem.data)
+  jax.block_until_ready(timer(*args))  # compiles if needed, warms up
+
+  def call() -> float:
     start = time.perf_counter()
-    jax.block_until_ready(run(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times) / steps
+    jax.block_until_ready(timer(*args))
+    return 1e3 * (time.perf_counter() - start) / TIMING_STEPS
+
+  return call
+
+
+def time_step(problem: Problem, timer: Callable, rate: float,
+              reference: Optional[tuple[Callable, float]] = None,
+              repeats: int = TIMING_REPEATS) -> tuple[float, Optional[float]]:
+  """ms per training step of ``timer`` (median of ``repeats`` calls) and, with a
+  ``reference`` (its timer and rate: AdamW's), the median ratio to it, each call of
+  ``timer`` paired with one of the reference right after (so that the slow phases
+  of a shared machine cancel out of the ratio)."""
+  call = timed_calls(problem, timer, rate)
+  ref = timed_calls(problem, *reference) if reference else None
+  times, ratios = [], []
+  for _ in range(repeats):
+    times.append(call())
+    if ref is not None:
+      ratios.append(times[-1] / ref())
+  return statistics.median(times), (statistics.median(ratios) if ratios else None)
 
 
 @dataclasses.dataclass
@@ -547,29 +597,36 @@ class MethodResult:
   state_bytes: float
   ms_per_step: float
   ms_source: str
+  ms_vs_adamw: Optional[float] = None  # paired measurement, see time_step
   summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def run_method(problem: Problem, method: Method, budget: Budget) -> MethodResult:
+def run_method(problem: Problem, prepared: Prepared, budget: Budget) -> MethodResult:
   """Grid (seed 0), then the chosen rate from ``budget.seeds`` fresh seeds.
 
-  ms/step is left to :func:`time_methods` (quick: the vmapped seed runs' wall
-  time per run and step)."""
-  runner = make_runner(problem, method, budget.evals)
-  grid = execute(runner, problem, rate_grid(method.rates, budget.grid_points),
+  ms/step: from ``prepared.timer`` when there is one (:func:`time_methods`, after
+  every method has run), else the seed runs' wall time per run and step."""
+  grid = execute(prepared.compiled, problem, rate_grid(prepared.method.rates, budget.grid_points),
                  [0] * budget.grid_points, budget.evals)
   rate = pick_rate(grid)
+  runner = prepared.compiled if budget.seeds == budget.grid_points else prepared.runner
   seeds = execute(runner, problem, [rate] * budget.seeds, list(range(1, budget.seeds + 1)),
                   budget.evals)
   ms = 1e3 * seeds.seconds / (problem.steps * budget.seeds)
-  return MethodResult(method, grid, seeds, rate, state_bytes_per_param(problem, method),
-                      ms, "vmapped seed runs: wall time / (steps x seeds)")
+  return MethodResult(prepared.method, grid, seeds, rate, prepared.state_bytes, ms,
+                      "vmapped seed runs: wall time / (steps x seeds)")
 
 
-def time_methods(problem: Problem, results: Sequence[MethodResult]) -> None:
-  """Sets each result's ms/step from a dedicated single jitted run, one at a time."""
-  for r in results:
-    r.ms_per_step, r.ms_source = time_step(problem, r.method, r.rate), "single jitted run"
+def time_methods(problem: Problem, prepared: Sequence[Prepared],
+                 results: Sequence[MethodResult]) -> None:
+  """Sets each result's ms/step (and its ratio to AdamW's) from the compiled
+  single-run timers, one at a time."""
+  ref = next(((p.timer, r.rate) for p, r in zip(prepared, results)
+              if p.method.name == "adamw" and p.timer is not None), None)
+  for p, r in zip(prepared, results):
+    if p.timer is not None:
+      r.ms_per_step, r.ms_vs_adamw = time_step(problem, p.timer, r.rate, ref)
+      r.ms_source = "single jitted run"
 
 
 # ---------------------------------------------------------------------------
@@ -613,7 +670,7 @@ def summarise(results: Sequence[MethodResult]) -> dict[str, Any]:
     r.summary["steps_to_target"] = (
         steps_to(r.seeds, target["val_loss"]) if target else None)
     if adamw is not None:
-      r.summary["ms_vs_adamw"] = r.ms_per_step / adamw.ms_per_step
+      r.summary["ms_vs_adamw"] = r.ms_vs_adamw or r.ms_per_step / adamw.ms_per_step
       r.summary["state_vs_adamw"] = r.state_bytes / adamw.state_bytes
   return target or {}
 
@@ -739,7 +796,7 @@ def markdown(study: dict[str, Any]) -> str:
                f"{s['at_min_lr']:.2f} / {s['at_max_lr']:.2f}")
       row += ["never" if steps is None else str(steps), fmt(s["grid_spread"]),
               f"{s['grid_failed']}/{s['grid_points']}", f"{s['state_bytes_per_param']:.2f}",
-              f"{s['ms_per_step']:.2f} ({fmt(s.get('ms_vs_adamw'), 2)}x)", clamp]
+              f"{fmt(s['ms_per_step'])} ({fmt(s.get('ms_vs_adamw'), 2)}x)", clamp]
       lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines) + "\n"
 
@@ -849,7 +906,7 @@ def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
 def write_outputs(study: dict[str, Any], out: pathlib.Path) -> None:
   out.mkdir(parents=True, exist_ok=True)
   study = clean(study)
-  (out / "convergence.json").write_text(json.dumps(study, indent=1))
+  (out / "convergence.json").write_text(json.dumps(study, separators=(",", ":")))
   (out / "convergence.md").write_text(markdown(study))
   for name, task in study["tasks"].items():
     if "methods" in task and task["methods"]:
@@ -865,8 +922,9 @@ def run_task(task: Task, selected: Sequence[Method], budget: Budget,
              log: Callable[[str], None]) -> dict[str, Any]:
   """Every selected method on one task; the task's JSON entry.
 
-  Methods run ``budget.jobs`` at a time (compilation and these small models are
-  mostly single-threaded); the step timing runs afterwards, one at a time.
+  ``budget.jobs`` worker threads compile the methods' programs ahead (XLA's
+  compilation is single-threaded); the main thread runs them in order, then
+  times every method's step alone.
   """
   try:
     problem = task.build(load_example(task.example), budget.quick)
@@ -876,18 +934,19 @@ def run_task(task: Task, selected: Sequence[Method], budget: Budget,
   problem = dataclasses.replace(problem, steps=problem.steps // budget.evals * budget.evals)
   start = time.perf_counter()
 
-  def one(method: Method) -> MethodResult:
-    t0 = time.perf_counter()
-    r = run_method(problem, method, budget)
-    log(f"{task.name:8s} {method.name:36s} rate {r.rate:<8.3g} "
-        f"val {np.mean(r.seeds.final_loss):<10.4g} grid failed {int(r.grid.failed.sum())}"
-        f"  {time.perf_counter() - t0:.0f} s")
-    return r
-
+  results, prepared = [], []
   with concurrent.futures.ThreadPoolExecutor(budget.jobs) as pool:
-    results = list(pool.map(one, selected))
-  if budget.timing:
-    time_methods(problem, results)
+    futures = [pool.submit(prepare, problem, m, budget) for m in selected]
+    for future in futures:  # in order; later methods compile meanwhile
+      t0 = time.perf_counter()
+      p = future.result()
+      r = run_method(problem, p, budget)
+      prepared.append(p)
+      results.append(r)
+      log(f"{task.name:8s} {p.method.name:36s} rate {r.rate:<8.3g} "
+          f"val {np.mean(r.seeds.final_loss):<10.4g} grid failed {int(r.grid.failed.sum())}"
+          f"  {time.perf_counter() - t0:.0f} s")
+  time_methods(problem, prepared, results)
   target = summarise(results)
   log(f"{task.name}: {time.perf_counter() - start:.0f} s")
   return task_json(task, problem, results, target, time.perf_counter() - start)
@@ -903,24 +962,24 @@ def select(rows: Sequence[Any], pattern: Optional[str]) -> list[Any]:
 
 
 def retime(out: pathlib.Path, log: Callable[[str], None]) -> None:
-  """Re-measures ms/step of every (task, method) in ``out``'s JSON at its chosen rate."""
-  path = out / "convergence.json"
-  study = json.loads(path.read_text())
+  """Re-measures ms/step of every (task, method) in ``out``'s JSON at its chosen rate
+  and rewrites the files."""
+  study = json.loads((out / "convergence.json").read_text())
   by_name = {m.name: m for m in methods()}
   for task in TASKS:
     entry = study["tasks"].get(task.name)
     if not entry or "methods" not in entry:
       continue
     problem = task.build(load_example(task.example), False)
+    timer = lambda name: make_timer(problem, by_name[name])
+    ref = ((timer("adamw"), entry["methods"]["adamw"]["summary"]["rate"])
+           if "adamw" in entry["methods"] else None)
     for name, m in entry["methods"].items():
       s = m["summary"]
-      s["ms_per_step"] = time_step(problem, by_name[name], s["rate"])
+      s["ms_per_step"], ratio = time_step(problem, timer(name), s["rate"], ref)
+      s["ms_vs_adamw"] = ratio
       s["ms_source"] = "single jitted run (retimed)"
-      log(f"{task.name:8s} {name:40s} {s['ms_per_step']:.2f} ms/step")
-    adamw = entry["methods"].get("adamw", {}).get("summary", {}).get("ms_per_step")
-    for m in entry["methods"].values():
-      if adamw:
-        m["summary"]["ms_vs_adamw"] = m["summary"]["ms_per_step"] / adamw
+      log(f"{task.name:8s} {name:36s} {s['ms_per_step']:.2f} ms/step ({ratio:.2f}x adamw)")
   study["config"]["retimed_on"] = machine()
   write_outputs(study, out)
 
@@ -935,7 +994,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--methods", default=None, help="regex: only the methods it matches")
   p.add_argument("--seeds", type=int, default=None, help=f"seeds per method (default {SEEDS})")
   p.add_argument("--jobs", type=int, default=2,
-                 help="methods trained at a time (default %(default)s; the timing runs alone)")
+                 help="threads compiling ahead (default %(default)s); runs and timings are "
+                      "one at a time")
   p.add_argument("--retime", action="store_true",
                  help="re-measure ms/step of the study in --out and rewrite its files")
   p.add_argument("--replot", action="store_true",

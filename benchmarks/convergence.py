@@ -70,6 +70,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
@@ -87,6 +88,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 import jax
 import jax.numpy as jnp
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import optax
 from flax import nnx
@@ -644,6 +646,7 @@ def summarise(results: Sequence[MethodResult]) -> dict[str, Any]:
         "val_loss_std": float(np.std(s.final_loss)),
         "seeds_failed": int(s.failed.sum()),
         "grid_spread": grid_spread(r.grid),
+        "grid_spread_below": grid_spread(r.grid, up_to=r.rate),
         "grid_failed": int(r.grid.failed.sum()),
         "grid_points": len(r.grid.rates),
         "state_bytes_per_param": r.state_bytes,
@@ -675,9 +678,11 @@ def summarise(results: Sequence[MethodResult]) -> dict[str, Any]:
   return target or {}
 
 
-def grid_spread(grid: RunSet) -> Optional[float]:
-  """max/min final validation loss over the grid's non-failed runs."""
-  ok = grid.final_loss[~grid.failed]
+def grid_spread(grid: RunSet, up_to: Optional[float] = None) -> Optional[float]:
+  """max/min final validation loss over the grid's non-failed runs (``up_to``: only
+  those at rates up to it: the sensitivity to a rate chosen too low)."""
+  keep = ~grid.failed & (np.asarray(grid.rates) <= (np.inf if up_to is None else up_to))
+  ok = grid.final_loss[keep]
   return float(ok.max() / ok.min()) if ok.size and ok.min() > 0 else None
 
 
@@ -746,8 +751,59 @@ def fmt(x: Optional[float], digits: int = 3) -> str:
   return f"{x:.{digits}g}"
 
 
+WELCH_T = 2.2  # |t| beyond this is a win or a loss: about p < 0.05 with 7 seeds each
+
+
+def seed_losses(method: dict[str, Any]) -> np.ndarray:
+  return np.asarray([np.nan if run["final"]["val_loss"] is None else run["final"]["val_loss"]
+                     for run in method["seeds"]], float)
+
+
+def verdict(method: dict[str, Any], target: dict[str, Any]) -> str:
+  """``win`` / ``tie`` / ``loss`` against the target's seeds (Welch's t of the log
+  losses beyond ``WELCH_T``), ``target`` for the target itself, ``fails`` if a seed
+  failed."""
+  if method is target:
+    return "target"
+  if any(run["failed"] for run in method["seeds"]):
+    return "fails"
+  a, b = np.log(seed_losses(method)), np.log(seed_losses(target))
+  se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+  t = (a.mean() - b.mean()) / se if se > 0 else 0.0
+  return "win" if t < -WELCH_T else "loss" if t > WELCH_T else "tie"
+
+
+def summary_table(study: dict[str, Any]) -> list[str]:
+  """Every method x task: final validation loss, its ratio to the best baseline's and
+  the verdict; grid spread and failures; state bytes per parameter."""
+  tasks = {n: t for n, t in study["tasks"].items() if t.get("methods")}
+  names = list(dict.fromkeys(m for t in tasks.values() for m in t["methods"]))
+  short = " / ".join(tasks)
+  head = ([f"{n}: val {t['loss']}" for n, t in tasks.items()]
+          + [f"grid spread, all/low ({'; '.join(tasks)})", f"failed rates ({short})",
+             f"B/param ({short})"])
+  lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+  for name in names:
+    cells, spread, failed, nbytes = [], [], [], []
+    for task in tasks.values():
+      m = task["methods"].get(name)
+      if m is None:
+        cells.append("-")
+        continue
+      s, target = m["summary"], task["methods"][task["target"]["method"]]
+      ratio = s["val_loss_mean"] / task["target"]["val_loss"] if s["val_loss_mean"] else None
+      cells.append(f"{fmt(s['val_loss_mean'], 4)} "
+                   + (f"({ratio:.2f}x, {verdict(m, target)})" if ratio else "(fails)"))
+      spread.append(f"{fmt(s['grid_spread'], 2)}/{fmt(s.get('grid_spread_below'), 2)}")
+      failed.append(str(s["grid_failed"]))
+      nbytes.append(f"{s['state_bytes_per_param']:.2f}")
+    cells += ["; ".join(spread), " / ".join(failed), " / ".join(nbytes)]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def markdown(study: dict[str, Any]) -> str:
-  """One table per task, from the JSON-ready study."""
+  """A summary table, then one table per task, from the JSON-ready study."""
   cfg = study["config"]
   lines = [
       "# Convergence study",
@@ -756,15 +812,29 @@ def markdown(study: dict[str, Any]) -> str:
       f"(chosen on the validation split, seed 0), then the chosen rate from "
       f"{cfg['seeds']} fresh seeds; scores are mean ± std over those seeds. Constant "
       "rates, no schedule. Measured on "
-      f"{cfg['machine']}; {cfg['wall_seconds'] / 60:.1f} min in all.",
+      f"{cfg['machine']}; {cfg['wall_seconds'] / 60:.1f} min in all"
+      + ("; ms/step re-measured alone afterwards (`--retime`)." if cfg.get("retimed_on")
+         else "."),
       "",
       "Columns: *rate* the chosen base rate (`*`: at the grid's edge); *steps to target* "
       "the first evaluated step where the mean validation loss reaches the best "
       "baseline's final mean; *spread* max/min final validation loss over the grid's "
-      "non-failed rates, *failed* how many grid rates ended non-finite or above the "
+      "non-failed rates / over those up to the chosen rate (too low a rate), *failed* "
+      "how many grid rates ended non-finite or above the "
       "initial loss; *B/param* optimizer-state bytes per parameter; *ms/step* one jitted "
       "training step after compilation (x AdamW); *min/max clamp* fraction of units at "
       "`min_lr` / `max_lr` at the end (mean over governed leaves and seeds).",
+      "",
+      "## Summary",
+      "",
+      "Final validation loss, mean over seeds (its ratio to the best baseline's; *win* / "
+      "*loss*: the log losses of the seeds lower / higher than the best baseline's by "
+      f"more than {WELCH_T:g} standard errors (Welch), else *tie*; *fails*: a seed "
+      "failed). Grid spread: max/min final validation loss over the non-failed grid "
+      "rates, all of them / those up to the chosen rate (the cost of starting too low); "
+      f"failed rates: of {cfg['grid_points']}.",
+      "",
+      *summary_table(study),
   ]
   for name, task in study["tasks"].items():
     if "unavailable" in task:
@@ -794,7 +864,8 @@ def markdown(study: dict[str, Any]) -> str:
       steps = s["steps_to_target"]
       clamp = ("-" if "at_min_lr" not in s else
                f"{s['at_min_lr']:.2f} / {s['at_max_lr']:.2f}")
-      row += ["never" if steps is None else str(steps), fmt(s["grid_spread"]),
+      row += ["never" if steps is None else str(steps),
+              f"{fmt(s['grid_spread'])} / {fmt(s.get('grid_spread_below'))}",
               f"{s['grid_failed']}/{s['grid_points']}", f"{s['state_bytes_per_param']:.2f}",
               f"{fmt(s['ms_per_step'])} ({fmt(s.get('ms_vs_adamw'), 2)}x)", clamp]
       lines.append("| " + " | ".join(row) + " |")
@@ -840,6 +911,15 @@ def band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return mean, low, high
 
 
+def label_log_axis(ax: plt.Axes) -> None:
+  """Labels the minor ticks too when the log axis spans less than a decade and a half."""
+  low, high = ax.get_ylim()
+  if 0 < low < high < 30 * low:
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
 def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
   """Validation loss at each method's chosen rate: mean over seeds, min-max band."""
   panels = family_panels(task)
@@ -869,8 +949,8 @@ def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
                        for v in run["val_curve"]["loss"] if v is not None])
   if finite.size:
     axes[0].set_ylim(np.min(finite) * 0.8, min(np.max(finite), np.median(finite) * 30))
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  label_log_axis(axes[0])
+  save(fig, path)
 
 
 def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
@@ -897,10 +977,20 @@ def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
     ax.legend(fontsize=7)
   for ax in axes[::2]:
     ax.set_ylabel(f"final validation {task['loss']} (seed 0)")
+  label_log_axis(axes[0])
   fig.suptitle(f"{task['title']}: sensitivity to the base rate (x at the top: failed run)",
                fontsize=11)
-  fig.savefig(path, dpi=100)
+  save(fig, path)
+
+
+def save(fig: plt.Figure, path: pathlib.Path) -> None:
+  """Writes ``fig`` as a 256-colour PNG (about a third of the RGBA size)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top (matplotlib's dependency)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=80)
   plt.close(fig)
+  image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+  image.save(path, optimize=True)
 
 
 def write_outputs(study: dict[str, Any], out: pathlib.Path) -> None:

@@ -5,11 +5,12 @@ One command runs the study and writes, under ``--out`` (default
 
 * ``convergence.json``: every run (rate, seed, validation curve, final scores,
   clamp fractions), each method's summary and the configuration;
-* ``convergence.md``: one table per task;
+* ``convergence.md``: a summary table (every method x task, with a verdict
+  against the best baseline), then one detailed table per task;
 * ``curves_<task>.png``: validation-loss curves at each method's chosen rate,
   mean over seeds with a min-max band;
 * ``rates_<task>.png``: final validation loss against the base rate, every
-  method, diverged runs marked.
+  method, failed runs marked.
 
 Tasks (``TASKS``; offline, sized for 2 CPU cores), each importing its data and
 model from the example that introduced it:
@@ -20,48 +21,60 @@ model from the example that introduced it:
 * ``rnn``: the GRU of ``examples/rnn_time_series.py`` (reference 000's case)
   predicting a multi-scale sum of sinusoids, its train/validation/test splits;
 * ``char_lm``: the character transformer of ``examples/char_lm.py`` on
-  ``pydoc_data.topics``, validation on its held-out topics.
+  ``pydoc_data.topics``, validation on its held-out topics (a smaller
+  configuration than the example's, ``CHAR_LM_SIZES``).
 
 Methods (``methods()``): SGD with momentum, AdamW and Adafactor (the
-baselines); plain SGD (the comparison for SGD-HD); SGD-HD and Adam-HD; Adam-mini;
-SCALE (per-neuron normalised SGD); and each rule of reference 000 at element
-and neuron granularity, with the reference defaults (``ref``), with
+baselines); plain SGD (the comparison for SGD-HD); SGD-HD and Adam-HD;
+Adam-mini; SCALE (per-neuron normalised SGD); and each rule of reference 000 at
+element and neuron granularity, with the reference defaults (``ref``), with
 ``bias_correction=True`` (``+bc``, EMA rules) and on Adam's direction
-(``x adam``: bias correction, ``max_lr = 10 x`` the base rate).
+(``x adam``: bias correction, ``max_lr = 10 x`` the base rate). A method whose
+``nlr`` names are missing is listed as unavailable instead of run.
 
-Protocol, the same for every task and method:
+Protocol, the same for every task and method (the base rate is the only
+hyperparameter tuned):
 
 1. **Grid.** ``GRID_POINTS`` base rates, half a decade apart (three decades),
-   placed by the method's kind (``RATE_RANGES``), one run each from seed 0;
-   all of them one ``jax.vmap``-ed, jitted training run. The rate with the
-   lowest final validation loss wins (a run whose final validation loss is
-   non-finite or above its initial one counts as failed).
+   placed by the method's kind (``RATE_RANGES``), one run each from seed 0,
+   all in one ``jax.vmap``-ed, jitted call (the rate is an argument of the
+   traced run). The rate with the lowest final validation loss wins (a run
+   whose final validation loss is non-finite or above its initial one counts
+   as failed).
 2. **Seeds.** The winning rate rerun from ``SEEDS`` fresh seeds (1, 2, ...;
-   seed = initialisation and batch order), again one vmapped call. Every
-   reported score comes from these runs.
+   seed = initialisation and batch order), one more call of the same compiled
+   program. Every reported score comes from these runs.
 3. **Cost.** Optimizer-state bytes per parameter (``jax.eval_shape`` of
    ``init``), and ms per training step (forward, backward, update) of a
    single jitted run of ``TIMING_STEPS`` steps in a ``lax.scan``, after
-   compilation, median of ``TIMING_REPEATS`` calls.
+   compilation: the median of ``TIMING_REPEATS`` calls, each paired with a
+   call of AdamW's for the ratio to it.
+
+Worker threads (``--jobs``) compile the methods' programs ahead; the programs
+run one at a time in the main thread, and the timing runs once every method of
+the task has finished.
 
 Reported per task and method: final validation loss (and accuracy for
-digits), mean and std over seeds; steps until the mean curve reaches the best
-baseline's final mean validation loss (or "never"); the sensitivity to the
-base rate (the max/min ratio of the final validation losses of the grid's
-non-failed runs, and how many failed); state bytes per parameter; ms/step;
-for methods with clamps, the fraction of units at ``min_lr`` / ``max_lr`` at
-the end (``nlr.rate_summary``, mean over the governed leaves and seeds).
+digits), mean and std over seeds; steps until the seeds' mean curve reaches
+the best baseline's final mean validation loss (or "never"); the sensitivity
+to the base rate (the max/min ratio of the final validation losses of the
+grid's non-failed runs, of all of them and of those up to the chosen rate, and
+how many failed); state bytes per parameter; ms/step; for methods with
+clamps, the fraction of units at ``min_lr`` / ``max_lr`` at the end
+(``nlr.rate_summary``, mean over the governed leaves and seeds).
 
 Run from the repository root::
 
-    python benchmarks/convergence.py                    # the full study
-    python benchmarks/convergence.py --quick --out /tmp/conv   # every task x method, tiny
+    python benchmarks/convergence.py                    # the study: ~40 min on 2 cores
+    python benchmarks/convergence.py --quick --out /tmp/conv   # every task x method, ~3 min
     python benchmarks/convergence.py --tasks digits --methods 'adamw|grad_history'
-    python benchmarks/convergence.py --retime           # re-measure ms/step only
+    python benchmarks/convergence.py --retime           # re-measure ms/step of --out's study
+    python benchmarks/convergence.py --replot           # rewrite tables and figures from its JSON
 
-``--quick`` (used by ``tests/test_convergence.py``) runs 2 rates and 2 seeds
-for a few steps and skips the dedicated timing (its ms/step come from the
-vmapped seed runs); its numbers only show that everything runs.
+``--quick`` (run by ``tests/test_convergence.py``) runs 2 rates and 2 seeds
+for 20 steps, compiles without XLA's optimisations and skips the dedicated
+timing (its ms/step come from the vmapped seed runs); its numbers only show
+that everything runs.
 """
 
 from __future__ import annotations

@@ -227,6 +227,7 @@ def epoch_batches(n: int, batch_size: int):
 
 
 def rows(train: tuple[jax.Array, jax.Array], idx: jax.Array):
+  """``batch`` for ``(x, y)`` arrays: the rows ``idx`` of both."""
   return train[0][idx], train[1][idx]
 
 
@@ -358,6 +359,7 @@ VARIANTS = ("ref", "+bc", "x adam")
 
 
 def _decay_mask(params):
+  """AdamW's decay mask, Adam-mini's (kernels and embeddings), looked up when used."""
   return nlr.adam_mini_weight_decay_mask(params)
 
 
@@ -837,6 +839,9 @@ def markdown(study: dict[str, Any]) -> str:
       "initial loss; *B/param* optimizer-state bytes per parameter; *ms/step* one jitted "
       "training step after compilation (x AdamW); *min/max clamp* fraction of units at "
       "`min_lr` / `max_lr` at the end (mean over governed leaves and seeds).",
+      *([f"Not run (their `nlr` names are missing): "
+         + ", ".join(f"{k} ({v})" for k, v in cfg["unavailable_methods"].items()) + "."]
+        if cfg.get("unavailable_methods") else []),
       "",
       "## Summary",
       "",
@@ -1087,6 +1092,13 @@ def retime(out: pathlib.Path, log: Callable[[str], None]) -> None:
   write_outputs(study, out)
 
 
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results",
@@ -1095,8 +1107,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="every task x method, tiny: 2 rates, 2 seeds, a few steps")
   p.add_argument("--tasks", default=None, help="regex: only the tasks it matches")
   p.add_argument("--methods", default=None, help="regex: only the methods it matches")
-  p.add_argument("--seeds", type=int, default=None, help=f"seeds per method (default {SEEDS})")
-  p.add_argument("--jobs", type=int, default=2,
+  p.add_argument("--seeds", type=positive_int, default=None,
+                 help=f"seeds per method (default {SEEDS}; {GRID_POINTS} reuses the grid's "
+                      "compiled program)")
+  p.add_argument("--jobs", type=positive_int, default=2,
                  help="threads compiling ahead (default %(default)s); runs and timings are "
                       "one at a time")
   p.add_argument("--retime", action="store_true",
@@ -1122,8 +1136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   seeds=args.seeds or (QUICK_SEEDS if args.quick else SEEDS),
                   evals=QUICK_EVALS if args.quick else EVALS,
                   timing=not args.quick, quick=args.quick, jobs=args.jobs)
-  all_methods = methods()
-  chosen = [m for m in select(all_methods, args.methods)]
+  chosen = select(methods(), args.methods)
   start = time.perf_counter()
   study: dict[str, Any] = {"tasks": {}}
   unavailable = {m.name: f"needs nlr.{', nlr.'.join(m.requires)}" for m in chosen

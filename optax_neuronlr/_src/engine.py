@@ -609,7 +609,7 @@ def _global_reduce(rule: Rule, leaves) -> tuple[jax.Array, ...]:
     return ()
   totals = None
   size = 0
-  for layout, *_, observed in leaves:  # pylint: disable=unused-variable
+  for layout, *_, observed in leaves:
     size += math.prod(layout.shape)
     totals = observed if totals is None else tuple(
         a + b for a, b in zip(totals, observed)

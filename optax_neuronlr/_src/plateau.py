@@ -226,16 +226,7 @@ reduce_lr_on_plateau = aliases.negated(
   it); it can average the value over ``accumulation_size`` updates; its floor is
   ``min_scale`` rather than ``min_lr``, and it has no ``eps``.
 
-  Args:
-    learning_rate: the initial (base) rate, a number ``>= 0``.
-    mode: ``"min"`` (lower is better) or ``"max"``.
-    factor: the rate is multiplied by it on a plateau, in ``(0, 1)``.
-    patience: bad values tolerated before reducing, an int ``>= 0``.
-    threshold: the margin of a significant improvement, ``>= 0``.
-    threshold_mode: ``"rel"`` or ``"abs"``.
-    cooldown: values ignored after a reduction, an int ``>= 0``.
-    min_lr: the rate never goes below it, ``>= 0``.
-    eps: reductions smaller than this are skipped, ``>= 0``.
+  Takes the arguments of :func:`scale_by_reduce_lr_on_plateau`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value``.

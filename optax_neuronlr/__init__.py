@@ -13,12 +13,18 @@ from optax_neuronlr import plot
 from optax_neuronlr import schedules
 from optax_neuronlr._src.groups import get_hyperparams
 from optax_neuronlr._src.groups import param_groups
+from optax_neuronlr._src.groups import ParamGroups
 from optax_neuronlr._src.groups import path_labels
 from optax_neuronlr._src.groups import set_hyperparams
 from optax_neuronlr._src.engine import Rule
 from optax_neuronlr._src.engine import RuleState
 from optax_neuronlr._src.engine import scale_by_rule
 from optax_neuronlr._src.readers import learning_rates
+from optax_neuronlr._src.regroup import add_param_group
+from optax_neuronlr._src.regroup import drop_param_group
+from optax_neuronlr._src.regroup import rebuild_nnx_optimizer
+from optax_neuronlr._src.regroup import rebuild_state
+from optax_neuronlr._src.regroup import reset_param_group
 from optax_neuronlr._src.readers import learning_rates_by_state
 from optax_neuronlr._src.readers import rate_summary
 from optax_neuronlr._src.rules.adam_mini import adam_mini
@@ -86,6 +92,7 @@ __all__ = (
     "NeuronNorm",
     "Neurons",
     "OptimizerLayout",
+    "ParamGroups",
     "RateRecord",
     "RateRecorder",
     "ReduceLROnPlateauState",
@@ -99,10 +106,12 @@ __all__ = (
     "ScaleBySignConsistencyLRState",
     "SignConsistency",
     "adam_hd",
+    "add_param_group",
     "adam_mini",
     "adam_mini_blocks",
     "adam_mini_partition",
     "adam_mini_weight_decay_mask",
+    "drop_param_group",
     "get_hyperparams",
     "grad_history_lr",
     "grad_magnitude_lr",
@@ -116,7 +125,10 @@ __all__ = (
     "path_labels",
     "plot",
     "rate_summary",
+    "rebuild_nnx_optimizer",
+    "rebuild_state",
     "reduce_lr_on_plateau",
+    "reset_param_group",
     "scale_by_adam_mini",
     "scale_by_leaf",
     "scale_by_reduce_lr_on_plateau",

@@ -30,6 +30,8 @@ ParamsSpec = Union[
 ]
 
 FROZEN = "frozen"
+# Entries of a group dict that are not hyperparameters.
+_GROUP_KEYS = ("params", "name", "frozen")
 # Arguments of optimizer factories that are never schedules, although they may
 # be callables (a dtype class, a callable of params).
 _STATIC_ARGS = ("neuron_axes", "state_dtype", "mu_dtype", "accumulator_dtype")
@@ -162,7 +164,7 @@ def _hyperparams_of(
     group: Mapping[str, Any], name: str, signature: inspect.Signature
 ) -> dict[str, Any]:
   """A group's hyperparameter overrides, ``lr`` read as ``learning_rate``."""
-  values = {k: v for k, v in group.items() if k not in ("params", "name")}
+  values = {k: v for k, v in group.items() if k not in _GROUP_KEYS}
   if "lr" in values and "lr" not in signature.parameters:
     values["learning_rate"] = values.pop("lr")
   unknown = sorted(set(values) - set(signature.parameters))
@@ -181,7 +183,7 @@ def param_groups(
     rest: str = "error",
     allow_empty: bool = False,
     **defaults: Any,
-) -> optax.GradientTransformationExtraArgs:
+) -> "ParamGroups":
   """PyTorch-style parameter groups, each with its own hyperparameters.
 
   ``torch.optim.SGD([{"params": model.part1.parameters(), "lr": 1e-3},
@@ -223,7 +225,9 @@ def param_groups(
       ``"/"``-joined path, as a str or a compiled ``re.Pattern``, a list of
       them, or ``callable(path, leaf) -> bool``), an optional ``"name"``
       (default ``"group_<i>"``) and overrides of the factory's arguments
-      (``"lr"`` is accepted for ``"learning_rate"``).
+      (``"lr"`` is accepted for ``"learning_rate"``); ``"frozen": True``
+      makes a group of parameters that get zero updates and keep no state
+      (PyTorch: leaving them out of the optimizer).
     rest: what happens to leaves no group claims: ``"error"`` (raise, listing
       them), ``"freeze"`` (zero updates, in a group named ``"frozen"``), or the
       name of a group that takes them.
@@ -232,7 +236,11 @@ def param_groups(
     **defaults: arguments of ``optimizer`` shared by every group.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    A :class:`ParamGroups`: an ``optax.GradientTransformationExtraArgs``
+    that also keeps these arguments, so that groups can be added, dropped or
+    reset during training (:func:`~optax_neuronlr.add_param_group`,
+    :func:`~optax_neuronlr.drop_param_group`,
+    :func:`~optax_neuronlr.reset_param_group`).
 
   Raises:
     TypeError: for ``groups`` that are not a list of dicts, or a ``"params"``
@@ -263,16 +271,24 @@ def param_groups(
     name = str(group.get("name", f"group_{i}"))
     if name in transforms or name == FROZEN and rest == "freeze":
       raise ValueError(f"param group name {name!r} is used twice.")
-    kwargs = {**defaults, **_hyperparams_of(group, name, signature)}
-    missing = [
-        p.name for p in signature.parameters.values()
-        if p.default is inspect.Parameter.empty
-        and p.kind is not p.VAR_KEYWORD and p.name not in kwargs
-    ]
-    if missing:
-      raise ValueError(f"param group {name!r} does not set {missing}.")
-    optimizer(**kwargs)  # Validates the Python numbers before they become arrays.
-    transforms[name] = _injected(optimizer, static, kwargs)
+    if validation.check_flag(f"param group {name!r}: 'frozen'", group.get("frozen", False)):
+      hyperparams = sorted(set(group) - set(_GROUP_KEYS))
+      if hyperparams:
+        raise ValueError(
+            f"param group {name!r} is frozen and sets {hyperparams}: a frozen "
+            "group takes no hyperparameters.")
+      transforms[name] = optax.set_to_zero()
+    else:
+      kwargs = {**defaults, **_hyperparams_of(group, name, signature)}
+      missing = [
+          p.name for p in signature.parameters.values()
+          if p.default is inspect.Parameter.empty
+          and p.kind is not p.VAR_KEYWORD and p.name not in kwargs
+      ]
+      if missing:
+        raise ValueError(f"param group {name!r} does not set {missing}.")
+      optimizer(**kwargs)  # Validates the Python numbers before they become arrays.
+      transforms[name] = _injected(optimizer, static, kwargs)
     names.append(name)
     matchers.append(_matcher(group["params"], f"param group {i} ({name!r})"))
     described.append(_describe_group(i, name, group["params"]))
@@ -341,7 +357,81 @@ def param_groups(
       )
     return out
 
-  return optax.multi_transform(transforms, labels)
+  tx = optax.multi_transform(transforms, labels)
+  return ParamGroups(
+      tx.init, tx.update, optimizer=optimizer,
+      groups=tuple(dict(g) for g in groups), defaults=dict(defaults),
+      rest=rest, allow_empty=allow_empty, names=tuple(names), labels=labels)
+
+
+class ParamGroups(optax.GradientTransformationExtraArgs):
+  """The transformation :func:`param_groups` returns, with the groups it was
+  built from (PyTorch's ``optimizer.param_groups``).
+
+  It is an ``optax.GradientTransformationExtraArgs`` (an ``optax.multi_transform``
+  with one label per group) that also carries its construction arguments, so
+  that a group can be added or removed later: :meth:`with_group`,
+  :meth:`without_group`, and, with the state carried over,
+  :func:`~optax_neuronlr.add_param_group` and
+  :func:`~optax_neuronlr.drop_param_group`.
+
+  Attributes:
+    optimizer: the factory every group runs.
+    groups: the group dicts, in order (copies).
+    defaults: the keyword arguments shared by every group.
+    rest: where leaves that no group claims go.
+    allow_empty: whether groups that claim no leaf are accepted.
+    names: the groups' names (the ``optax.multi_transform`` labels).
+    labels: ``params -> `` a tree of group names shaped like ``params`` (the
+      group each leaf goes to; ``"frozen"`` for leaves ``rest="freeze"``
+      freezes).
+  """
+
+  def __new__(cls, init, update, *, optimizer, groups, defaults, rest,
+              allow_empty, names, labels):
+    self = super().__new__(cls, init, update)
+    self.optimizer = optimizer
+    self.groups = groups
+    self.defaults = defaults
+    self.rest = rest
+    self.allow_empty = allow_empty
+    self.names = names
+    self.labels = labels
+    return self
+
+  def _rebuilt(self, groups: Sequence[Mapping[str, Any]], rest: str) -> "ParamGroups":
+    return param_groups(self.optimizer, groups, rest=rest,
+                        allow_empty=self.allow_empty, **self.defaults)
+
+  def with_group(self, group: Mapping[str, Any]) -> "ParamGroups":
+    """The same groups plus ``group`` (a dict as in :func:`param_groups`; its
+    default name is ``"group_<i>"``, ``i`` its position). Hyperparameters it
+    does not set take this optimizer's ``defaults``, as PyTorch's
+    ``add_param_group`` fills them from the optimizer's defaults."""
+    if not isinstance(group, Mapping):
+      raise TypeError(f"group must be a dict with a 'params' entry, got {group!r}.")
+    group = dict(group)
+    group.setdefault("name", f"group_{len(self.groups)}")
+    return self._rebuilt([*self.groups, group], self.rest)
+
+  def without_group(self, name: str, *, freeze: bool = False) -> "ParamGroups":
+    """The same groups without the group ``name``.
+
+    With ``freeze=True`` the group stays, frozen (``{"params": ...,
+    "frozen": True}``: zero updates, no state), for parameters that stay in the
+    model. Where ``rest`` names the dropped group, the leaves that no group
+    claims are frozen from now on (``rest="freeze"``).
+    """
+    if name not in self.names:
+      raise ValueError(f"unknown param group {name!r}; the groups are {list(self.names)}.")
+    groups = []
+    for group, group_name in zip(self.groups, self.names):
+      if group_name != name:
+        groups.append(group)
+      elif freeze:
+        groups.append({"params": group["params"], "name": name, "frozen": True})
+    rest = "freeze" if name == self.rest and not freeze else self.rest
+    return self._rebuilt(groups, rest)
 
 
 _INJECT_STATES = tuple(

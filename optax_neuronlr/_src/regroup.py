@@ -1,0 +1,406 @@
+"""Optimizer states that follow the model: add, drop or reset parameter groups.
+
+Reference 003 lists ``optimizer.add_param_group(...)`` ("useful for
+fine-tuning") among the optimizer's core methods. In optax, a model that grows
+a head, or a part that is unfrozen with its own rate, needs a new
+transformation; this module builds that transformation's state from the old
+one, keeping every statistic of the parameters that stay (per-unit rates, EMAs,
+Adam's moments, counts, injected hyperparameters) bit for bit.
+
+How statistics are matched
+--------------------------
+:func:`rebuild_state` initialises the new transformation on the new parameters
+and walks the fresh state and the old one side by side: a node of the fresh
+state takes the old node found at the same place (the same field of the same
+state class, the same ``optax.multi_transform`` label, the same parameter path)
+when both are of the same type, and a leaf takes the old leaf there. A
+parameter is identified by its path: ``optax.masked`` and
+``optax.multi_transform`` keep every parameter's path in each group's state
+(with ``optax.MaskedNode`` where a leaf belongs to another group), so a group's
+statistics are found again after other parameters joined or left the model.
+What has no old counterpart starts fresh (a new group, a new parameter, a
+transform whose state class changed); old statistics with no place in the new
+state are released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_neuronlr._src import groups as groups_lib
+from optax_neuronlr._src import units as units_lib
+
+_PARTITION_STATE = optax.transforms.PartitionState
+# The fields of an injected state that a reset keeps: the group's
+# hyperparameters and the step count that drives their schedules.
+_INJECTED_FIELDS = ("count", "hyperparams", "hyperparams_states")
+
+
+def _is_leaf(x: Any) -> bool:
+  leaves = jax.tree.leaves(x)
+  return len(leaves) == 1 and leaves[0] is x
+
+
+def _children(node: Any) -> tuple[list[tuple[Any, Any]], Any]:
+  """``[(key, child)]`` one level down, and the node's treedef."""
+  is_child = lambda x: x is not node
+  flat, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=is_child)
+  return [(path[0], child) for path, child in flat], treedef
+
+
+def _key(key: Any) -> tuple[str, Any]:
+  """A comparable form of a key-path entry."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return type(key).__name__, getattr(key, attr)
+  return type(key).__name__, str(key)
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+  return tuple(getattr(x, "shape", np.shape(x)))
+
+
+@dataclasses.dataclass
+class _Walk:
+  """One merge of a fresh state with an old one (see the module docstring)."""
+
+  reset: frozenset[tuple[str, ...]]
+  released: frozenset[tuple[str, ...]]
+  labels_seen: set[tuple[str, ...]] = dataclasses.field(default_factory=set)
+  lost: list[str] = dataclasses.field(default_factory=list)
+
+  def drop(self, old: Any, where: str, labels: tuple[str, ...], resetting: bool) -> None:
+    """Records the leaves of ``old`` that find no place (unless intended)."""
+    if resetting or any(labels[:len(r)] == r for r in self.released):
+      return
+    for path, _ in jax.tree_util.tree_flatten_with_path(old)[0]:
+      self.lost.append(where + jax.tree_util.keystr(path))
+
+  def leaf(self, fresh: Any, old: Any, where: str) -> Any:
+    if _shape(fresh) != _shape(old):
+      raise ValueError(
+          f"rebuild_state: {where} has shape {_shape(old)} in the old state and "
+          f"{_shape(fresh)} for the new parameters (a parameter whose shape "
+          "changed, or another transform at the same place): reset the group "
+          "that holds it (reset=[...]) to start it afresh.")
+    dtype = getattr(fresh, "dtype", None)
+    if dtype is not None and getattr(old, "dtype", dtype) != dtype:
+      old = jnp.asarray(old, dtype)
+    return old
+
+  def merge(self, fresh: Any, old: Any, where: str, labels: tuple[str, ...],
+            resetting: bool) -> Any:
+    if type(fresh) is not type(old):
+      self.drop(old, where, labels, resetting)
+      return fresh
+    if _is_leaf(fresh):
+      return fresh if resetting else self.leaf(fresh, old, where)
+    if isinstance(fresh, _PARTITION_STATE):
+      return self.partition(fresh, old, where, labels, resetting)
+    kept = resetting and groups_lib.is_inject_state(fresh)
+    children, treedef = _children(fresh)
+    old_children = {_key(k): (k, c) for k, c in _children(old)[0]}
+    out = []
+    for key, child in children:
+      match = old_children.pop(_key(key), None)
+      here = where + jax.tree_util.keystr((key,))
+      if match is None:
+        out.append(child)
+        continue
+      keep = kept and getattr(key, "name", None) in _INJECTED_FIELDS
+      out.append(self.merge(child, match[1], here, labels, resetting and not keep))
+    for key, child in old_children.values():
+      self.drop(child, where + jax.tree_util.keystr((key,)), labels, resetting)
+    return treedef.unflatten(out)
+
+  def partition(self, fresh: Any, old: Any, where: str, labels: tuple[str, ...],
+                resetting: bool) -> Any:
+    """An ``optax.multi_transform`` state: its labels name the groups."""
+    inner, old_inner = dict(fresh.inner_states), dict(old.inner_states)
+    for label in list(inner):
+      path = (*labels, str(label))
+      self.labels_seen.add(path)
+      here = f"{where}.inner_states[{label!r}]"
+      if label in old_inner:
+        inner[label] = self.merge(inner[label], old_inner.pop(label), here, path,
+                                  resetting or path in self.reset)
+    for label, child in old_inner.items():
+      self.drop(child, f"{where}.inner_states[{label!r}]", (*labels, str(label)), resetting)
+    return fresh._replace(inner_states=type(fresh.inner_states)(inner))
+
+
+def _label_paths(names: Union[None, str, Iterable[str]], what: str) -> frozenset:
+  if names is None:
+    return frozenset()
+  if isinstance(names, str):
+    names = [names]
+  out = []
+  for name in names:
+    if not isinstance(name, str) or not name:
+      raise TypeError(f"{what} must be group names (non-empty str), got {name!r}.")
+    out.append(tuple(name.split("/")))
+  return frozenset(out)
+
+
+def _rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
+             reset: Any = None, strict: bool = False, released: Any = None,
+             what: str = "rebuild_state") -> Any:
+  walk = _Walk(_label_paths(reset, "reset"), _label_paths(released, "released"))
+  new = walk.merge(tx.init(params), state, "state", (), False)
+  unknown = sorted("/".join(r) for r in walk.reset - walk.labels_seen)
+  if unknown:
+    known = sorted("/".join(p) for p in walk.labels_seen)
+    raise ValueError(
+        f"{what}: reset names groups {unknown} that the optimizer does not have; "
+        f"its groups (optax.multi_transform labels, nested ones joined by '/') "
+        f"are {known}.")
+  if strict and walk.lost:
+    shown = walk.lost[:8] + (["..."] if len(walk.lost) > 8 else [])
+    raise ValueError(
+        f"{what}: {len(walk.lost)} statistics of the old state have no place in "
+        f"the new one: {shown}. A parameter that left the model, or that moved "
+        "to another group, loses its statistics (PyTorch's add_param_group "
+        "rejects a parameter that is already in a group); drop the group "
+        "first (nlr.drop_param_group), or call nlr.rebuild_state without "
+        "strict=True to release them.")
+  return new
+
+
+def rebuild_state(
+    tx: optax.GradientTransformation,
+    state: Any,
+    params: Any,
+    *,
+    reset: Union[None, str, Iterable[str]] = None,
+    strict: bool = False,
+) -> Any:
+  """The state of ``tx`` for ``params``, keeping the statistics ``state`` holds.
+
+  ``tx.init(params)``, in which every statistic that ``state`` (the state of
+  an earlier optimizer, e.g. before a parameter group was added) holds for
+  the same parameter at the same place is kept bit for bit: the same state
+  class, the same ``optax.multi_transform`` label, the same parameter path
+  (see the module docstring). New groups and new parameters start fresh;
+  statistics of parameters that left the model, or of groups that ``tx`` no
+  longer has, are released.
+
+  This is how any optax optimizer built with ``optax.multi_transform`` grows
+  or shrinks: build the new transformation (a label for the new parameters),
+  then ``state = nlr.rebuild_state(new_tx, state, new_params)``.
+
+  Args:
+    tx: the new transformation.
+    state: the old state (outside ``jit``; a restored checkpoint works).
+    params: the new parameters (arrays or ``jax.ShapeDtypeStruct``).
+    reset: names of ``optax.multi_transform`` labels (groups of
+      :func:`param_groups`; nested labels joined by ``"/"``) whose statistics
+      start fresh; their injected hyperparameters and the count that drives
+      their schedules are kept.
+    strict: raise, listing them, if any statistic of ``state`` outside the
+      reset groups finds no place in the new state (nothing is released).
+
+  Returns:
+    A state of ``tx`` for ``params``.
+
+  Raises:
+    ValueError: for a statistic whose shape differs between the old state and
+      the new parameters (reset its group), an unknown name in ``reset``, and
+      with ``strict``, for statistics that would be released.
+  """
+  strict = groups_lib.validation.check_flag("strict", strict)
+  return _rebuild(tx, state, params, reset=reset, strict=strict)
+
+
+def _as_param_groups(tx: Any, what: str) -> groups_lib.ParamGroups:
+  if not isinstance(tx, groups_lib.ParamGroups):
+    raise TypeError(
+        f"{what} needs the transformation built by nlr.param_groups, got "
+        f"{type(tx).__name__}. For another optax.multi_transform, build the new "
+        "transformation and call nlr.rebuild_state(new_tx, state, params).")
+  return tx
+
+
+def add_param_group(
+    tx: groups_lib.ParamGroups,
+    state: Any,
+    params: Any,
+    group: Mapping[str, Any],
+) -> tuple[groups_lib.ParamGroups, Any]:
+  """Adds a parameter group during training: PyTorch's ``add_param_group``.
+
+  ``optimizer.add_param_group({"params": model.head.parameters(), "lr":
+  1e-2})`` becomes::
+
+    model_params = {**params, "head": head_params}
+    tx, state = nlr.add_param_group(tx, state, model_params,
+                                    {"params": "head", "lr": 1e-2})
+
+  The new group's parameters start with fresh statistics (step 0, as in
+  PyTorch) and the hyperparameters it sets, the others take ``tx``'s
+  defaults; every statistic of the existing groups is kept bit for bit. The
+  new parameters may be new leaves of the model or leaves that ``rest="freeze"``
+  kept frozen (unfreezing a block with its own rate).
+
+  Args:
+    tx: a :func:`param_groups` transformation.
+    state: its state.
+    params: the parameters, with the new ones.
+    group: a group dict as in :func:`param_groups`.
+
+  Returns:
+    ``(new_tx, new_state)``; rebuild the jitted training step with ``new_tx``.
+
+  Raises:
+    TypeError: if ``tx`` is not a :func:`param_groups` transformation.
+    ValueError: for an invalid group (as :func:`param_groups`), a group that
+      claims no parameter, or one that claims parameters of another group,
+      or parameters that left the model (their statistics would be lost).
+  """
+  tx = _as_param_groups(tx, "add_param_group")
+  new_tx = tx.with_group(group)
+  name = new_tx.names[-1]
+  before = groups_lib.param_groups(tx.optimizer, tx.groups, rest="freeze",
+                                   allow_empty=True, **tx.defaults).labels(params)
+  moved = [
+      f"{units_lib.path_str(path)} ({old})"
+      for (path, old), new in zip(jax.tree_util.tree_flatten_with_path(before)[0],
+                                  jax.tree.leaves(new_tx.labels(params)))
+      if new == name and old not in (name, groups_lib.FROZEN)
+  ]
+  if moved:
+    raise ValueError(
+        f"add_param_group: the new group {name!r} claims parameters that are "
+        f"already in a group: {moved}. A parameter belongs to one group (PyTorch "
+        "raises the same); narrow the group's 'params', or drop the other group "
+        "first (nlr.drop_param_group).")
+  return new_tx, _rebuild(new_tx, state, params, strict=True, what="add_param_group")
+
+
+def drop_param_group(
+    tx: groups_lib.ParamGroups,
+    state: Any,
+    params: Any,
+    name: str,
+) -> tuple[groups_lib.ParamGroups, Any]:
+  """Removes a parameter group and releases its state.
+
+  PyTorch has no method for it; the equivalent is ``opt.param_groups.remove(g)``
+  and ``opt.state.pop(p)`` for each of its parameters. Where the group's
+  parameters left the model, the group is removed; where some are still in
+  ``params`` the group stays, frozen (zero updates, no state: PyTorch's
+  ``requires_grad_(False)``). Every statistic of the other groups is kept bit
+  for bit.
+
+  Args:
+    tx: a :func:`param_groups` transformation.
+    state: its state.
+    params: the parameters (without the group's, or with them to freeze them).
+    name: the group's name.
+
+  Returns:
+    ``(new_tx, new_state)``.
+
+  Raises:
+    TypeError: if ``tx`` is not a :func:`param_groups` transformation.
+    ValueError: for an unknown name, or if other groups would lose statistics
+      (parameters of theirs that left the model: use :func:`rebuild_state`).
+  """
+  tx = _as_param_groups(tx, "drop_param_group")
+  frozen = tx.without_group(name, freeze=True)
+  probe = groups_lib.param_groups(tx.optimizer, frozen.groups, rest=frozen.rest,
+                                  allow_empty=True, **tx.defaults)
+  claims = name in jax.tree.leaves(probe.labels(params))
+  new_tx = frozen if claims else tx.without_group(name)
+  return new_tx, _rebuild(new_tx, state, params, strict=True, released=[name],
+                          what="drop_param_group")
+
+
+def reset_param_group(
+    tx: optax.GradientTransformation,
+    state: Any,
+    params: Any,
+    name: Union[str, Iterable[str]],
+) -> Any:
+  """Fresh statistics for one group, the same hyperparameters.
+
+  PyTorch: ``for p in group["params"]: optimizer.state[p].clear()``. The
+  group's statistics (moments, per-unit rates, EMAs, the counts that bias
+  corrections read) restart as at ``init``; its injected hyperparameters,
+  including values set with :func:`set_hyperparams`, and the count that drives
+  their schedules are kept, as PyTorch keeps the group's ``lr`` and its
+  scheduler. Other groups are untouched. Works for any ``optax.multi_transform``
+  state (optax issue #1371), ``name`` being its label.
+
+  Args:
+    tx: the transformation (a :func:`param_groups` one or any optax optimizer
+      with ``optax.multi_transform`` labels).
+    state: its state.
+    params: the parameters.
+    name: the group's name or label (nested labels joined by ``"/"``), or
+      several.
+
+  Returns:
+    The new state.
+
+  Raises:
+    ValueError: for an unknown group name, or if ``params`` lost parameters
+      that other groups hold statistics for.
+  """
+  if name is None:
+    raise TypeError("name must be a group name (str) or several, got None.")
+  return _rebuild(tx, state, params, reset=name, strict=True, what="reset_param_group")
+
+
+def rebuild_nnx_optimizer(
+    optimizer: Any,
+    model: Any,
+    tx: Optional[optax.GradientTransformation] = None,
+    *,
+    reset: Union[None, str, Iterable[str]] = None,
+    strict: bool = False,
+) -> Any:
+  """Flax NNX: the ``nnx.Optimizer`` follows a model that changed, in place.
+
+  After ``model.head = nnx.Linear(...)`` (or a removed or resized part), the
+  optimizer is rebuilt for the model's current parameters (its ``wrt``
+  filter), with :func:`rebuild_state`: every statistic of the parameters that
+  stay is kept, new ones start fresh, the step counter is kept. With ``tx``
+  the optimizer also changes its transformation, e.g. to add a group::
+
+    model.head = nnx.Linear(64, 10, rngs=nnx.Rngs(1))
+    nlr.rebuild_nnx_optimizer(
+        optimizer, model, optimizer.tx.with_group({"params": "head", "lr": 1e-2}))
+
+  Args:
+    optimizer: an ``nnx.Optimizer``; it is changed in place.
+    model: the model it optimizes, as it is now.
+    tx: the new transformation (default: the optimizer's own).
+    reset: groups whose statistics start fresh, as in :func:`rebuild_state`.
+    strict: as in :func:`rebuild_state`.
+
+  Returns:
+    ``optimizer``, rebuilt.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  if not isinstance(optimizer, nnx.Optimizer):
+    raise TypeError(f"optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}.")
+  strict = groups_lib.validation.check_flag("strict", strict)
+  tx = optimizer.tx if tx is None else tx
+  graph = getattr(optimizer, "graph", None)
+  kwargs = {} if graph is None else {"graph": graph}
+  fresh = nnx.Optimizer(model, tx, wrt=optimizer.wrt, **kwargs)
+  params = nnx.as_pure(nnx.state(model, optimizer.wrt, **kwargs))
+  old = nnx.as_pure(optimizer.opt_state)
+  new = _rebuild(tx, old, params, reset=reset, strict=strict,
+                 what="rebuild_nnx_optimizer")
+  nnx.update(fresh.opt_state, nnx.state(new, **kwargs))
+  optimizer.tx = tx
+  optimizer.opt_state = fresh.opt_state
+  return optimizer

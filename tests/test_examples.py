@@ -129,3 +129,12 @@ def test_hypergradient_digits_inf_beta_scale_is_a_usage_error(tmp_path):
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert "must be a finite number > 0" in result.stderr
+
+
+def test_add_param_group_quick(tmp_path):
+  stdout = run_quick("add_param_group.py", tmp_path)
+  assert "identical bit for bit: PASS" in stdout
+  assert "rebuild {'backbone': 60, 'head': 60, 'head2': 0}" in stdout
+  assert "fresh optimizer {'backbone': 0, 'head': 0, 'head2': 0}" in stdout
+  for name in ("rebuild (kept)", "fresh optimizer", "head2/kernel", "test acc"):
+    assert name in stdout

@@ -38,6 +38,7 @@ from optax_neuronlr._src import groups as groups_lib
 from optax_neuronlr._src import units as units_lib
 
 _PARTITION_STATE = optax.transforms.PartitionState
+_INNER_STATES = jax.tree_util.GetAttrKey("inner_states")
 # The fields of an injected state that a reset keeps: the group's
 # hyperparameters and the step count that drives their schedules.
 _INJECTED_FIELDS = ("count", "hyperparams", "hyperparams_states")
@@ -74,34 +75,35 @@ class _Walk:
   reset: frozenset[tuple[str, ...]]
   released: frozenset[tuple[str, ...]]
   labels_seen: set[tuple[str, ...]] = dataclasses.field(default_factory=set)
-  lost: list[str] = dataclasses.field(default_factory=list)
+  lost: list[tuple[tuple[str, ...], str, Any]] = dataclasses.field(default_factory=list)
 
-  def drop(self, old: Any, where: str, labels: tuple[str, ...], resetting: bool) -> None:
+  def drop(self, old: Any, where: tuple, labels: tuple[str, ...], resetting: bool) -> None:
     """Records the leaves of ``old`` that find no place (unless intended)."""
     if resetting or any(labels[:len(r)] == r for r in self.released):
       return
     for path, _ in jax.tree_util.tree_flatten_with_path(old)[0]:
-      self.lost.append(where + jax.tree_util.keystr(path))
+      self.lost.append((labels, (*where, *path)))
 
-  def leaf(self, fresh: Any, old: Any, where: str) -> Any:
+  def leaf(self, fresh: Any, old: Any, where: tuple) -> Any:
     if _shape(fresh) != _shape(old):
       raise ValueError(
-          f"rebuild_state: {where} has shape {_shape(old)} in the old state and "
+          f"rebuild_state: state{jax.tree_util.keystr(where)} has shape {_shape(old)} in the old state and "
           f"{_shape(fresh)} for the new parameters (a parameter whose shape "
           "changed, or another transform at the same place): reset the group "
           "that holds it (reset=[...]) to start it afresh.")
     dtype = getattr(fresh, "dtype", None)
-    if dtype is not None and getattr(old, "dtype", dtype) != dtype:
+    if dtype is not None and (getattr(old, "dtype", None) != dtype
+                              or not isinstance(old, jax.Array)):
       old = jnp.asarray(old, dtype)
     return old
 
-  def merge(self, fresh: Any, old: Any, where: str, labels: tuple[str, ...],
+  def merge(self, fresh: Any, old: Any, where: tuple, labels: tuple[str, ...],
             resetting: bool) -> Any:
+    if _is_leaf(fresh) and _is_leaf(old):  # Arrays of any kind (restored: NumPy).
+      return fresh if resetting else self.leaf(fresh, old, where)
     if type(fresh) is not type(old):
       self.drop(old, where, labels, resetting)
       return fresh
-    if _is_leaf(fresh):
-      return fresh if resetting else self.leaf(fresh, old, where)
     if isinstance(fresh, _PARTITION_STATE):
       return self.partition(fresh, old, where, labels, resetting)
     kept = resetting and groups_lib.is_inject_state(fresh)
@@ -110,29 +112,30 @@ class _Walk:
     out = []
     for key, child in children:
       match = old_children.pop(_key(key), None)
-      here = where + jax.tree_util.keystr((key,))
+      here = (*where, key)
       if match is None:
         out.append(child)
         continue
       keep = kept and getattr(key, "name", None) in _INJECTED_FIELDS
       out.append(self.merge(child, match[1], here, labels, resetting and not keep))
     for key, child in old_children.values():
-      self.drop(child, where + jax.tree_util.keystr((key,)), labels, resetting)
+      self.drop(child, (*where, key), labels, resetting)
     return treedef.unflatten(out)
 
-  def partition(self, fresh: Any, old: Any, where: str, labels: tuple[str, ...],
+  def partition(self, fresh: Any, old: Any, where: tuple, labels: tuple[str, ...],
                 resetting: bool) -> Any:
     """An ``optax.multi_transform`` state: its labels name the groups."""
     inner, old_inner = dict(fresh.inner_states), dict(old.inner_states)
     for label in list(inner):
       path = (*labels, str(label))
       self.labels_seen.add(path)
-      here = f"{where}.inner_states[{label!r}]"
+      here = (*where, _INNER_STATES, jax.tree_util.DictKey(label))
       if label in old_inner:
         inner[label] = self.merge(inner[label], old_inner.pop(label), here, path,
                                   resetting or path in self.reset)
     for label, child in old_inner.items():
-      self.drop(child, f"{where}.inner_states[{label!r}]", (*labels, str(label)), resetting)
+      self.drop(child, (*where, _INNER_STATES, jax.tree_util.DictKey(label)),
+                (*labels, str(label)), resetting)
     return fresh._replace(inner_states=type(fresh.inner_states)(inner))
 
 
@@ -153,7 +156,7 @@ def _rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
              reset: Any = None, strict: bool = False, released: Any = None,
              what: str = "rebuild_state") -> Any:
   walk = _Walk(_label_paths(reset, "reset"), _label_paths(released, "released"))
-  new = walk.merge(tx.init(params), state, "state", (), False)
+  new = walk.merge(tx.init(params), state, (), (), False)
   unknown = sorted("/".join(r) for r in walk.reset - walk.labels_seen)
   if unknown:
     known = sorted("/".join(p) for p in walk.labels_seen)
@@ -162,15 +165,58 @@ def _rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
         f"its groups (optax.multi_transform labels, nested ones joined by '/') "
         f"are {known}.")
   if strict and walk.lost:
-    shown = walk.lost[:8] + (["..."] if len(walk.lost) > 8 else [])
-    raise ValueError(
-        f"{what}: {len(walk.lost)} statistics of the old state have no place in "
-        f"the new one: {shown}. A parameter that left the model, or that moved "
-        "to another group, loses its statistics (PyTorch's add_param_group "
-        "rejects a parameter that is already in a group); drop the group "
-        "first (nlr.drop_param_group), or call nlr.rebuild_state without "
-        "strict=True to release them.")
+    raise ValueError(f"{what}: {_describe_lost(walk, params)}")
   return new
+
+
+def _param_path(where: tuple) -> str:
+  """The parameter path at the end of a state's key path: the dict keys and
+  list indices after the last attribute (``.mu['body']['kernel']`` ->
+  ``body/kernel``); "" for a scalar of the state (a count, an injected
+  hyperparameter)."""
+  tail = []
+  for key in reversed(where):
+    if not isinstance(key, (jax.tree_util.DictKey, jax.tree_util.SequenceKey)):
+      if getattr(key, "name", None) in _INJECTED_FIELDS:
+        return ""
+      break
+    tail.append(key)
+  return units_lib.path_str(tuple(reversed(tail)))
+
+
+def _describe_lost(walk: _Walk, params: Any) -> str:
+  """Which statistics would be lost: whole groups, or parameters by group."""
+  present = {units_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  groups, moved, gone, other = set(), {}, {}, []
+  for labels, where in walk.lost:
+    if labels and labels not in walk.labels_seen:
+      groups.add("/".join(labels))
+      continue
+    path = _param_path(where)
+    group = "/".join(labels) or "-"
+    if not path:
+      other.append("state" + jax.tree_util.keystr(where))
+    else:
+      (moved if path in present else gone).setdefault(group, set()).add(path)
+  parts = []
+  if groups:
+    parts.append(f"groups that the new optimizer lacks: {sorted(groups)} (drop a "
+                 "group with nlr.drop_param_group)")
+  if moved:
+    parts.append(
+        "parameters already in a group would move to another one: "
+        f"{ {g: sorted(p) for g, p in moved.items()} } (a parameter belongs to "
+        "one group; PyTorch's add_param_group raises the same): narrow the new "
+        "group's 'params'")
+  if gone:
+    parts.append(
+        "parameters that left the model: "
+        f"{ {g: sorted(p) for g, p in gone.items()} } (drop their group first "
+        "with nlr.drop_param_group)")
+  if other and not parts:
+    parts.append(f"state entries with no place in the new state: {other[:8]}")
+  return ("statistics of the old state would be lost: " + "; ".join(parts)
+          + ". nlr.rebuild_state without strict=True releases them.")
 
 
 def rebuild_state(
@@ -265,21 +311,6 @@ def add_param_group(
   """
   tx = _as_param_groups(tx, "add_param_group")
   new_tx = tx.with_group(group)
-  name = new_tx.names[-1]
-  before = groups_lib.param_groups(tx.optimizer, tx.groups, rest="freeze",
-                                   allow_empty=True, **tx.defaults).labels(params)
-  moved = [
-      f"{units_lib.path_str(path)} ({old})"
-      for (path, old), new in zip(jax.tree_util.tree_flatten_with_path(before)[0],
-                                  jax.tree.leaves(new_tx.labels(params)))
-      if new == name and old not in (name, groups_lib.FROZEN)
-  ]
-  if moved:
-    raise ValueError(
-        f"add_param_group: the new group {name!r} claims parameters that are "
-        f"already in a group: {moved}. A parameter belongs to one group (PyTorch "
-        "raises the same); narrow the group's 'params', or drop the other group "
-        "first (nlr.drop_param_group).")
   return new_tx, _rebuild(new_tx, state, params, strict=True, what="add_param_group")
 
 

@@ -5,6 +5,12 @@ both), ``--case NAME`` (repeatable; default every case). Prints one Markdown
 table and, when every case runs, the TensorFlow document's own toy problem
 (``004``); exits 1 when a checked case fails its verdict.
 
+The rows ``003-add-group-sgd``, ``003-add-group-adam`` and ``003-reset-group``
+change the optimizer halfway through the run (``optimizer.add_param_group`` for
+a new head, ``optimizer.state[p].clear()`` for a group) against
+``nlr.add_param_group`` and ``nlr.reset_param_group``
+(:mod:`optax_neuronlr.parity.param_group_changes`).
+
 The last row, ``adam-mini``, runs ``nlr.adam_mini`` against the PyTorch package
 ``adam-mini==1.1.1`` on a small GPT (:mod:`optax_neuronlr.parity.adam_mini`),
 in float64 only; it needs ``pip install adam-mini==1.1.1`` (the ``test``
@@ -21,6 +27,7 @@ from typing import Optional
 import jax
 import torch
 
+from optax_neuronlr.parity import param_group_changes
 from optax_neuronlr.parity import seed004
 from optax_neuronlr.parity.harness import Result
 from optax_neuronlr.parity.cases import CASES
@@ -28,7 +35,7 @@ from optax_neuronlr.parity.harness import DTYPES, exit_status, format_table, run
 
 DEFAULT_STEPS = 50
 ADAM_MINI = "adam-mini"
-NAMES = (*CASES, ADAM_MINI)
+NAMES = (*CASES, *param_group_changes.NAMES, ADAM_MINI)
 
 
 def _positive_int(text: str) -> int:
@@ -59,6 +66,8 @@ def _run(name: str, steps: int, dtypes: Sequence[str]) -> Result:
   if name == ADAM_MINI:
     from optax_neuronlr.parity import adam_mini  # pylint: disable=g-import-not-at-top
     return adam_mini.run_case(steps, dtypes)
+  if name in param_group_changes.ROWS:
+    return param_group_changes.run_case(name, steps, dtypes)
   return run_case(CASES[name], steps, dtypes)
 
 

@@ -387,12 +387,14 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
       freezes).
   """
 
-  def __new__(cls, init, update, *, optimizer, groups, defaults, rest,
-              allow_empty, names, labels):
+  def __new__(cls, init, update, *, optimizer=None, groups=(), defaults=None,
+              rest="error", allow_empty=False, names=(), labels=None):
+    # Keyword defaults let copy.copy, deepcopy and pickle rebuild the tuple
+    # first and restore the attributes from ``__dict__`` after.
     self = super().__new__(cls, init, update)
     self.optimizer = optimizer
     self.groups = groups
-    self.defaults = defaults
+    self.defaults = {} if defaults is None else defaults
     self.rest = rest
     self.allow_empty = allow_empty
     self.names = names

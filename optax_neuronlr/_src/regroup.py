@@ -87,8 +87,9 @@ class _Walk:
   def leaf(self, fresh: Any, old: Any, where: tuple) -> Any:
     if _shape(fresh) != _shape(old):
       raise ValueError(
-          f"rebuild_state: state{jax.tree_util.keystr(where)} has shape {_shape(old)} in the old state and "
-          f"{_shape(fresh)} for the new parameters (a parameter whose shape "
+          f"rebuild_state: state{jax.tree_util.keystr(where)} has shape "
+          f"{_shape(old)} in the old state and {_shape(fresh)} for the new "
+          "parameters (a parameter whose shape "
           "changed, or another transform at the same place): reset the group "
           "that holds it (reset=[...]) to start it afresh.")
     dtype = getattr(fresh, "dtype", None)
@@ -367,7 +368,9 @@ def reset_param_group(
   including values set with :func:`set_hyperparams`, and the count that drives
   their schedules are kept, as PyTorch keeps the group's ``lr`` and its
   scheduler. Other groups are untouched. Works for any ``optax.multi_transform``
-  state (optax issue #1371), ``name`` being its label.
+  state (optax issue #1371), ``name`` being its label; a label whose
+  transform is not wrapped in ``optax.inject_hyperparams`` restarts whole,
+  the counts of its schedules included.
 
   Args:
     tx: the transformation (a :func:`param_groups` one or any optax optimizer

@@ -136,7 +136,7 @@ from flax import nnx
 from optax_neuronlr.parity import harness
 
 Trajectory = harness.Trajectory
-_TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 # ---------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def torch_model(p: GPTProblem, dtype: str) -> TorchGPT:
       for name, param in model.named_parameters():
         if "norm" in name:
           param.add_(0.1 * torch.randn_like(param))
-  return model.to(_TORCH_DTYPES[dtype])
+  return model.to(TORCH_DTYPES[dtype])
 
 
 def torch_loss(model: TorchGPT, tokens: torch.Tensor) -> torch.Tensor:

@@ -107,16 +107,16 @@ SEED_004 = "004_07f92684a478e55a.txt"
 LAYERS = ("0", "2")  # the Flax keys of the model's two Linear layers
 
 
-def _torch_groups(model: torch.nn.Sequential, **per_layer: Any) -> list[dict]:
+def torch_groups(model: torch.nn.Sequential, **per_layer: Any) -> list[dict]:
   """One param group per ``Linear`` layer, ``per_layer[key][i]`` for layer ``i``."""
   return [{"params": model[int(name)].parameters(),
            **{key: values[i] for key, values in per_layer.items()}}
           for i, name in enumerate(LAYERS)]
 
 
-def _jax_groups(optimizer: Callable[..., optax.GradientTransformation],
+def jax_groups(optimizer: Callable[..., optax.GradientTransformation],
                 learning_rates: tuple[float, ...], **defaults: Any):
-  """``nlr.param_groups`` with one group per layer, as :func:`_torch_groups`."""
+  """``nlr.param_groups`` with one group per layer, as :func:`torch_groups`."""
   return nlr.param_groups(
       optimizer,
       [{"params": rf"{name}/.*", "name": f"layer{name}", "learning_rate": lr}
@@ -185,7 +185,7 @@ _001 = [
     Case("001-ex2-layer", f"{SEED_001} Ex 2, text (one index per layer; modelled)",
          "sgd(0.1) + scale_by_leaf(layerwise_multipliers(0.9))", "exact",
          TorchSide(lambda m: ref.FactorPowerSGD(
-             _torch_groups(m), lr=0.1, factor=0.9, count="group")),
+             torch_groups(m), lr=0.1, factor=0.9, count="group")),
          JaxSide(lambda p: optax.chain(optax.sgd(0.1), nlr.scale_by_leaf(
              nlr.layerwise_multipliers(p, 0.9))))),
     Case("001-ex3", f"{SEED_001} Ex 3 (code)",
@@ -214,13 +214,13 @@ _001 = [
 _002 = [
     Case("002-sgd", f"{SEED_002} sample model (SGD groups, momentum, cross-entropy)",
          "nlr.param_groups(optax.sgd, ..., momentum=0.9)", "exact",
-         TorchSide(lambda m: torch.optim.SGD(_torch_groups(m, lr=(0.001, 0.01)),
+         TorchSide(lambda m: torch.optim.SGD(torch_groups(m, lr=(0.001, 0.01)),
                                              momentum=0.9)),
-         JaxSide(lambda p: _jax_groups(optax.sgd, (0.001, 0.01), momentum=0.9)),
+         JaxSide(lambda p: jax_groups(optax.sgd, (0.001, 0.01), momentum=0.9)),
          loss="cross_entropy"),
     Case("002-adam", f"{SEED_002} Adam groups", "nlr.param_groups(optax.adam, ...)", "exact",
-         TorchSide(lambda m: torch.optim.Adam(_torch_groups(m, lr=(1e-4, 1e-3)))),
-         JaxSide(lambda p: _jax_groups(optax.adam, (1e-4, 1e-3)))),
+         TorchSide(lambda m: torch.optim.Adam(torch_groups(m, lr=(1e-4, 1e-3)))),
+         JaxSide(lambda p: jax_groups(optax.adam, (1e-4, 1e-3)))),
 ]
 
 
@@ -259,9 +259,9 @@ _LRS = torch.optim.lr_scheduler
 _003 = [
     Case("003-manual", f"{SEED_003} param_groups[i]['lr'] *= 0.9 every 5 epochs",
          "nlr.set_hyperparams(state, learning_rate=lambda v: v * 0.9)", "exact",
-         TorchSide(lambda m: torch.optim.Adam(_torch_groups(m, lr=_003_GROUP_LRS)),
+         TorchSide(lambda m: torch.optim.Adam(torch_groups(m, lr=_003_GROUP_LRS)),
                    edit=_torch_decay_every_5),
-         JaxSide(lambda p: _jax_groups(optax.adam, _003_GROUP_LRS), edit=_jax_decay_every_5)),
+         JaxSide(lambda p: jax_groups(optax.adam, _003_GROUP_LRS), edit=_jax_decay_every_5)),
     _scheduler_case("003-lambda", "LambdaLR (lr_lambda = 0.95**epoch)",
                     lambda o: _LRS.LambdaLR(o, lambda epoch: 0.95**epoch),
                     nlr.schedules.lambda_lr(_LR, lambda epoch: 0.95**epoch),

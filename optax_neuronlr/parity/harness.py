@@ -44,7 +44,7 @@ TOLERANCE = {"float64": 1e-6, "float32": 1e-5}
 Status = Literal["exact", "divergence", "pending"]
 Trajectory = list[dict[str, np.ndarray]]
 
-_TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 # ---------------------------------------------------------------------------
@@ -80,7 +80,7 @@ class Problem:
         if i:
           layers.append(torch.nn.ReLU())
         layers.append(torch.nn.Linear(n_in, n_out))
-    return torch.nn.Sequential(*layers).to(_TORCH_DTYPES[dtype])
+    return torch.nn.Sequential(*layers).to(TORCH_DTYPES[dtype])
 
   def data(self) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and targets (float64 regression targets or int64 labels)."""
@@ -125,7 +125,7 @@ def mlp_apply(params: Mapping[str, Any], x: jax.Array) -> jax.Array:
   return x
 
 
-def _flat(params: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
+def flat_params(params: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
   return {f"{layer}/{name}": np.asarray(value, np.float64)
           for layer, leaves in params.items() for name, value in leaves.items()}
 
@@ -235,7 +235,7 @@ def trajectory(side: Side, problem: Problem, steps: int, dtype: str) -> Trajecto
 def _torch_data(array: np.ndarray, dtype: str) -> torch.Tensor:
   """Floats in ``dtype``; class labels stay integers."""
   floating = np.issubdtype(array.dtype, np.floating)
-  return torch.as_tensor(array, dtype=_TORCH_DTYPES[dtype] if floating else None)
+  return torch.as_tensor(array, dtype=TORCH_DTYPES[dtype] if floating else None)
 
 
 def _jax_data(array: np.ndarray, dtype: str) -> jax.Array:
@@ -261,7 +261,7 @@ def _torch_trajectory(side: TorchSide, problem: Problem, steps: int, dtype: str)
     optimizer.step()
     if scheduler is not None:
       scheduler.step(monitored) if side.monitor else scheduler.step()
-    out.append(_flat(to_flax(model)))
+    out.append(flat_params(to_flax(model)))
   return out
 
 
@@ -289,7 +289,7 @@ def _jax_trajectory(side: JaxSide, problem: Problem, steps: int, dtype: str) -> 
       if side.edit is not None:
         state = side.edit(k, state)
       params, state = step(params, state, batch, validation)
-      out.append(_flat(params))
+      out.append(flat_params(params))
   return out
 
 

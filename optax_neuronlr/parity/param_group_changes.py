@@ -68,7 +68,7 @@ def torch_head(dtype: str) -> torch.nn.Linear:
   with torch.random.fork_rng(devices=[]):
     torch.manual_seed(HEAD_SEED)
     head = torch.nn.Linear(3, 3)
-  return head.to(harness._TORCH_DTYPES[dtype])  # pylint: disable=protected-access
+  return head.to(harness.TORCH_DTYPES[dtype])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +112,14 @@ def _flat_torch(mlp: torch.nn.Sequential, head: Optional[torch.nn.Linear]) -> di
   params = harness.to_flax(mlp)
   if head is not None:
     params["head"] = _linear_flax(head)
-  return harness._flat(params)  # pylint: disable=protected-access
+  return harness.flat_params(params)
 
 
 def torch_trajectory(row: Row, steps: int, dtype: str) -> harness.Trajectory:
   """PyTorch: ``k`` steps, the change, then the remaining steps."""
   problem = harness.Problem()
   mlp = problem.torch_model(dtype)
-  x, target = (torch.as_tensor(a, dtype=harness._TORCH_DTYPES[dtype])  # pylint: disable=protected-access
+  x, target = (torch.as_tensor(a, dtype=harness.TORCH_DTYPES[dtype])
                for a in problem.data())
   optimizer = row.case.reference_side.optimizer(mlp)
   head, out = None, []
@@ -170,7 +170,7 @@ def jax_trajectory(row: Row, steps: int, dtype: str,
         tx, state = change(tx, state, params)
         step = _jax_step(tx)
       params, state = step(params, state, x, target)
-      out.append(harness._flat(params))  # pylint: disable=protected-access
+      out.append(harness.flat_params(params))
   return out
 
 
@@ -212,9 +212,9 @@ ROWS: dict[str, Row] = {row.case.name: row for row in (
     Row(harness.Case(
         "003-add-group-sgd", f"{_SEED} add_param_group (SGD momentum)",
         "nlr.add_param_group(tx, state, params, group)", "exact",
-        harness.TorchSide(lambda m: torch.optim.SGD(cases._torch_groups(m, lr=_SGD_LRS),  # pylint: disable=protected-access
+        harness.TorchSide(lambda m: torch.optim.SGD(cases.torch_groups(m, lr=_SGD_LRS),
                                                     momentum=0.9)),
-        harness.JaxSide(lambda p: cases._jax_groups(optax.sgd, _SGD_LRS, momentum=0.9)),  # pylint: disable=protected-access
+        harness.JaxSide(lambda p: cases.jax_groups(optax.sgd, _SGD_LRS, momentum=0.9)),
         note="head(relu(mlp)) and a group {lr 0.2, momentum 0.5} after steps//2 steps"),
         head=True,
         torch_change=_torch_add_group(lr=0.2, momentum=0.5),
@@ -222,8 +222,8 @@ ROWS: dict[str, Row] = {row.case.name: row for row in (
     Row(harness.Case(
         "003-add-group-adam", f"{_SEED} add_param_group (Adam, own betas)",
         "nlr.add_param_group(tx, state, params, group)", "exact",
-        harness.TorchSide(lambda m: torch.optim.Adam(cases._torch_groups(m, lr=_ADAM_LRS))),  # pylint: disable=protected-access
-        harness.JaxSide(lambda p: cases._jax_groups(optax.adam, _ADAM_LRS)),  # pylint: disable=protected-access
+        harness.TorchSide(lambda m: torch.optim.Adam(cases.torch_groups(m, lr=_ADAM_LRS))),
+        harness.JaxSide(lambda p: cases.jax_groups(optax.adam, _ADAM_LRS)),
         note="head(relu(mlp)) and a group {lr 0.05, betas (0.8, 0.99)} after steps//2 steps"),
         head=True,
         torch_change=_torch_add_group(lr=0.05, betas=(0.8, 0.99)),
@@ -231,8 +231,8 @@ ROWS: dict[str, Row] = {row.case.name: row for row in (
     Row(harness.Case(
         "003-reset-group", f"{_SEED} optimizer.state[p].clear() for group 1 (Adam)",
         'nlr.reset_param_group(tx, state, params, "layer2")', "exact",
-        harness.TorchSide(lambda m: torch.optim.Adam(cases._torch_groups(m, lr=_ADAM_LRS))),  # pylint: disable=protected-access
-        harness.JaxSide(lambda p: cases._jax_groups(optax.adam, _ADAM_LRS)),  # pylint: disable=protected-access
+        harness.TorchSide(lambda m: torch.optim.Adam(cases.torch_groups(m, lr=_ADAM_LRS))),
+        harness.JaxSide(lambda p: cases.jax_groups(optax.adam, _ADAM_LRS)),
         note="second layer's moments and step count restart after steps//2 steps"),
         head=False,
         torch_change=_torch_clear_group(1),

@@ -309,6 +309,12 @@ def test_drop_param_group_freezes_parameters_that_stay():
   assert not np.allclose(q["body"]["kernel"], p["body"]["kernel"])
   with pytest.raises(ValueError, match="unknown param group 'head'"):
     nlr.drop_param_group(tx, state, p, "head")
+  # Unfrozen again, under its name: fresh statistics, its own rate.
+  again_tx, again = nlr.add_param_group(new_tx, new_state, q, {"params": "out", "name": "out",
+                                                              "lr": 0.2})
+  assert again_tx.names == ("body", "out") and "frozen" not in again_tx.groups[1]
+  _leaves_equal(_group(again, "out"), _group(again_tx.init(q), "out"))
+  _leaves_equal(_group(again, "body"), _group(new_state, "body"))
 
 
 def test_drop_the_rest_group_freezes_what_it_took():

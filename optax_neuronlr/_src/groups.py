@@ -409,12 +409,19 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
     """The same groups plus ``group`` (a dict as in :func:`param_groups`; its
     default name is ``"group_<i>"``, ``i`` its position). Hyperparameters it
     does not set take this optimizer's ``defaults``, as PyTorch's
-    ``add_param_group`` fills them from the optimizer's defaults."""
+    ``add_param_group`` fills them from the optimizer's defaults. A group of
+    the name of a frozen group replaces it (unfreezes it)."""
     if not isinstance(group, Mapping):
       raise TypeError(f"group must be a dict with a 'params' entry, got {group!r}.")
     group = dict(group)
     group.setdefault("name", f"group_{len(self.groups)}")
-    return self._rebuilt([*self.groups, group], self.rest)
+    name = str(group["name"])
+    groups = list(self.groups)
+    if name in self.names and groups[self.names.index(name)].get("frozen", False):
+      groups[self.names.index(name)] = group  # Unfreezes a frozen group.
+    else:
+      groups.append(group)
+    return self._rebuilt(groups, self.rest)
 
   def without_group(self, name: str, *, freeze: bool = False) -> "ParamGroups":
     """The same groups without the group ``name``.

@@ -439,6 +439,9 @@ def test_rebuild_state_releases_what_has_no_place_unless_strict():
   _leaves_equal(jax.tree.leaves(_group(new, "body")), jax.tree.leaves(_group(state, "body")))
   with pytest.raises(ValueError, match=r"groups that the new optimizer lacks: \['out'\]"):
     nlr.rebuild_state(small, state, shrunk, strict=True)
+  with pytest.raises(ValueError, match="nothing of the old state.*from_state_dict"):
+    # A checkpoint restored without a target: a dict, not the optimizer's state.
+    nlr.rebuild_state(tx, flax.serialization.to_state_dict(state), params)
   with pytest.raises(TypeError, match="strict"):
     nlr.rebuild_state(small, state, shrunk, strict="yes")
   with pytest.raises(TypeError, match="reset"):

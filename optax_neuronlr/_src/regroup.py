@@ -75,7 +75,8 @@ class _Walk:
   reset: frozenset[tuple[str, ...]]
   released: frozenset[tuple[str, ...]]
   labels_seen: set[tuple[str, ...]] = dataclasses.field(default_factory=set)
-  lost: list[tuple[tuple[str, ...], str, Any]] = dataclasses.field(default_factory=list)
+  lost: list[tuple[tuple[str, ...], tuple]] = dataclasses.field(default_factory=list)
+  kept: int = 0
 
   def drop(self, old: Any, where: tuple, labels: tuple[str, ...], resetting: bool) -> None:
     """Records the leaves of ``old`` that find no place (unless intended)."""
@@ -92,6 +93,7 @@ class _Walk:
           "parameters (a parameter whose shape "
           "changed, or another transform at the same place): reset the group "
           "that holds it (reset=[...]) to start it afresh.")
+    self.kept += 1
     dtype = getattr(fresh, "dtype", None)
     if dtype is not None and (getattr(old, "dtype", None) != dtype
                               or not isinstance(old, jax.Array)):
@@ -165,6 +167,15 @@ def _rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
         f"{what}: reset names groups {unknown} that the optimizer does not have; "
         f"its groups (optax.multi_transform labels, nested ones joined by '/') "
         f"are {known}.")
+  if walk.lost and not walk.kept:
+    raise ValueError(
+        f"{what}: nothing of the old state has a place in the new one "
+        f"({len(walk.lost)} entries, e.g. state{jax.tree_util.keystr(walk.lost[0][1])}"
+        f"; the new state's root is {type(new).__name__}, the old one's "
+        f"{type(state).__name__}). Pass the state of the optimizer before the "
+        "change; a checkpoint restored without a target (a dict) must first be "
+        "restored into that state's structure (flax.serialization.from_state_dict"
+        "(old_tx.init(old_params), ...), or orbax with it as the target).")
   if strict and walk.lost:
     raise ValueError(f"{what}: {_describe_lost(walk, params)}")
   return new

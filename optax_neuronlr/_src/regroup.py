@@ -253,6 +253,24 @@ def rebuild_state(
   or shrinks: build the new transformation (a label for the new parameters),
   then ``state = nlr.rebuild_state(new_tx, state, new_params)``.
 
+  Injected hyperparameters (``optax.inject_hyperparams``, every
+  :func:`param_groups` group) are state too: where ``tx`` was built with other
+  values for a group that ``state`` holds, the old state's values win, as
+  PyTorch's ``load_state_dict`` restores each group's ``lr``; change them with
+  :func:`set_hyperparams`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_neuronlr as nlr
+    >>> params = {"body": jnp.ones(3)}
+    >>> tx = optax.multi_transform({"b": optax.adam(1e-3)},
+    ...                            nlr.path_labels({"body": "b"}))
+    >>> state = tx.init(params)
+    >>> grown = {"body": jnp.ones(3), "head": jnp.ones(2)}
+    >>> new_tx = optax.multi_transform(
+    ...     {"b": optax.adam(1e-3), "h": optax.sgd(1e-2, momentum=0.9)},
+    ...     nlr.path_labels({"body": "b", "head": "h"}))
+    >>> state = nlr.rebuild_state(new_tx, state, grown, strict=True)
+
   Args:
     tx: the new transformation.
     state: the old state (outside ``jit``; a restored checkpoint works).

@@ -157,9 +157,11 @@ def _label_paths(names: Union[None, str, Iterable[str]], what: str) -> frozenset
 
 def _rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
              reset: Any = None, strict: bool = False, released: Any = None,
-             what: str = "rebuild_state") -> Any:
+             what: str = "rebuild_state", fresh: Any = None) -> Any:
+  """:func:`rebuild_state`; ``fresh`` is ``tx.init(params)`` if already made."""
   walk = _Walk(_label_paths(reset, "reset"), _label_paths(released, "released"))
-  new = walk.merge(tx.init(params), state, (), (), False)
+  fresh = tx.init(params) if fresh is None else fresh
+  new = walk.merge(fresh, state, (), (), False)
   unknown = sorted("/".join(r) for r in walk.reset - walk.labels_seen)
   if unknown:
     known = sorted("/".join(p) for p in walk.labels_seen)
@@ -462,7 +464,7 @@ def rebuild_nnx_optimizer(
   params = nnx.as_pure(nnx.state(model, optimizer.wrt, **kwargs))
   old = nnx.as_pure(optimizer.opt_state)
   new = _rebuild(tx, old, params, reset=reset, strict=strict,
-                 what="rebuild_nnx_optimizer")
+                 what="rebuild_nnx_optimizer", fresh=nnx.as_pure(fresh.opt_state))
   nnx.update(fresh.opt_state, nnx.state(new, **kwargs))
   optimizer.tx = tx
   optimizer.opt_state = fresh.opt_state

@@ -207,6 +207,9 @@ def _jax_reset_group(name: str) -> JaxChange:
 
 _SEED = cases.SEED_003
 _SGD_LRS = (0.05, 0.1)
+# Before the change, the Adam rows run 003's two Adam groups (one per layer).
+_TORCH_ADAM = harness.TorchSide(lambda m: torch.optim.Adam(cases.torch_groups(m, lr=_ADAM_LRS)))
+_JAX_ADAM = harness.JaxSide(lambda p: cases.jax_groups(optax.adam, _ADAM_LRS))
 
 ROWS: dict[str, Row] = {row.case.name: row for row in (
     Row(harness.Case(
@@ -222,8 +225,7 @@ ROWS: dict[str, Row] = {row.case.name: row for row in (
     Row(harness.Case(
         "003-add-group-adam", f"{_SEED} add_param_group (Adam, own betas)",
         "nlr.add_param_group(tx, state, params, group)", "exact",
-        harness.TorchSide(lambda m: torch.optim.Adam(cases.torch_groups(m, lr=_ADAM_LRS))),
-        harness.JaxSide(lambda p: cases.jax_groups(optax.adam, _ADAM_LRS)),
+        _TORCH_ADAM, _JAX_ADAM,
         note="head(relu(mlp)) and a group {lr 0.05, betas (0.8, 0.99)} after steps//2 steps"),
         head=True,
         torch_change=_torch_add_group(lr=0.05, betas=(0.8, 0.99)),
@@ -231,8 +233,7 @@ ROWS: dict[str, Row] = {row.case.name: row for row in (
     Row(harness.Case(
         "003-reset-group", f"{_SEED} optimizer.state[p].clear() for group 1 (Adam)",
         'nlr.reset_param_group(tx, state, params, "layer2")', "exact",
-        harness.TorchSide(lambda m: torch.optim.Adam(cases.torch_groups(m, lr=_ADAM_LRS))),
-        harness.JaxSide(lambda p: cases.jax_groups(optax.adam, _ADAM_LRS)),
+        _TORCH_ADAM, _JAX_ADAM,
         note="second layer's moments and step count restart after steps//2 steps"),
         head=False,
         torch_change=_torch_clear_group(1),

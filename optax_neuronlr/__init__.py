@@ -61,6 +61,10 @@ from optax_neuronlr._src.rules.seed000 import ScaleBySignConsistencyLRState
 from optax_neuronlr._src.rules.seed000 import sign_consistency_lr
 from optax_neuronlr._src.rules.seed000 import SignConsistency
 from optax_neuronlr._src.layerwise import layerwise_multipliers
+from optax_neuronlr._src.model_layout import LeafRole
+from optax_neuronlr._src.model_layout import MatrixView
+from optax_neuronlr._src.model_layout import model_layout
+from optax_neuronlr._src.model_layout import ModelLayout
 from optax_neuronlr._src.layout import LayoutRow
 from optax_neuronlr._src.layout import optimizer_layout
 from optax_neuronlr._src.layout import OptimizerLayout
@@ -89,6 +93,9 @@ __all__ = (
     "Hypergradient",
     "HypergradientLRState",
     "LayoutRow",
+    "LeafRole",
+    "MatrixView",
+    "ModelLayout",
     "NeuronNorm",
     "Neurons",
     "OptimizerLayout",
@@ -119,6 +126,7 @@ __all__ = (
     "layerwise_multipliers",
     "learning_rates",
     "learning_rates_by_state",
+    "model_layout",
     "neuron_norm_sgd",
     "optimizer_layout",
     "param_groups",

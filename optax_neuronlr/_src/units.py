@@ -289,10 +289,11 @@ def leaf_layout(shape: Sequence[int], spec: UnitSpec, where: str) -> Layout:
   )
 
 
-def _axes_to_spec(axes: Any, where: str) -> UnitSpec:
-  """A 0.1-style ``neuron_axes`` entry (None, int, tuple of ints) as a spec."""
+def _axes_to_spec(axes: Any, where: str, default: Any = None) -> UnitSpec:
+  """A ``neuron_axes`` entry (None, int, tuple of ints) as a spec; None is
+  ``default`` (the leaf's output axes from the model layout), else the last axis."""
   if axes is None:
-    return Neurons(-1)
+    return Neurons(-1) if default is None else Neurons(default)
   return Neurons(_as_axes(axes, f"neuron_axes for leaf '{where}'"))
 
 
@@ -374,7 +375,10 @@ def tree_layouts(
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
   if granularity == "neuron" and isinstance(granularity, str):
     axes_of = _spec_lookup(neuron_axes, tree, _is_axes_spec, "neuron_axes")
-    spec_of = lambda where: _axes_to_spec(axes_of(where), where)
+    # Imported here: the layout module builds its unit specs from this one.
+    from optax_neuronlr._src import model_layout  # pylint: disable=g-import-not-at-top
+    defaults = model_layout.default_neuron_axes(tree)
+    spec_of = lambda where: _axes_to_spec(axes_of(where), where, defaults.get(where) or None)
   elif isinstance(granularity, str):
     leaf_spec = "tensor" if granularity == "global" else granularity
     spec_of = lambda where: leaf_spec

@@ -89,6 +89,7 @@ import numpy as np
 import optax
 
 from optax_neuronlr._src import engine
+from optax_neuronlr._src import model_layout
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
@@ -100,11 +101,11 @@ from optax_neuronlr._src.units import UnitSpec
 SPEC_STRINGS = ("element", "tensor", "neuron")
 OnUnrecognised = Literal["warn", "error", "ignore"]
 
-QUERY_NAMES = frozenset({"query", "q_proj", "wq", "q"})
-KEY_NAMES = frozenset({"key", "k_proj", "wk", "k"})
-VALUE_NAMES = frozenset({"value", "v_proj", "wv", "v"})
-OUT_NAMES = frozenset({"out", "o_proj", "wo", "out_proj"})
-QKV_NAMES = frozenset({"qkv", "qkv_proj", "wqkv", "c_attn", "query_key_value", "in_proj"})
+QUERY_NAMES = model_layout.QUERY_NAMES
+KEY_NAMES = model_layout.KEY_NAMES
+VALUE_NAMES = model_layout.VALUE_NAMES
+OUT_NAMES = model_layout.OUT_NAMES
+QKV_NAMES = model_layout.QKV_NAMES
 
 # Kinds of leaves, as shown in reports.
 QUERY_KEY = "query/key"
@@ -219,70 +220,37 @@ def num_units(spec: UnitSpec, shape: Sequence[int], where: str = "leaf") -> int:
 # The rules.
 
 
-def _classify(
-    keys: Sequence[str], shape: tuple[int, ...], num_heads: Optional[int],
-    num_kv_heads: Optional[int],
-) -> tuple[str, Optional[UnitSpec], str]:
-  """``(kind, spec, reason)`` of one leaf from its path keys and shape."""
-  name = keys[-1].lower() if keys else ""
-  module = keys[-2].lower() if len(keys) >= 2 else ""
-  ndim = len(shape)
-  kv_heads = num_kv_heads if num_kv_heads is not None else num_heads
-  if name == "bias":
+def _classify(role: model_layout.LeafRole) -> tuple[str, Optional[UnitSpec], str]:
+  """``(kind, spec, reason)`` of one leaf from its role in the model layout."""
+  kind, ndim = role.kind, len(role.shape)
+  if kind == model_layout.BIAS:
     return BIAS, "element", ""
-  if name == "scale":
-    if ndim == 1:
-      return NORM_SCALE, "tensor", ""
-    return UNRECOGNISED, None, f"a 'scale' with {ndim} dimensions (a norm scale is 1-D)"
-  if name == "embedding":
-    if ndim == 2:
-      return EMBEDDING, Neurons(0), ""
-    return UNRECOGNISED, None, f"an 'embedding' with {ndim} dimensions (Embed's is (vocab, d))"
-  if name != "kernel":
-    return UNRECOGNISED, None, f"no rule for a leaf named {keys[-1] if keys else ''!r}"
-
-  if module in QUERY_NAMES or module in KEY_NAMES:
-    heads = num_heads if module in QUERY_NAMES else kv_heads
+  if kind == model_layout.NORM_SCALE:
+    return NORM_SCALE, "tensor", ""
+  if kind == model_layout.EMBEDDING:
+    return EMBEDDING, Neurons(0), ""
+  if kind in (model_layout.QUERY, model_layout.KEY):
     if ndim == 3:
       return QUERY_KEY, Neurons(1), ""
-    if ndim == 2:
-      if heads is None:
-        return UNRECOGNISED, None, ("a 2-D query/key kernel (fused heads): pass num_heads "
-                                    "(and num_kv_heads for grouped-query attention)")
-      return QUERY_KEY, Blocks(1, heads), ""
-    return UNRECOGNISED, None, f"a query/key kernel with {ndim} dimensions"
-  if module in VALUE_NAMES:
-    if ndim == 3:
-      return VALUE, Neurons((1, 2)), ""
-    if ndim == 2:
-      return VALUE, "neuron", ""
-    return UNRECOGNISED, None, f"a value kernel with {ndim} dimensions"
-  if module in OUT_NAMES:
-    if ndim in (2, 3):
-      return ATTENTION_OUT, "neuron", ""
-    return UNRECOGNISED, None, f"an attention-output kernel with {ndim} dimensions"
-  if module in QKV_NAMES:
-    if ndim != 2:
-      return UNRECOGNISED, None, f"a fused q/k/v kernel with {ndim} dimensions (expected 2)"
-    if num_heads is None:
+    if role.heads is None:
+      return UNRECOGNISED, None, ("a 2-D query/key kernel (fused heads): pass num_heads "
+                                  "(and num_kv_heads for grouped-query attention)")
+    return QUERY_KEY, role.heads, ""
+  if kind == model_layout.VALUE:
+    return VALUE, Neurons((1, 2)) if ndim == 3 else "neuron", ""
+  if kind == model_layout.ATTENTION_OUT:
+    return ATTENTION_OUT, "neuron", ""
+  if kind == model_layout.FUSED_QKV:
+    if role.heads is None:
       return UNRECOGNISED, None, "a fused q/k/v kernel: pass num_heads"
-    return FUSED_QKV, Blocks(1, num_heads + 2 * kv_heads), ""
-  if ndim == 2:
+    return FUSED_QKV, role.heads, ""
+  if kind in (model_layout.MLP, model_layout.HEAD, model_layout.RECURRENT,
+              model_layout.INPUT) and ndim == 2:
     return DENSE, "neuron", ""
-  return UNRECOGNISED, None, (f"a {ndim}-D kernel outside attention (e.g. a convolution or "
-                              "a DenseGeneral); give it a spec in overrides")
-
-
-_DECAYED_KINDS = frozenset({QUERY_KEY, VALUE, ATTENTION_OUT, FUSED_QKV, EMBEDDING, DENSE})
-
-
-def _decays(kind: str, keys: Sequence[str], shape: tuple[int, ...]) -> bool:
-  if kind in _DECAYED_KINDS:
-    return True
-  if kind in (BIAS, NORM_SCALE):
-    return False
-  name = keys[-1].lower() if keys else ""
-  return len(shape) >= 2 and name not in ("bias", "scale")
+  if kind == model_layout.CONV:
+    return UNRECOGNISED, None, (f"a {ndim}-D kernel outside attention (e.g. a convolution or "
+                                "a DenseGeneral); give it a spec in overrides")
+  return UNRECOGNISED, None, role.reason or f"a {ndim}-D {kind} leaf"
 
 
 def _check_positive(value: Optional[int], what: str) -> None:
@@ -348,20 +316,19 @@ def _partition(params, num_heads, num_kv_heads, overrides, on_unrecognised, stac
     raise ValueError(f"on_unrecognised must be 'warn', 'error' or 'ignore', got "
                      f"{on_unrecognised!r}.")
   selection = _overrides(overrides)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  layout = model_layout.model_layout(params, num_heads=num_heads, num_kv_heads=num_kv_heads)
+  treedef = layout.treedef
   leaves: list[AdamMiniLeaf] = []
-  for path, leaf in flat:
-    keys = _path_keys(path)
-    where = "/".join(keys)
-    shape = tuple(int(s) for s in (leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)))
-    kind, spec, reason = _classify(keys, shape, num_heads, num_kv_heads)
+  for role in layout.leaves:
+    where, shape = role.path, role.shape
+    kind, spec, reason = _classify(role)
     override = None if selection is None else selection.lookup(where, default=None)
     overridden = override is not None
     if overridden:
       spec = override
     if spec is None:
       spec = "element"
-    leaves.append(AdamMiniLeaf(where, shape, kind, spec, _decays(kind, keys, shape),
+    leaves.append(AdamMiniLeaf(where, shape, kind, spec, role.weight_decay,
                                num_units(spec, shape, where), overridden, reason))
   specs = jax.tree_util.tree_unflatten(treedef, [l.spec for l in leaves])
   mask = jax.tree_util.tree_unflatten(treedef, [l.weight_decay for l in leaves])

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from optax_neuronlr._src import engine
+from optax_neuronlr._src import model_layout
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import adam_mini as am
 from optax_neuronlr._src.rules import moments
@@ -51,10 +52,7 @@ HEAD = "head"
 VECTOR = "vector"
 LABELS = (HIDDEN, HEAD, VECTOR)
 
-# Module names of an output head (whole, case-insensitive; the leaf is its kernel).
-HEAD_NAMES = frozenset({"lm_head", "head", "output", "output_layer", "output_head",
-                        "out_head", "final_layer", "unembed", "unembedding", "logits",
-                        "classifier"})
+HEAD_NAMES = model_layout.HEAD_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,48 +181,12 @@ def neuron_norm_sgd(
 # SCALE for transformers: labels and units from paths and shapes.
 
 
-def _keys(path) -> list[str]:
-  return am._path_keys(path)  # pylint: disable=protected-access
-
-
-def _shape(x: Any) -> tuple[int, ...]:
-  return tuple(int(s) for s in (x.shape if hasattr(x, "shape") else np.shape(x)))
-
-
-def _find_heads(flat, head: Any) -> set[str]:
-  """Paths of the output head's kernel(s)."""
-  if head is False:
-    return set()
-  paths = {"/".join(_keys(p)): _shape(x) for p, x in flat}
-  if head is not None:
-    pattern = re.compile(head) if isinstance(head, str) else head
-    return {p for p, s in paths.items() if len(s) >= 2 and
-            any(pattern.fullmatch(q) for q in _prefixes(p))}
-  by_name = {p for p, s in paths.items()
-             if len(s) == 2 and p.split("/")[-1].lower() == "kernel"
-             and len(p.split("/")) >= 2 and p.split("/")[-2].lower() in HEAD_NAMES}
-  if by_name:
-    return by_name
-  # An unnamed head: a (d, vocab) kernel whose shape is an embedding's, transposed.
-  embeds = {s for p, s in paths.items() if p.split("/")[-1].lower() == "embedding"
-            and len(s) == 2}
-  return {p for p, s in paths.items() if len(s) == 2 and p.split("/")[-1].lower() == "kernel"
-          and (s[1], s[0]) in embeds}
-
-
-def _prefixes(path: str) -> list[str]:
-  parts = path.split("/")
-  return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
-
-
-def _units(keys: list[str], shape: tuple[int, ...]) -> Any:
-  """A matrix's output neurons: both head axes of a ``(d, heads, head_dim)``
-  query/key/value kernel, else the last axis."""
-  if len(shape) == 3 and keys and keys[-1].lower() == "kernel" and len(keys) >= 2:
-    module = keys[-2].lower()
-    if module in am.QUERY_NAMES | am.KEY_NAMES | am.VALUE_NAMES:
-      return Neurons((1, 2))
-  return "neuron"
+def _units(tree: Any) -> Any:
+  """Every leaf's output neurons (:func:`optax_neuronlr.model_layout`): both head
+  axes of a ``(d, heads, head_dim)`` query/key/value kernel, else the last axis."""
+  layout = model_layout.model_layout(tree)
+  return layout.treedef.unflatten([Neurons(l.neuron_axes) if l.neuron_axes else "tensor"
+                                   for l in layout.leaves])
 
 
 def scale_sgd_labels(params: Any, *, head: Any = None) -> Any:
@@ -241,27 +203,26 @@ def scale_sgd_labels(params: Any, *, head: Any = None) -> Any:
   Args:
     params: the parameter tree (arrays, ``jax.ShapeDtypeStruct``, Flax
       linen params or an NNX ``nnx.State``); only paths and shapes are read.
-    head: which kernel is the output head. None (default): the 2-D kernels
-      of modules named ``lm_head``, ``head``, ``output``, ``output_layer``,
-      ``output_head``, ``out_head``, ``final_layer``, ``unembed``,
-      ``unembedding``, ``logits`` or ``classifier`` (whole names,
-      case-insensitive), else a ``(d, vocab)`` kernel whose transpose is the
-      shape of an ``embedding``; a path selector (a regular expression
-      matching a path or a ``/``-prefix of it); or False for none.
+    head: which kernel is the output head. None (default): the head
+      :func:`optax_neuronlr.model_layout` finds (the 2-D kernel of a module
+      named ``lm_head``, ``head``, ``output``, ``classifier``, ... or a
+      read-out ``out`` at the top of the tree; else a ``(d, vocab)`` kernel
+      whose transpose is the shape of an ``embedding``); a path selector (a
+      regular expression matching a path or a ``/``-prefix of it); or False
+      for none.
 
   Returns:
     A tree shaped like ``params``, of the strings above.
   """
-  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  heads = _find_heads(flat, head)
+  layout = model_layout.model_layout(params, head=head)
   labels = []
-  for p, x in flat:
-    keys, shape = _keys(p), _shape(x)
-    if len(shape) <= 1 or (keys and keys[-1].lower() in ("bias", "scale")):
+  for role in layout.leaves:
+    name = role.path.split("/")[-1].lower()
+    if len(role.shape) <= 1 or name in ("bias", "scale"):
       labels.append(VECTOR)
     else:
-      labels.append(HEAD if "/".join(keys) in heads else HIDDEN)
-  return jax.tree_util.tree_unflatten(treedef, labels)
+      labels.append(HEAD if role.kind == model_layout.HEAD else HIDDEN)
+  return layout.treedef.unflatten(labels)
 
 
 class _Partition:
@@ -274,7 +235,7 @@ class _Partition:
 
   def labels(self, tree: Any) -> Any:
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    key = (treedef, tuple(_shape(x) for _, x in flat))
+    key = (treedef, tuple(np.shape(x) for _, x in flat))
     try:
       return self._labels[key]
     except (KeyError, TypeError):
@@ -288,8 +249,7 @@ class _Partition:
 
   @staticmethod
   def units(tree: Any) -> Any:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    return treedef.unflatten([_units(_keys(p), _shape(x)) for p, x in flat])
+    return _units(tree)
 
   def report(self, params: Any) -> None:
     if self.head is not None or self._warned:

@@ -16,6 +16,7 @@ from optax_neuronlr._src.groups import param_groups
 from optax_neuronlr._src.groups import ParamGroups
 from optax_neuronlr._src.groups import path_labels
 from optax_neuronlr._src.groups import set_hyperparams
+from optax_neuronlr._src.engine import LeafContext
 from optax_neuronlr._src.engine import Rule
 from optax_neuronlr._src.engine import RuleState
 from optax_neuronlr._src.engine import scale_by_rule
@@ -42,12 +43,19 @@ from optax_neuronlr._src.rules.hypergradient import hypergradient_lr
 from optax_neuronlr._src.rules.hypergradient import HypergradientLRState
 from optax_neuronlr._src.rules.hypergradient import scale_by_hypergradient_lr
 from optax_neuronlr._src.rules.hypergradient import sgd_hd
+from optax_neuronlr._src.rules.muon import muon
+from optax_neuronlr._src.rules.muon import normuon_labels
+from optax_neuronlr._src.rules.muon import scale_by_muon
+from optax_neuronlr._src.rules.muon import ScaleByMuonState
 from optax_neuronlr._src.rules.neuron_norm import neuron_norm_sgd
 from optax_neuronlr._src.rules.neuron_norm import NeuronNorm
 from optax_neuronlr._src.rules.neuron_norm import scale_by_neuron_norm
 from optax_neuronlr._src.rules.neuron_norm import scale_sgd
 from optax_neuronlr._src.rules.neuron_norm import scale_sgd_labels
 from optax_neuronlr._src.rules.neuron_norm import ScaleByNeuronNormState
+from optax_neuronlr._src.rules.normuon import NorMuon
+from optax_neuronlr._src.rules.normuon import normuon
+from optax_neuronlr._src.rules.normuon import scale_by_normuon
 from optax_neuronlr._src.rules.seed000 import grad_history_lr
 from optax_neuronlr._src.rules.seed000 import grad_magnitude_lr
 from optax_neuronlr._src.rules.seed000 import GradHistory
@@ -93,11 +101,13 @@ __all__ = (
     "Hypergradient",
     "HypergradientLRState",
     "LayoutRow",
+    "LeafContext",
     "LeafRole",
     "MatrixView",
     "ModelLayout",
     "NeuronNorm",
     "Neurons",
+    "NorMuon",
     "OptimizerLayout",
     "ParamGroups",
     "RateRecord",
@@ -109,6 +119,7 @@ __all__ = (
     "ScaleByGradHistoryLRState",
     "ScaleByGradMagnitudeLRState",
     "ScaleByLeafState",
+    "ScaleByMuonState",
     "ScaleByNeuronNormState",
     "ScaleBySignConsistencyLRState",
     "SignConsistency",
@@ -127,7 +138,10 @@ __all__ = (
     "learning_rates",
     "learning_rates_by_state",
     "model_layout",
+    "muon",
     "neuron_norm_sgd",
+    "normuon",
+    "normuon_labels",
     "optimizer_layout",
     "param_groups",
     "path_labels",
@@ -139,6 +153,8 @@ __all__ = (
     "reset_param_group",
     "scale_by_adam_mini",
     "scale_by_leaf",
+    "scale_by_muon",
+    "scale_by_normuon",
     "scale_by_reduce_lr_on_plateau",
     "scale_by_neuron_norm",
     "scale_by_rule",

@@ -30,9 +30,12 @@ e_t = \mathrm{update\_elements}(e_{t-1}, g_t, d_t),
 $$
 
 $$
-r_t = \mathrm{clip}(\mathrm{rate}(s_t), \mathrm{min\_lr}, \mathrm{max\_lr}),
-\qquad u_t = r_t \, d_t .
+l_t = \mathrm{update\_leaf}(l_{t-1}, s_t, o_t), \qquad
+r_t = \mathrm{clip}(\mathrm{rate}(s_t, l_t), \mathrm{min\_lr}, \mathrm{max\_lr}),
+\qquad u_t = r_t \, d_t ,
 $$
+
+where $l$ are the rule's per-leaf statistics (none for most rules).
 
 The sign convention of the package: every ``scale_by_*`` transform returns
 ``+rate * d``; every alias chains ``optax.scale(-1.0)``.
@@ -87,6 +90,26 @@ class RuleState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class LeafContext:
+  """Static facts about one leaf, for :meth:`Rule.update_leaf`.
+
+  Attributes:
+    path: the leaf's path (keys joined by ``"/"``).
+    shape: the leaf's shape.
+    unit_shape: the shape of its unit statistics.
+    unit_size: the number of elements in each unit.
+    info: the leaf's entry of ``scale_by_rule``'s ``leaf_info`` (None when
+      not given): any static Python value, e.g. a matrix's shape factor.
+  """
+
+  path: str
+  shape: tuple[int, ...]
+  unit_shape: tuple[int, ...]
+  unit_size: int
+  info: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
   r"""A per-unit learning-rate rule, run by :func:`scale_by_rule`.
 
@@ -101,6 +124,13 @@ class Rule:
       shaped like the leaf's units).
     element_stats: names of the statistics kept per element (one array per
       leaf, shaped like the leaf).
+    leaf_stats: names of the statistics kept once per leaf (a 0-d array per
+      leaf, in the statistics' dtype, zero at ``init``). :meth:`update_leaf`
+      sets them from this step's reduced observations and updated unit
+      statistics, and :meth:`rate` reads them beside the unit statistics:
+      the place for a per-leaf reduction that the rate needs (NorMuon's
+      norm-preserving rescale), so that the rates read back from the state
+      are still exactly the applied ones. Not with ``granularity="global"``.
     hyperparams: names of the rule's numeric hyperparameters (besides
       ``learning_rate``, ``min_lr`` and ``max_lr``, which every rule gets).
     reduce: ``"mean"`` or ``"sum"``: how each quantity that :meth:`observe`
@@ -111,6 +141,13 @@ class Rule:
   Each method gets ``hp``, a dict of this step's scalars (``learning_rate``,
   ``min_lr``, ``max_lr`` and the rule's ``hyperparams``), and ``count``, the
   number of updates including this one (``t``, starting at 1).
+
+  Version 2.1 of the API (backwards compatible: a rule that does not use
+  them is unchanged) adds ``leaf_stats`` and :meth:`update_leaf`, which
+  receives this step's reduced observations of the whole leaf and a
+  :class:`LeafContext` (the leaf's path, shape, units, and a static value
+  per leaf that ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in
+  :meth:`rate` then holds the leaf statistics too.
 
   Example: a rate inversely proportional to an EMA of the unit's RMS gradient::
 
@@ -134,6 +171,7 @@ class Rule:
 
   unit_stats: ClassVar[tuple[str, ...]] = ()
   element_stats: ClassVar[tuple[str, ...]] = ()
+  leaf_stats: ClassVar[tuple[str, ...]] = ()
   hyperparams: ClassVar[tuple[str, ...]] = ()
   reduce: ClassVar[str] = "mean"
   state_name: ClassVar[str] = ""
@@ -200,18 +238,42 @@ class Rule:
     del g, d, hp, count
     return elements
 
+  def update_leaf(
+      self, stats: Stats, observed: tuple[jax.Array, ...], hp: Hyper,
+      count: jax.Array, leaf: "LeafContext",
+  ) -> Stats:
+    """New per-leaf statistics (``leaf_stats``; default: unchanged).
+
+    Called after :meth:`update`, once per leaf.
+
+    Args:
+      stats: the leaf's unit statistics after :meth:`update` and its leaf
+        statistics before this step.
+      observed: this step's observations, reduced over each unit (one array
+        per quantity of :meth:`observe`, shaped like the units): summing
+        them over the units gives per-leaf reductions.
+      hp: this step's scalars.
+      count: the number of updates including this one.
+      leaf: the leaf's static :class:`LeafContext`.
+    """
+    del observed, hp, count, leaf
+    return {name: stats[name] for name in self.leaf_stats}
+
   def rate(self, stats: Stats, hp: Hyper, count: jax.Array) -> jax.Array:
-    """The per-unit rate before the clamp, from the updated statistics."""
+    """The per-unit rate before the clamp, from the updated statistics (unit
+    and leaf statistics, by name)."""
     raise NotImplementedError(f"{self.name} must define rate().")
 
 
 @functools.lru_cache(maxsize=None)
 def _base_state_class(cls: type) -> type:
   """The NamedTuple state of a rule class (its default instance's state)."""
-  fields = ("count", *cls.unit_stats, *cls.element_stats, "applied", "direction_state")
+  fields = ("count", *cls.unit_stats, *cls.element_stats, *cls.leaf_stats, "applied",
+            "direction_state")
   if len(set(fields)) != len(fields):
     raise TypeError(
-        f"{cls.__name__}: statistic names {cls.unit_stats + cls.element_stats} "
+        f"{cls.__name__}: statistic names "
+        f"{cls.unit_stats + cls.element_stats + cls.leaf_stats} "
         "must be distinct and differ from 'count', 'applied' and 'direction_state'."
     )
   name = cls.state_name or f"{cls.__name__}State"
@@ -221,7 +283,8 @@ def _base_state_class(cls: type) -> type:
   state_cls.__doc__ = (
       f"State of :func:`scale_by_rule` for :class:`{cls.__name__}`: ``count``, "
       f"unit statistics {cls.unit_stats}, element statistics "
-      f"{cls.element_stats}, ``applied`` and ``direction_state`` (see "
+      f"{cls.element_stats}, leaf statistics {cls.leaf_stats}, ``applied`` "
+      "and ``direction_state`` (see "
       ":class:`optax_neuronlr.RuleState`)."
   )
   state_cls.__module__ = cls.__module__
@@ -359,7 +422,7 @@ def rates_of(state: Any) -> Any:
 
   def leaf_rate(*stats):
     dtype = stats[0].dtype
-    r = rule.rate(dict(zip(rule.unit_stats, stats)), hp, count)
+    r = rule.rate(dict(zip(rule.unit_stats + rule.leaf_stats, stats)), hp, count)
     rate = clamp(jnp.broadcast_to(r, stats[0].shape), hp).astype(dtype)
     start = clamp(hp["learning_rate"], hp).astype(dtype)
     return jnp.where(count == 0, start, rate)
@@ -369,7 +432,8 @@ def rates_of(state: Any) -> Any:
     return jax.tree.map(
         lambda e: leaf_rate(jnp.zeros(jnp.shape(r), e.dtype)),
         getattr(state, names[0]))
-  return jax.tree.map(leaf_rate, *(getattr(state, n) for n in rule.unit_stats))
+  return jax.tree.map(
+      leaf_rate, *(getattr(state, n) for n in rule.unit_stats + rule.leaf_stats))
 
 
 def _check_rule(rule: Any, hyperparams: Mapping[str, Any]) -> None:
@@ -377,6 +441,8 @@ def _check_rule(rule: Any, hyperparams: Mapping[str, Any]) -> None:
     raise TypeError(f"rule must be an nlr.Rule instance, got {type(rule).__name__}.")
   if rule.reduce not in REDUCTIONS:
     raise ValueError(f"{rule.name}.reduce must be one of {REDUCTIONS}, got {rule.reduce!r}.")
+  if rule.leaf_stats and not rule.unit_stats:
+    raise TypeError(f"{rule.name}: leaf_stats need at least one unit statistic.")
   given, wanted = set(hyperparams), set(rule.hyperparams)
   if given != wanted:
     raise ValueError(
@@ -427,6 +493,7 @@ def scale_by_rule(
     neuron_axes: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
+    leaf_info: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``rule`` per unit; returns ``+rate * d``.
 
@@ -456,6 +523,9 @@ def scale_by_rule(
       for bf16/f16 leaves, else the leaf's own dtype.
     direction: an optax transform whose output the rates scale (e.g.
       ``optax.scale_by_adam()``); None scales the incoming gradient.
+    leaf_info: static per-leaf values for :meth:`Rule.update_leaf` (as
+      :attr:`LeafContext.info`): None, a pytree with the structure of the
+      params (one value per leaf), or a callable ``params -> pytree``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -469,6 +539,10 @@ def scale_by_rule(
   validation.check_dtype("state_dtype", state_dtype)
   units_lib.check_granularity(granularity, neuron_axes)
   is_global = isinstance(granularity, str) and granularity == "global"
+  if is_global and rule.leaf_stats:
+    raise ValueError(
+        f"{rule.name} keeps per-leaf statistics {rule.leaf_stats}; granularity="
+        "'global' (one unit for the tree) is not supported for it.")
   if direction is not None:
     if not isinstance(direction, optax.GradientTransformation):
       raise TypeError(
@@ -508,6 +582,9 @@ def scale_by_rule(
     stats.update({
         n: treedef.unflatten([_copy(s[n]) for s in elem]) for n in rule.element_stats
     })
+    stats.update({
+        n: treedef.unflatten([jnp.zeros([], d) for d in dtypes]) for n in rule.leaf_stats
+    })
     _record(state_cls, layouts, treedef, is_global)
     return state_cls(
         count=jnp.zeros([], jnp.int32),
@@ -538,6 +615,8 @@ def scale_by_rule(
       )
       dirs = treedef.flatten_up_to(d)
     unit_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.unit_stats}
+    leaf_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.leaf_stats}
+    infos = _leaf_infos(leaf_info, updates, treedef) if rule.leaf_stats else None
     elem_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.element_stats}
 
     leaves = []  # (layout, g, g in compute dtype, d, stats dtype, elements, observed)
@@ -562,10 +641,19 @@ def scale_by_rule(
         )
       leaves.append((layout, g, gc, d, dtype, elements, observed))
 
-    def new_stats(old, observed, dtype):
+    def new_stats(old, observed, dtype, i=None):
       new = rule.update(old, observed, hp, prev_hp, count)
       new = {n: new[n].astype(dtype) for n in rule.unit_stats}
+      if rule.leaf_stats:
+        layout = leaves[i][0]
+        context = LeafContext(paths[i], layout.shape, layout.unit_shape, layout.size,
+                              infos[i])
+        merged = {**new, **{n: v[i] for n, v in leaf_old.items()}}
+        new_leaf = rule.update_leaf(merged, observed, hp, count, context)
+        new.update({n: new_leaf[n].astype(dtype) for n in rule.leaf_stats})
       return new, clamp(rule.rate(new, hp, count), hp).astype(dtype)
+
+    paths = _paths(treedef) if rule.leaf_stats else None
 
     if is_global and leaves:
       # One unit for the tree: every leaf holds a copy of its statistics.
@@ -580,7 +668,7 @@ def scale_by_rule(
         rate = global_rate.astype(dtype)
         new = {n: v.astype(dtype) for n, v in global_stats.items()}
       else:
-        new, rate = new_stats({n: v[i] for n, v in unit_old.items()}, observed, dtype)
+        new, rate = new_stats({n: v[i] for n, v in unit_old.items()}, observed, dtype, i)
       unit_new.append(new)
       outs.append(layout.scale(d, rate).astype(g.dtype))
       elem_new.append({
@@ -588,7 +676,8 @@ def scale_by_rule(
           for n, v in rule.update_elements(elements, gc, d, hp, count).items()
       })
 
-    stats = {n: treedef.unflatten([s[n] for s in unit_new]) for n in rule.unit_stats}
+    stats = {n: treedef.unflatten([s[n] for s in unit_new])
+             for n in rule.unit_stats + rule.leaf_stats}
     stats.update(
         {n: treedef.unflatten([s[n] for s in elem_new]) for n in rule.element_stats}
     )
@@ -601,6 +690,20 @@ def scale_by_rule(
     return treedef.unflatten(outs), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _leaf_infos(leaf_info: Any, tree: Any, treedef) -> list[Any]:
+  """One ``leaf_info`` value per leaf of ``tree``, in order."""
+  if leaf_info is None:
+    return [None] * treedef.num_leaves
+  if callable(leaf_info):
+    leaf_info = leaf_info(tree)
+  try:
+    return treedef.flatten_up_to(leaf_info)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "leaf_info must have the structure of the params (one value per leaf): "
+        f"{e}") from e
 
 
 def _global_reduce(rule: Rule, leaves) -> tuple[jax.Array, ...]:

@@ -1,0 +1,271 @@
+r"""NorMuon (Li et al., 2025): Muon with a per-neuron second moment, as a rule.
+
+NorMuon ("NorMuon: Making Muon more efficient and scalable", arXiv:2510.05491;
+reference code ``normuon_update`` of the authors' repository
+zichongli5/NorMuon) keeps Muon's orthogonalised momentum $O_t$ of each hidden
+matrix and normalises it per output neuron $n$ (a row of PyTorch's
+``(out, in)`` weight, an index of the output axes of a Flax kernel) by an EMA
+of the neuron's mean square, then rescales the matrix back to $O_t$'s
+Frobenius norm:
+
+$$
+v_{n,t} = \beta_2 v_{n,t-1} + (1 - \beta_2)\, \mathrm{mean}_{i \in n}\, O_{i,t}^2,
+\qquad \hat O_{i,t} = \frac{O_{i,t}}{\sqrt{v_{n,t}} + \epsilon},
+$$
+
+$$
+u_t = \eta_t \sqrt{\max(1, n_{out}/n_{in})}\;
+      \frac{\|O_t\|_F}{\|\hat O_t\|_F + \epsilon}\; \hat O_t ,
+\qquad p_t = p_{t-1}(1 - \eta_t \lambda) - u_t ,
+$$
+
+with $\epsilon = 10^{-10}$ in both places, as the reference. Here it is the
+:class:`NorMuon` rule run by :func:`optax_neuronlr.scale_by_rule` with Muon's
+unscaled $O_t$ as the direction: the per-neuron rate
+$r_n = \eta_t g / (\sqrt{v_n} + \epsilon)$, with $g$ the leaf's shape factor
+times its norm ratio, is what :func:`optax_neuronlr.learning_rates` reads.
+The state is Muon's momentum, one $v$ per output neuron and one scalar $g$
+per leaf (the rescale depends on this step's $O_t$, which ``v`` alone cannot
+give, so it is kept to read the applied rates back exactly).
+
+For a leaf of several matrices (batch axes, or ``blocks`` such as the gates of
+a fused recurrent kernel) Newton-Schulz runs per matrix, and the
+norm-preserving rescale is over the whole leaf; for a one-matrix leaf (every
+attention and MLP kernel) it is exactly the reference's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_neuronlr._src import engine
+from optax_neuronlr._src import validation
+from optax_neuronlr._src.rules import moments
+from optax_neuronlr._src.rules import muon as muon_lib
+from optax_neuronlr._src.units import Neurons
+
+
+@dataclasses.dataclass(frozen=True)
+class NorMuon(engine.Rule):
+  r"""NorMuon's per-neuron rate on an orthogonalised direction $O$.
+
+  Unit statistic ``v`` (EMA of $\mathrm{mean}_{i \in n} O_i^2$ per neuron),
+  leaf statistic ``gain`` $= s\, \|O\|_F / (\|O / (\sqrt v + \epsilon)\|_F +
+  \epsilon)$ with $s$ the leaf's ``leaf_info`` (Muon's shape factor; 1 when
+  not given), and rate $\eta\, \mathrm{gain} / (\sqrt{v_n} + \epsilon)$.
+  Needs units of one output neuron each (the fan-in reduced) and the
+  direction to be $O$.
+  """
+
+  unit_stats = ("v",)
+  leaf_stats = ("gain",)
+  hyperparams = ("beta2", "eps")
+  state_name = "ScaleByNorMuonState"
+  name = "normuon"
+
+  def observe(self, g, d, elements, hp):
+    d = d.astype(g.dtype)
+    return (d * d,)
+
+  def update(self, stats, observed, hp, prev_hp, count):
+    v = stats["v"]
+    return {"v": v + (1 - hp["beta2"]) * (observed[0] - v)}
+
+  def update_leaf(self, stats, observed, hp, count, leaf):
+    eps = hp["eps"]
+    mean_sq = observed[0]
+    den = jnp.sqrt(stats["v"]) + eps
+    norm = jnp.sqrt(jnp.sum(mean_sq) * leaf.unit_size)
+    norm_new = jnp.sqrt(jnp.sum(mean_sq / (den * den)) * leaf.unit_size)
+    scale = 1.0 if leaf.info is None else leaf.info
+    return {"gain": scale * (norm / (norm_new + eps))}
+
+  def rate(self, stats, hp, count):
+    return hp["learning_rate"] * stats["gain"] / (jnp.sqrt(stats["v"]) + hp["eps"])
+
+
+def scale_by_normuon(
+    momentum: float = 0.95,
+    beta2: float = 0.95,
+    eps: float = 1e-10,
+    *,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: Sequence[float] = muon_lib.NS_COEFFS,
+    ns_eps: float = 1e-7,
+    ns_dtype: Any = None,
+    mu_dtype: Any = None,
+    state_dtype: Any = None,
+    matrices: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""NorMuon's scaling of each matrix: per-neuron normalised Muon.
+
+  With $O_t$ the orthogonalised (Nesterov) momentum of :func:`scale_by_muon`
+  before its shape factor, per output neuron $n$ of each matrix:
+
+  $$
+  v_{n,t} = \beta_2 v_{n,t-1} + (1 - \beta_2)\, \mathrm{mean}_{i \in n} O_{i,t}^2,
+  \qquad
+  u_{i,t} = \eta_t \sqrt{\max(1, \tfrac{n_{out}}{n_{in}})}
+    \frac{\|O_t\|_F}{\|\hat O_t\|_F + \epsilon} \hat O_{i,t},
+  \quad \hat O_{i,t} = \frac{O_{i,t}}{\sqrt{v_{n,t}} + \epsilon}
+  $$
+
+  (Li et al., 2025, reference ``normuon_update``). Returns $+u_t$. The
+  per-neuron rate in front of $O_t$ is the :class:`NorMuon` rule's, which
+  :func:`optax_neuronlr.learning_rates` reads.
+
+  Args:
+    momentum: Muon's momentum $\mu$, in ``[0, 1)``.
+    beta2: decay of the per-neuron second moment, in ``[0, 1)``.
+    eps: $\epsilon$ of the normalisation and of the rescale, ``> 0``.
+    learning_rate: $\eta$, a number or a schedule; the default 1.0 returns
+      the direction itself (:func:`normuon` passes its rate here, so that the
+      rates read back are the applied ones).
+    nesterov: Nesterov momentum.
+    ns_steps: Newton-Schulz iterations, an int ``>= 1``.
+    ns_coeffs: the quintic's coefficients $(a, b, c)$.
+    ns_eps: added to the Frobenius norm before Newton-Schulz, ``> 0``.
+    ns_dtype: dtype of Newton-Schulz (None: the update's; ``"bfloat16"`` as
+      the reference).
+    mu_dtype: dtype of the stored momentum (None: the params').
+    state_dtype: dtype of ``v`` and ``gain`` (None: float32 for bf16/f16
+      params, else the params').
+    matrices: each leaf's matrix view, as in :func:`scale_by_muon` (every
+      leaf needs one); the output neurons are every axis but its fan-in.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    ``ScaleByNorMuonState`` (``v``, ``gain``, and Muon's momentum in
+    ``direction_state``).
+  """
+  validation.check_beta("beta2", beta2)
+  validation.check_range("eps", eps, low=0.0, low_open=True)
+  direction = muon_lib.muon_direction(
+      momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=ns_eps,
+      ns_dtype=ns_dtype, mu_dtype=mu_dtype, matrices=matrices, scaled=False,
+      what="scale_by_normuon")
+
+  def views(tree):
+    return jax.tree.structure(tree).unflatten(
+        muon_lib.leaf_views(tree, matrices, what="scale_by_normuon"))
+
+  def units(tree):
+    return jax.tree.map(lambda v, x: Neurons(tuple(
+        a for a in range(jnp.ndim(x)) if a not in v.reduction_axes)),
+        views(tree), tree, is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
+
+  def scales(tree):
+    return jax.tree.map(lambda v, x: muon_lib.shape_scale(v, jnp.shape(x)),
+                        views(tree), tree,
+                        is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
+
+  return engine.scale_by_rule(
+      NorMuon(), learning_rate, {"beta2": beta2, "eps": eps}, granularity=units,
+      state_dtype=state_dtype, direction=direction, leaf_info=scales)
+
+
+def normuon(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.95,
+    beta2: float = 0.95,
+    weight_decay: float = 0.0,
+    *,
+    eps: float = 1e-10,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: Sequence[float] = muon_lib.NS_COEFFS,
+    ns_eps: float = 1e-7,
+    ns_dtype: Any = None,
+    mu_dtype: Any = None,
+    state_dtype: Any = None,
+    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    adam_eps: float = 1e-8,
+    adam_weight_decay: float = 0.0,
+    hidden: Any = None,
+    matrices: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""NorMuon (Li et al., 2025) on the hidden matrices, AdamW elsewhere.
+
+  Hidden leaves (:func:`normuon_labels`): with $u_t$ of
+  :func:`scale_by_normuon` at rate $\eta_t$ and decoupled weight decay
+  $\lambda$, as the reference's ``SingleDeviceNorMuonWithAuxAdam``:
+
+  $$
+  p_t = p_{t-1} (1 - \eta_t \lambda) - u_t ;
+  $$
+
+  every other leaf (embeddings, output head, norm scales, biases) gets
+  ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``.
+  The state is Muon's momentum on the hidden leaves, one float per output
+  neuron and one per hidden leaf, and AdamW's two moments on the rest.
+  Agrees with the reference's ``normuon_update`` to float64 rounding
+  (``python -m optax_neuronlr.parity --case normuon``).
+
+  Args:
+    learning_rate: $\eta$ of the hidden matrices, a number or a schedule, ``>= 0``.
+    momentum: Muon's momentum, in ``[0, 1)``.
+    beta2: decay of the per-neuron second moment, in ``[0, 1)``.
+    weight_decay: $\lambda$ of the hidden matrices, ``>= 0``.
+    eps: $\epsilon$ of the normalisation and rescale, ``> 0``.
+    nesterov: Nesterov momentum.
+    ns_steps: Newton-Schulz iterations, an int ``>= 1``.
+    ns_coeffs: the quintic's coefficients $(a, b, c)$.
+    ns_eps: added to the Frobenius norm before Newton-Schulz, ``> 0``.
+    ns_dtype: dtype of Newton-Schulz (None: the update's; ``"bfloat16"`` as
+      the reference).
+    mu_dtype: dtype of the stored momentum (None: the params').
+    state_dtype: dtype of the per-neuron statistics (None: float32 for
+      bf16/f16 params, else the params').
+    adam_learning_rate: AdamW's rate; None: ``learning_rate``.
+    b1: AdamW's first-moment decay, in ``[0, 1)``.
+    b2: AdamW's second-moment decay, in ``[0, 1)``.
+    adam_eps: AdamW's $\epsilon$, ``>= 0``.
+    adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
+    hidden: which leaves NorMuon trains: None (the hidden matrices of
+      :func:`optax_neuronlr.model_layout`), a pytree of bools shaped like the
+      params, or a callable ``params -> pytree of bools``.
+    matrices: the hidden leaves' matrix views (see
+      :func:`optax_neuronlr.scale_by_muon`); None: from the layout, else the
+      last axis as the output.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
+    with the inner states ``"hidden"`` and ``"adamw"``).
+
+  Example:
+    >>> import optax_neuronlr as nlr
+    >>> tx = nlr.normuon(0.02, weight_decay=0.1, adam_learning_rate=3e-4)
+    >>> # optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  """
+  validation.check_rate("learning_rate", learning_rate)
+  validation.check_range("weight_decay", weight_decay, low=0.0)
+  muon_lib.check_adamw_args(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)
+  validation.check_beta("beta2", beta2)
+  validation.check_range("eps", eps, low=0.0, low_open=True)
+  validation.check_flag("nesterov", nesterov)
+  muon_lib.check_muon_args(momentum, ns_steps, ns_coeffs, ns_eps, ns_dtype, mu_dtype)
+  validation.check_dtype("state_dtype", state_dtype)
+  adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
+
+  def hidden_tx(views):
+    return optax.chain(
+        scale_by_normuon(momentum, beta2, eps, learning_rate=learning_rate,
+                         nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
+                         ns_eps=ns_eps, ns_dtype=ns_dtype, mu_dtype=mu_dtype,
+                         state_dtype=state_dtype, matrices=views),
+        moments.decoupled_weight_decay(learning_rate, weight_decay),
+        optax.scale(-1.0))
+
+  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay)
+  return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
+

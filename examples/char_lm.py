@@ -1,4 +1,4 @@
-"""A character language model: AdamW against Adam-mini and SCALE, each at its best rate.
+"""A character language model: AdamW against Adam-mini, SCALE, Muon and NorMuon, each at its best rate.
 
 Trains a small Flax NNX causal transformer built from the standard modules
 (``nnx.Embed`` for tokens and positions, pre-LayerNorm blocks of
@@ -9,17 +9,25 @@ character of English text that ships with Python: the help topics of
 held out for validation (every tenth topic, ~10% of the text), so the
 validation loss measures text the model never saw.
 
-Three optimizers, each with the same model, initialisation, batches, number of
+Five optimizers, each with the same model, initialisation, batches, number of
 steps, warmup-cosine schedule and weight decay 0.1 on kernels and embeddings:
 
 * ``optax.adamw`` (masked like Adam-mini: no decay on norm scales and biases);
 * ``nlr.adam_mini``: one second moment per block (per head for query/key, per
   output neuron, per token), about half of AdamW's state;
 * ``nlr.scale_sgd`` (SCALE): per-neuron normalised SGD, momentum on the output
-  head only, AdamW on biases and norm scales.
+  head only, AdamW on biases and norm scales;
+* ``nlr.muon``: Muon's orthogonalised momentum on the hidden matrices
+  (attention and MLP kernels), AdamW on embeddings, the head, norms and biases;
+* ``nlr.normuon``: Muon's direction with one second moment per output neuron
+  (NorMuon), AdamW on the same leaves as Muon.
 
-Each optimizer's peak rate is picked from the same sweep (``SWEEP``: the same
-grid, so the same number of runs, for each); the table gives every run's final
+Each optimizer's peak rate is picked from a sweep of the same size
+(``SWEEP``; Muon and NorMuon, whose hidden-matrix updates have unit spectral
+norm rather than unit RMS per element, sweep ``MUON_SWEEP``, the same three
+points a decade higher, the range their authors use; their AdamW leaves run
+at the best AdamW run's peak rate, as a user switching from AdamW would keep
+it); the table gives every run's final
 validation loss (the best of each optimizer marked), its optimizer-state bytes
 and its step time (median of the jitted steps after compilation); the figure
 shows the training and validation curves of each optimizer's best run and the
@@ -61,11 +69,15 @@ import optax_neuronlr as nlr
 
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
-METHODS = ("adamw", "adam_mini", "scale_sgd")
-SWEEP = (2e-3, 6e-3, 2e-2)  # peak rates, the same grid for every method
+METHODS = ("adamw", "adam_mini", "scale_sgd", "muon", "normuon")
+MUON_METHODS = ("muon", "normuon")
+SWEEP = (2e-3, 6e-3, 2e-2)  # peak rates, the same grid for every Adam-like method
+MUON_SWEEP = (2e-2, 6e-2, 2e-1)  # as many points, for the orthogonalised updates
 QUICK_SWEEP = (6e-3,)
+QUICK_MUON_SWEEP = (6e-2,)
 WEIGHT_DECAY = 0.1
-COLORS = {"adamw": "tab:blue", "adam_mini": "tab:orange", "scale_sgd": "tab:green"}
+COLORS = {"adamw": "tab:blue", "adam_mini": "tab:orange", "scale_sgd": "tab:green",
+          "muon": "tab:red", "normuon": "tab:purple"}
 
 
 # ---------------------------------------------------------------------------
@@ -181,10 +193,17 @@ def schedule(peak: float, c: Config) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(0.0, peak, c.warmup, c.steps, peak * 0.1)
 
 
-def optimizer(method: str, peak: float, c: Config) -> optax.GradientTransformation:
+def optimizer(method: str, peak: float, c: Config,
+              adam_peak: Optional[float] = None) -> optax.GradientTransformation:
   """``method`` at peak rate ``peak``: warmup-cosine schedule, weight decay 0.1
-  on kernels and embeddings (SCALE: on every matrix)."""
+  on kernels and embeddings (SCALE: on every matrix). Muon and NorMuon train
+  their AdamW leaves at ``adam_peak`` (default ``peak``), on the same schedule."""
   lr = schedule(peak, c)
+  if method in MUON_METHODS:
+    adam_lr = schedule(peak if adam_peak is None else adam_peak, c)
+    make = nlr.muon if method == "muon" else nlr.normuon
+    return make(lr, weight_decay=WEIGHT_DECAY, adam_learning_rate=adam_lr,
+                adam_weight_decay=WEIGHT_DECAY)
   if method == "adamw":
     return optax.adamw(lr, weight_decay=WEIGHT_DECAY, mask=nlr.adam_mini_weight_decay_mask)
   if method == "adam_mini":
@@ -229,10 +248,11 @@ def nbytes(tree: Any) -> int:
 
 
 def train_run(method: str, peak: float, c: Config, corpus: Corpus, batches: np.ndarray,
-              val_batches: np.ndarray, bar: Optional[tqdm] = None) -> Run:
+              val_batches: np.ndarray, bar: Optional[tqdm] = None,
+              adam_peak: Optional[float] = None) -> Run:
   """Trains a fresh :class:`CharTransformer` (seed ``c.seed``) on ``batches``."""
   model = CharTransformer(c, corpus.vocab_size, nnx.Rngs(c.seed))
-  opt = nnx.Optimizer(model, optimizer(method, peak, c), wrt=nnx.Param)
+  opt = nnx.Optimizer(model, optimizer(method, peak, c, adam_peak), wrt=nnx.Param)
   state_bytes = nbytes(nnx.state(opt, nnx.optimizer.OptState))
   val = jnp.asarray(val_batches)
   train_loss, val_steps, val_loss, times = [], [], [], []
@@ -253,16 +273,23 @@ def train_run(method: str, peak: float, c: Config, corpus: Corpus, batches: np.n
 
 
 def sweep(c: Config, corpus: Corpus, rates: Sequence[float] = SWEEP,
-          methods: Sequence[str] = METHODS, bar: Optional[tqdm] = None) -> list[Run]:
-  """Every method at every rate of ``rates``, on the same batches."""
+          methods: Sequence[str] = METHODS, bar: Optional[tqdm] = None,
+          muon_rates: Sequence[float] = MUON_SWEEP) -> list[Run]:
+  """Every method at every rate of its sweep, on the same batches (AdamW first:
+  Muon's and NorMuon's AdamW leaves take its best peak rate)."""
   batches = make_batches(corpus.train, c.steps, c.batch, c.seq_len, c.seed)
   val = make_batches(corpus.val, c.eval_batches, c.batch, c.seq_len, c.seed + 1)
-  runs = []
-  for method in methods:
-    for peak in rates:
+  order = sorted(methods, key=lambda m: m != "adamw")
+  runs: list[Run] = []
+  for method in order:
+    adam_peak = None
+    if method in MUON_METHODS:
+      adamw = best_runs(runs).get("adamw")
+      adam_peak = adamw.peak_lr if adamw is not None else None
+    for peak in (muon_rates if method in MUON_METHODS else rates):
       if bar is not None:
         bar.set_description(f"{method} lr={peak:g}")
-      runs.append(train_run(method, peak, c, corpus, batches, val, bar))
+      runs.append(train_run(method, peak, c, corpus, batches, val, bar, adam_peak))
   return runs
 
 
@@ -371,18 +398,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     c = dataclasses.replace(c, steps=args.steps, eval_every=max(1, args.steps // 10),
                             warmup=min(c.warmup, args.steps // 2))
   rates = QUICK_SWEEP if args.quick else SWEEP
+  muon_rates = QUICK_MUON_SWEEP if args.quick else MUON_SWEEP
   corpus = load_corpus()
   print(f"pydoc_data.topics: {len(corpus.train):,} training and {len(corpus.val):,} "
         f"validation characters, {corpus.vocab_size} symbols; jax {jax.__version__} on "
         f"{jax.devices()[0].platform}")
   start = time.perf_counter()
-  with tqdm(total=len(METHODS) * len(rates) * c.steps, unit="step") as bar:
-    runs = sweep(c, corpus, rates, METHODS, bar)
+  total = sum(len(muon_rates if m in MUON_METHODS else rates) for m in METHODS) * c.steps
+  with tqdm(total=total, unit="step") as bar:
+    runs = sweep(c, corpus, rates, METHODS, bar, muon_rates)
   wall = time.perf_counter() - start
   n = sum(x.size for x in jax.tree.leaves(nnx.state(
       CharTransformer(c, corpus.vocab_size, nnx.Rngs(0)), nnx.Param)))
   print(f"\n{len(runs)} runs of {c.steps} steps, {n:,} parameters, {wall:.0f} s "
-        f"(sweep {', '.join(f'{r:g}' for r in rates)} for each optimizer)\n")
+        f"(sweep {', '.join(f'{r:g}' for r in rates)}; Muon and NorMuon "
+        f"{', '.join(f'{r:g}' for r in muon_rates)})\n")
   print(table(runs))
   plot(runs, c, args.out)
   print(f"\nfigure written to {args.out}")

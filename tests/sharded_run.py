@@ -71,6 +71,18 @@ HEAD_CASES = {
         lambda: nlr.adam_mini(1e-2, weight_decay=0.1, num_heads=HEADS,
                               on_unrecognised="error")),
 }
+# Muon and NorMuon: Newton-Schulz needs each whole matrix, so a sharded hidden
+# matrix is gathered; the collectives are recorded against the parameters' size.
+MUON_TRANSFORMS = {
+    "muon/matrix": lambda: nlr.muon(1e-2, weight_decay=0.1),
+    "normuon/matrix": lambda: nlr.normuon(1e-2, weight_decay=0.1),
+}
+MUON_HEAD_CASES = {
+    "normuon/heads": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                      lambda: nlr.normuon(1e-2, weight_decay=0.1)),
+    "muon/heads": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                   lambda: nlr.muon(1e-2, weight_decay=0.1)),
+}
 STEPS = 5
 COLLECTIVE = re.compile(
     r"=\s*(\(?[^=]*?\)?)\s+(all-reduce|all-gather|reduce-scatter|"
@@ -124,9 +136,9 @@ def _is_rule_state(x) -> bool:
 
 def run_case(name: str, layout: str, mesh) -> dict:
   if layout == "head_axis":
-    shapes, specs, make = HEAD_CASES[name]
+    shapes, specs, make = (HEAD_CASES | MUON_HEAD_CASES)[name]
   else:
-    shapes, specs, make = SHAPES, LAYOUTS[layout], TRANSFORMS[name]
+    shapes, specs, make = SHAPES, LAYOUTS[layout], (TRANSFORMS | MUON_TRANSFORMS)[name]
   tx = make()
   params, grads = _data(shapes)
   start = jax.tree.map(np.asarray, params)  # donation below may reuse its buffers
@@ -152,12 +164,13 @@ def run_case(name: str, layout: str, mesh) -> dict:
   change = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in
                zip(jax.tree.leaves(single_params), jax.tree.leaves(start)))
   stat_specs = {}
-  rates = nlr.learning_rates(state)
+  has_rule = any(_is_rule_state(x) for x in jax.tree.leaves(state, is_leaf=_is_rule_state))
+  rates = nlr.learning_rates(state) if has_rule else {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(rates)[0]:
     key = "/".join(k.key for k in path)
     stat_specs[key] = [str(a) for a in leaf.sharding.spec]
   is_rule = lambda x: isinstance(getattr(type(x), "rule", None), nlr.Rule)
-  inner = [s for s in jax.tree.leaves(state, is_leaf=is_rule) if is_rule(s)][0]
+  inner = ([s for s in jax.tree.leaves(state, is_leaf=is_rule) if is_rule(s)] or [None])[0]
   for field in ("grad_ema", "sign_ema", "lr"):
     tree = getattr(inner, field, None)
     if tree is not None and not isinstance(tree, jax.Array):
@@ -165,7 +178,9 @@ def run_case(name: str, layout: str, mesh) -> dict:
           str(a) for a in tree["dense"]["kernel"].sharding.spec]
   stat_specs.update(_unit_stat_specs(state))
   return {"case": name, "layout": layout, "max_diff": diff, "total_change": change,
-          "stat_specs": stat_specs, "collectives": _collectives(hlo)}
+          "stat_specs": stat_specs, "collectives": _collectives(hlo),
+          "param_elements": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+          "family": "muon" if name in MUON_TRANSFORMS | MUON_HEAD_CASES else "rule"}
 
 
 def main() -> None:
@@ -175,6 +190,11 @@ def main() -> None:
     for name in TRANSFORMS:
       print(json.dumps(run_case(name, layout, mesh)))
   for name in HEAD_CASES:
+    print(json.dumps(run_case(name, "head_axis", mesh)))
+  for layout in LAYOUTS:
+    for name in MUON_TRANSFORMS:
+      print(json.dumps(run_case(name, layout, mesh)))
+  for name in MUON_HEAD_CASES:
     print(json.dumps(run_case(name, "head_axis", mesh)))
 
 

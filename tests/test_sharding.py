@@ -21,16 +21,53 @@ MAX_UNITS = 32  # the widest layer's output units in sharded_run.SHAPES
 
 
 @pytest.fixture(scope="module")
-def sharded_results() -> list[dict]:
+def all_results() -> list[dict]:
   out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
                        timeout=600, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def test_every_case_ran(sharded_results):
+@pytest.fixture(scope="module")
+def sharded_results(all_results) -> list[dict]:
+  """The per-unit rules' cases (Muon's are checked on their own)."""
+  return [r for r in all_results if r["family"] == "rule"]
+
+
+@pytest.fixture(scope="module")
+def muon_results(all_results) -> list[dict]:
+  return [r for r in all_results if r["family"] == "muon"]
+
+
+def test_every_case_ran(sharded_results, muon_results):
   assert len(sharded_results) == 18
   assert {r["layout"] for r in sharded_results} == {"neuron_axis", "fan_in_axis", "head_axis"}
+  assert sorted(r["case"] for r in muon_results) == sorted(
+      ["muon/matrix", "normuon/matrix"] * 2 + ["muon/heads", "normuon/heads"])
+
+
+def test_muon_equal_to_single_device_and_gathers_each_hidden_matrix(muon_results):
+  """Newton-Schulz needs each whole matrix: a sharded hidden matrix is gathered
+  once per step (an all-gather of its size), and the result equals one device.
+  NorMuon adds a scalar all-reduce (the norm-preserving rescale) and, when the
+  fan-in is sharded, one all-reduce of per-neuron size."""
+  hidden_matrix = 16 * 32  # sharded_run.SHAPES' dense/kernel; out/kernel is the head
+  head_matrix = 16 * 8 * 4  # each (16, 8, 4) / (8, 4, 16) attention kernel
+  for r in muon_results:
+    assert r["total_change"] > 1e-3, r["case"]
+    assert r["max_diff"] <= 1e-5 * r["total_change"] + 4 * 2.0**-23, r
+    gathers = [size for op, size in r["collectives"] if op == "all-gather"]
+    reduces = [size for op, size in r["collectives"] if op == "all-reduce"]
+    if r["layout"] == "head_axis":
+      assert gathers == [head_matrix] * 4, r
+    else:
+      assert gathers == [hidden_matrix], r
+    if r["case"].startswith("muon/"):
+      assert reduces == [], r
+    else:
+      assert reduces and all(size <= MAX_UNITS for size in reduces), r
+  normuon = [r for r in muon_results if r["case"] == "normuon/heads"][0]
+  assert normuon["stat_specs"]["state.v/query/kernel"] == ["x", "None"]
 
 
 def test_equal_to_single_device(sharded_results):

@@ -12,8 +12,8 @@ module gives each state leaf the sharding that matches its parameter:
   a Flax ``(in, out)`` kernel sharded as ``P("data", "model")``, its
   per-neuron EMA ``(out,)`` is ``P("model")``; per-head blocks of an axis keep
   that axis' partitioning;
-* everything else (counters, scalars, global or per-tensor rates) is
-  replicated.
+* everything else (counters, scalars, a rule's per-leaf statistics, global
+  or per-tensor rates) is replicated.
 
 Sharding the neuron axis then needs no communication at all; sharding the
 fan-in axis needs one all-reduce of per-unit size per statistic, never one of
@@ -87,11 +87,14 @@ def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
     by_path[engine.units_lib.path_str(p)] = s
 
   def param_like(state_leaf, sharding):
-    return sharding
+    # optax.masked / optax.partition keep a MaskedNode for the leaves a group
+    # does not hold: it stays one.
+    return state_leaf if isinstance(state_leaf, optax.MaskedNode) else sharding
 
   mapped = optax.tree_utils.tree_map_params(
       tx, param_like, abstract, params_shardings,
       transform_non_params=lambda _: default,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode),
   )
   used = set()
 
@@ -106,6 +109,10 @@ def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
 def _rule_shardings(state, shardings, records, used, by_path, default) -> Any:
   """Per-unit statistics of one rule state, sharded along the axes they keep."""
   rule = engine.rule_of(state)
+  # Per-leaf scalars (a rule's leaf statistics) are replicated.
+  shardings = shardings._replace(**{
+      name: jax.tree.map(lambda _: default, getattr(state, name))
+      for name in getattr(rule, "leaf_stats", ())})
   if not rule.unit_stats:
     return shardings
   first = getattr(state, rule.unit_stats[0])

@@ -176,7 +176,7 @@ class Layout:
     return self.scale(ones, unit_values)
 
 
-def _explicit_spec(x: jax.Array) -> Optional[tuple]:
+def explicit_spec(x: jax.Array) -> Optional[tuple]:
   """``x``'s partition spec on an explicit-sharding mesh, else None."""
   try:
     sharding = jax.typeof(x).sharding
@@ -193,7 +193,7 @@ def _explicit_spec(x: jax.Array) -> Optional[tuple]:
 def _split(x: jax.Array, axis: int, view: tuple[int, ...]) -> jax.Array:
   """Reshape ``x`` to ``view`` (``axis`` split in two); the blocks axis keeps
   ``axis``' sharding on explicit-sharding meshes."""
-  spec = _explicit_spec(x)
+  spec = explicit_spec(x)
   if spec is None or spec[axis] is None:
     return x.reshape(view)
   names = spec[axis] if isinstance(spec[axis], tuple) else (spec[axis],)
@@ -202,19 +202,19 @@ def _split(x: jax.Array, axis: int, view: tuple[int, ...]) -> jax.Array:
   # otherwise the blocks are gathered (correct, with one collective).
   keep = spec[axis] if view[axis] % shards == 0 else None
   new = spec[:axis] + (keep, None) + spec[axis + 1:]
-  return jax.lax.reshape(x, view, out_sharding=_on_mesh_of(x, new))
+  return jax.lax.reshape(x, view, out_sharding=on_mesh_of(x, new))
 
 
 def _merge(x: jax.Array, axis: int, shape: tuple[int, ...]) -> jax.Array:
   """Inverse of :func:`_split`."""
-  spec = _explicit_spec(x)
+  spec = explicit_spec(x)
   if spec is None or spec[axis] is None:
     return x.reshape(shape)
   new = spec[:axis] + (spec[axis],) + spec[axis + 2:]
-  return jax.lax.reshape(x, shape, out_sharding=_on_mesh_of(x, new))
+  return jax.lax.reshape(x, shape, out_sharding=on_mesh_of(x, new))
 
 
-def _on_mesh_of(x: jax.Array, spec: tuple) -> jax.sharding.NamedSharding:
+def on_mesh_of(x: jax.Array, spec: tuple) -> jax.sharding.NamedSharding:
   """``spec`` on ``x``'s (abstract) mesh: a bare PartitionSpec needs a mesh
   context (``jax.set_mesh``), which a jit with explicit-mesh shardings lacks."""
   return jax.sharding.NamedSharding(jax.typeof(x).sharding.mesh,

@@ -1,4 +1,4 @@
-"""Optimizer-state bytes and step time of Adam-mini and SCALE against ``optax.adamw``.
+"""Optimizer-state bytes and step time of Adam-mini, SCALE, Muon and NorMuon against optax.
 
 What it measures
 ----------------
@@ -20,7 +20,12 @@ leaves, so GPT-2-size trees cost nothing to measure. Rows:
   scalars);
 * ``nlr.scale_sgd`` (SCALE), the whole state, and its ``"hidden"`` group
   (every matrix but the output head) against ``optax.adamw``'s state on the
-  same leaves.
+  same leaves;
+* ``optax.contrib.muon`` given the same partition as ``nlr.muon`` (its
+  ``muon_weight_dimension_numbers`` from :func:`optax_neuronlr.model_layout`:
+  the hidden matrices on their matrix view, AdamW elsewhere), ``nlr.muon``,
+  ``nlr.normuon`` and ``nlr.normuon(mu_dtype="bfloat16")``: NorMuon's state is
+  Muon's plus one float per output neuron of each hidden matrix.
 
 **Step time** (``--time``). The jitted step ``tx.update`` +
 ``optax.apply_updates`` on concrete float32 params on CPU (donated params and
@@ -32,8 +37,10 @@ the mean of the adamw chunks around it (slow phases of a noisy 2-core machine
 cancel). ``x adamw`` is the median of those ratios, ``min-max`` their range;
 ``ms/step`` the median and best chunk.
 
-Issue 12's targets: Adam-mini's state at most 0.55x ``optax.adamw``'s; SCALE's
-hidden matrices at most 0.05x; step time at most 1.0x adamw's on CPU. The
+Targets: Adam-mini's state at most 0.55x ``optax.adamw``'s; SCALE's hidden
+matrices at most 0.05x; step time at most 1.0x adamw's on CPU; ``nlr.muon``
+and ``nlr.normuon`` no slower than ``optax.contrib.muon`` on the same tree
+(``x optax muon``: the ratio of the medians of their ratios to adamw). The
 lines under the tables say which are met.
 
 How to run
@@ -162,6 +169,20 @@ def hidden_rows(params: Any) -> list[Row]:
   ]
 
 
+OPTAX_MUON = "optax.contrib.muon"
+MUON_ROWS = ("nlr.muon", "nlr.normuon", "nlr.normuon(mu_dtype=bf16)")
+
+
+def muon_dimension_numbers(params: Any) -> Any:
+  """``optax.contrib.muon``'s dimension numbers for ``nlr.muon``'s partition:
+  the hidden matrices of :func:`optax_neuronlr.model_layout` on their matrix
+  view, None (AdamW) elsewhere."""
+  layout = nlr.model_layout(params)
+  dims = [optax.contrib.MuonDimensionNumbers(l.matrix.reduction_axes, l.matrix.output_axes)
+          if l.hidden and l.matrix.blocks is None else None for l in layout.leaves]
+  return layout.treedef.unflatten(dims)
+
+
 def optimizers() -> dict[str, optax.GradientTransformation]:
   """The optimizers compared, by row name (the baseline first)."""
   return {
@@ -169,6 +190,16 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
       "optax.sgd(momentum=0.9)": optax.sgd(1e-3, momentum=0.9),
       "nlr.adam_mini": nlr.adam_mini(1e-3, weight_decay=0.1),
       "nlr.scale_sgd": nlr.scale_sgd(1e-3, weight_decay=0.1),
+      OPTAX_MUON: optax.contrib.muon(
+          2e-2, weight_decay=0.1, adam_learning_rate=1e-3, adam_weight_decay=0.1,
+          muon_weight_dimension_numbers=muon_dimension_numbers),
+      "nlr.muon": nlr.muon(2e-2, weight_decay=0.1, adam_learning_rate=1e-3,
+                           adam_weight_decay=0.1),
+      "nlr.normuon": nlr.normuon(2e-2, weight_decay=0.1, adam_learning_rate=1e-3,
+                                 adam_weight_decay=0.1),
+      "nlr.normuon(mu_dtype=bf16)": nlr.normuon(
+          2e-2, weight_decay=0.1, adam_learning_rate=1e-3, adam_weight_decay=0.1,
+          mu_dtype="bfloat16"),
   }
 
 
@@ -178,7 +209,19 @@ def rows(params: Any) -> list[Row]:
          measured("optax.sgd(momentum=0.9)", txs["optax.sgd(momentum=0.9)"], params),
          adam_mini_expected(params)]
   out += [measured(name, txs[name], params) for name in ("nlr.adam_mini", "nlr.scale_sgd")]
+  out += [measured(name, txs[name], params) for name in (OPTAX_MUON,) + MUON_ROWS]
+  out.append(normuon_expected(params))
   return out
+
+
+def normuon_expected(params: Any) -> Row:
+  """Muon's state (``nlr.muon``, measured) plus one float per output neuron of
+  each hidden matrix."""
+  muon = nbytes(jax.eval_shape(optimizers()["nlr.muon"].init, params))
+  neurons = sum(l.num_neurons for l in nlr.model_layout(params).leaves if l.hidden)
+  itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
+  return Row("normuon (expected: muon + 1 per neuron)", muon + neurons * itemsize,
+             f"{neurons:,} output neurons")
 
 
 def memory_targets(all_rows: list[Row], hidden: list[Row]) -> list[str]:
@@ -186,8 +229,11 @@ def memory_targets(all_rows: list[Row], hidden: list[Row]) -> list[str]:
   mini = by_name["nlr.adam_mini"] / by_name[BASELINE]
   scale = (by_name["nlr.scale_sgd, hidden matrices only"]
            / by_name[f"{BASELINE}, hidden matrices only"])
+  normuon = by_name["nlr.normuon"] / by_name["normuon (expected: muon + 1 per neuron)"]
   return [_verdict("nlr.adam_mini state", mini, 0.55),
-          _verdict("nlr.scale_sgd state on the hidden matrices", scale, 0.05)]
+          _verdict("nlr.scale_sgd state on the hidden matrices", scale, 0.05),
+          f"  {'met   ' if normuon <= 1.0 + 1e-3 else 'MISSED'} nlr.normuon state: "
+          f"{normuon:.4f}x Muon's + one float per output neuron (target <= 1)"]
 
 
 def _verdict(what: str, ratio: float, limit: float) -> str:
@@ -259,18 +305,34 @@ def time_steps(c: Config, steps: int, repeats: int, warmup: int,
   return out
 
 
+def x_optax_muon(timed: dict[str, tuple[list, list]], name: str) -> Optional[float]:
+  """``name``'s step time over optax.contrib.muon's: the ratio of the medians of
+  their chunk ratios to the adamw chunks around them."""
+  if name not in MUON_ROWS or OPTAX_MUON not in timed:
+    return None
+  return statistics.median(timed[name][1]) / statistics.median(timed[OPTAX_MUON][1])
+
+
 def time_table(timed: dict[str, tuple[list, list]], markdown: bool) -> str:
-  cells = [("optimizer", "ms/step (median)", "ms/step (best)", "x adamw", "x adamw min-max")]
+  cells = [("optimizer", "ms/step (median)", "ms/step (best)", "x adamw", "x adamw min-max",
+            "x optax muon")]
   for name, (times, ratios) in timed.items():
+    vs_muon = x_optax_muon(timed, name)
     cells.append((name, f"{1e3 * statistics.median(times):.2f}", f"{1e3 * min(times):.2f}",
                   "1.00" if name == BASELINE else f"{statistics.median(ratios):.2f}",
-                  f"{min(ratios):.2f}-{max(ratios):.2f}"))
+                  f"{min(ratios):.2f}-{max(ratios):.2f}",
+                  "-" if vs_muon is None else f"{vs_muon:.2f}"))
   return _format(cells, markdown)
 
 
 def time_targets(timed: dict[str, tuple[list, list]]) -> list[str]:
-  return [_verdict(f"{name} step time", statistics.median(timed[name][1]), 1.0)
-          for name in ("nlr.adam_mini", "nlr.scale_sgd")]
+  lines = [_verdict(f"{name} step time", statistics.median(timed[name][1]), 1.0)
+           for name in ("nlr.adam_mini", "nlr.scale_sgd")]
+  for name in ("nlr.muon", "nlr.normuon"):
+    ratio = x_optax_muon(timed, name)
+    lines.append(f"  {'met   ' if ratio <= 1.0 else 'MISSED'} {name} step time: "
+                 f"{ratio:.2f}x {OPTAX_MUON} (target <= 1.0x)")
+  return lines
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -301,7 +363,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(format_table(all_rows, args.markdown))
     print()
     print(format_table(hidden, args.markdown, f"{BASELINE}, hidden matrices only"))
-    print("\nTargets (issue 12):")
+    print("\nTargets:")
     print("\n".join(memory_targets(all_rows, hidden)))
   if args.time:
     if args.dtype != "float32":
@@ -315,7 +377,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{args.repeats} rounds x {args.steps} steps per chunk, "
           f"{time.perf_counter() - start:.0f} s:\n")
     print(time_table(timed, args.markdown))
-    print("\nTargets (issue 12):")
+    print("\nTargets:")
     print("\n".join(time_targets(timed)))
   return 0
 

@@ -181,3 +181,24 @@ def test_default_neuron_units_of_3d_attention_kernels():
   tx = nlr.grad_history_lr(1e-2, granularity="neuron", neuron_axes=-1)
   _, state = tx.update(grads, tx.init(params), params)
   assert np.shape(nlr.learning_rates(state)["query"]["kernel"]) == (4,)
+
+
+@pytest.mark.parametrize("make", ["muon", "normuon"])
+def test_adamw_leaves_decay_embeddings_and_head_only(make):
+  """The AdamW part of Muon and NorMuon decays like the layout says: embeddings
+  and the head, never norm scales or biases (with a zero gradient and zero
+  rates, the update is the decay alone)."""
+  params = {"embed": {"embedding": jnp.ones((10, 8))}, "ln": {"scale": jnp.ones(8)},
+            "fc": {"kernel": jnp.ones((8, 8)), "bias": jnp.ones(8)},
+            "head": {"kernel": jnp.ones((8, 10))}}
+  tx = getattr(nlr, make)(0.0, weight_decay=0.5, adam_learning_rate=0.1,
+                          adam_weight_decay=0.5)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  assert ml.weight_decay_mask(params) == {
+      "embed": {"embedding": True}, "ln": {"scale": False},
+      "fc": {"kernel": True, "bias": False}, "head": {"kernel": True}}
+  for path, want in (("embed", -0.05), ("head", -0.05)):
+    leaf = jax.tree.leaves(updates[path])[0]
+    np.testing.assert_allclose(np.asarray(leaf), want, rtol=1e-6)
+  for leaf in (updates["ln"]["scale"], updates["fc"]["bias"], updates["fc"]["kernel"]):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.0)

@@ -442,6 +442,12 @@ def hidden_mask(params: Any) -> Any:
   return model_layout(params).tree("hidden")
 
 
+def weight_decay_mask(params: Any) -> Any:
+  """True where decoupled weight decay applies by default: kernels and
+  embeddings, not norm scales or biases (the mask of every AdamW part)."""
+  return model_layout(params).tree("weight_decay")
+
+
 def default_neuron_axes(params: Any) -> dict[str, tuple[int, ...]]:
   """Each leaf's output-neuron axes by path (the default of ``granularity="neuron"``)."""
   return {l.path: l.neuron_axes for l in model_layout(params).leaves}

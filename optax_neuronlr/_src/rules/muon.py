@@ -490,7 +490,9 @@ def muon(
   $$
 
   the other leaves (embeddings, output head, norm scales, biases) get
-  ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``.
+  ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``,
+  its decay on embeddings and the head only, never on norm scales or biases
+  (:func:`optax_neuronlr.model_layout`'s ``weight_decay``).
   Agrees with ``torch.optim.Muon`` to float64 rounding
   (``python -m optax_neuronlr.parity --case muon``).
 
@@ -535,6 +537,7 @@ def muon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay)
+  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay,
+                      mask=layout_lib.weight_decay_mask)
   return partitioned(hidden_tx, adamw, hidden, matrices)
 

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import engine
+from optax_neuronlr._src import model_layout
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.rules import muon as muon_lib
@@ -205,7 +206,9 @@ def normuon(
   $$
 
   every other leaf (embeddings, output head, norm scales, biases) gets
-  ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``.
+  ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``,
+  its decay on embeddings and the head only, never on norm scales or biases
+  (:func:`optax_neuronlr.model_layout`'s ``weight_decay``).
   The state is Muon's momentum on the hidden leaves, one float per output
   neuron and one per hidden leaf, and AdamW's two moments on the rest.
   Agrees with the reference's ``normuon_update`` to float64 rounding
@@ -266,6 +269,7 @@ def normuon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay)
+  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay,
+                      mask=model_layout.weight_decay_mask)
   return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
 

@@ -307,6 +307,14 @@ _GROUPS_SKIP = {"masked": _GROUPS_SUBTREE, "partition": _GROUPS_SUBTREE, "empty_
 _R = 30_000  # Rosenbrock steps (a fori_loop: ~10 ms of CPU)
 _R_EMA = (_R, dict(learning_rate=1e-3, max_lr=1.0))  # the library's default max_lr
 _R_SGD_LIKE = (_R, dict(learning_rate=1e-4, max_lr=1.5e-3))  # max_lr < 2/lambda_max
+def _matrices_hidden(params):
+  """Muon's leaves in the contract trees: every 2-D leaf (their names are not
+  Flax's, so the model layout would find no hidden matrix)."""
+  return jax.tree.map(lambda x: jnp.ndim(x) == 2, params)
+
+
+_Q_MUON = (2_000, dict(learning_rate=optax.cosine_decay_schedule(0.1, 2_000),
+                       weight_decay=0.0, adam_learning_rate=0.05))
 
 ENTRIES: tuple[Entry, ...] = (
     # The three strategies of reference 000 (aliases), at every granularity.
@@ -343,6 +351,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("adam_mini", nlr.adam_mini, dict(learning_rate=0.05, weight_decay=0.01, on_unrecognised="ignore"), state_dtype=True, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("adam_mini_neuron", nlr.adam_mini, dict(learning_rate=0.05, blocks="neuron"), state_dtype=True, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("scale_sgd", nlr.scale_sgd, dict(learning_rate=0.05, head=False), state_dtype=True, rosenbrock=(_R, dict(learning_rate=1e-3))),
+    # Muon's steps have a fixed spectral size: on the quadratic its rate must decay
+    # (optax.contrib.muon does the same, to 1e-13, with this schedule).
+    Entry("muon", nlr.muon, dict(learning_rate=0.05, weight_decay=0.01, adam_learning_rate=0.01, hidden=_matrices_hidden), static_args=("hidden",), quadratic=_Q_MUON, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
+    Entry("normuon", nlr.normuon, dict(learning_rate=0.05, weight_decay=0.01, adam_learning_rate=0.01, hidden=_matrices_hidden), static_args=("hidden",), state_dtype=True, quadratic=_Q_MUON, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("neuron_norm_sgd", nlr.neuron_norm_sgd, dict(learning_rate=0.05), state_dtype=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=optax.exponential_decay(1e-2, 2000, 0.5)))),
     Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), linear=True, rosenbrock=(_R, dict(learning_rate=1e-3)), skip=_GROUPS_SKIP),
     Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),

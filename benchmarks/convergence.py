@@ -1411,6 +1411,7 @@ def run_task(task: Task, selected: Sequence[Method], budget: Budget,
         p = future.result()
       except Exception as e:  # pylint: disable=broad-except  (an API mismatch: report it)
         errors[method.key] = f"{type(e).__name__}: {e}"
+        kept.pop(method.key, None)  # no stale results beside the error
         log(f"{task.name:10s} {method.key:36s} failed to build: {errors[method.key]}")
         continue
       r = run_method(problem, p, budget, seeds, adam_rate if adam_rate is not None else 0.0)
@@ -1441,7 +1442,8 @@ def run_task(task: Task, selected: Sequence[Method], budget: Budget,
                                           "cosine decay to 0.1 x peak",
       "eval_steps": [k * (problem.steps // budget.evals) for k in range(budget.evals + 1)],
       "budget": budget.json(seeds), "seconds": sum(r["seconds"] for r in runs), "runs": runs,
-      "errors": {**(existing.get("errors", {}) if compatible else {}), **errors},
+      "errors": {**{k: v for k, v in (existing.get("errors", {}) if compatible else {}).items()
+                    if k not in new}, **errors},
       "methods": merged,
   }
 

@@ -36,7 +36,7 @@ printed.
 
 Run from the repository root::
 
-    python examples/char_lm.py                  # ~4 minutes on 2 CPU cores
+    python examples/char_lm.py                  # ~5 minutes on 2 CPU cores
     python examples/char_lm.py --quick          # seconds: a tiny model, one rate each
     python examples/char_lm.py --steps 3000 --out /tmp/char_lm.png
 
@@ -127,7 +127,7 @@ def make_batches(stream: np.ndarray, steps: int, batch: int, seq_len: int,
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Model and training sizes (the defaults take ~4 minutes for the sweep on 2 cores)."""
+  """Model and training sizes (the defaults take ~5 minutes for the sweep on 2 cores)."""
 
   d_model: int = 48
   heads: int = 4

@@ -15,6 +15,11 @@ The last row, ``adam-mini``, runs ``nlr.adam_mini`` against the PyTorch package
 ``adam-mini==1.1.1`` on a small GPT (:mod:`optax_neuronlr.parity.adam_mini`),
 in float64 only; it needs ``pip install adam-mini==1.1.1`` (the ``test``
 extra) and flax.
+
+The rows ``muon`` and ``normuon`` run ``nlr.muon`` against ``torch.optim.Muon``
+and ``nlr.normuon`` against the NorMuon reference's ``normuon_update`` (restated
+in :mod:`optax_neuronlr.parity.normuon`), on plain matrices and on an NNX
+transformer block with 3-D attention kernels, in float64 only.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from optax_neuronlr.parity.harness import DTYPES, exit_status, format_table, run
 
 DEFAULT_STEPS = 50
 ADAM_MINI = "adam-mini"
-NAMES = (*CASES, *param_group_changes.NAMES, ADAM_MINI)
+MUON_ROWS = ("muon", "normuon")
+NAMES = (*CASES, *param_group_changes.NAMES, ADAM_MINI, *MUON_ROWS)
 
 
 def _positive_int(text: str) -> int:
@@ -66,6 +72,9 @@ def _run(name: str, steps: int, dtypes: Sequence[str]) -> Result:
   if name == ADAM_MINI:
     from optax_neuronlr.parity import adam_mini  # pylint: disable=g-import-not-at-top
     return adam_mini.run_case(steps, dtypes)
+  if name in MUON_ROWS:
+    from optax_neuronlr.parity import normuon  # pylint: disable=g-import-not-at-top
+    return normuon.run_case(name, steps, dtypes)
   if name in param_group_changes.ROWS:
     return param_group_changes.run_case(name, steps, dtypes)
   return run_case(CASES[name], steps, dtypes)

@@ -515,9 +515,11 @@ def scale_by_rule(
       path" in the README), or a callable ``params -> pytree of specs``.
     neuron_axes: only with ``granularity="neuron"``: which axes index neurons,
       an int or a tuple of ints for every leaf, a pytree of them selected by
-      path, or a callable ``params -> pytree``; None (default) is the last
-      axis of each leaf (Flax ``(in, out)`` kernels); ``0`` for PyTorch
-      ``(out, in)`` weights. Under ``optax.inject_hyperparams`` list a
+      path, or a callable ``params -> pytree``; None (default) is each
+      leaf's output axes as :func:`optax_neuronlr.model_layout` reads them:
+      both head axes of a ``(d, heads, head_dim)`` query/key/value kernel
+      (``heads * head_dim`` neurons), every axis of a bias, else the last axis
+      (Flax ``(in, out)`` kernels); ``0`` for PyTorch ``(out, in)`` weights. Under ``optax.inject_hyperparams`` list a
       callable here in ``static_args``.
     state_dtype: dtype of the statistics (a floating dtype), or None: float32
       for bf16/f16 leaves, else the leaf's own dtype.

@@ -960,9 +960,12 @@ def finalise_task(task: dict[str, Any]) -> None:
   target_loss = ref["summary"]["val_loss_mean"] if ref else None
   task["target"] = ({"method": REFERENCE, "val_loss": target_loss}
                     if target_loss is not None else {})
+  # The curves' mean at AdamW's last evaluation: its summary's mean, computed as the
+  # curves' are (from the stored 6-digit values), so that AdamW reaches it at its end.
+  curve_target = float(seed_curves(ref).mean(axis=0)[-1]) if ref else None
   for m in ms.values():
     s = m["summary"]
-    s["steps_to_target"] = (steps_to(m, task["eval_steps"], target_loss)
+    s["steps_to_target"] = (steps_to(m, task["eval_steps"], curve_target)
                             if target_loss is not None else None)
     if ref is not None:
       r = ref["summary"]
@@ -1543,7 +1546,6 @@ def positive_float(text: str) -> float:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Your method: --method-from module:make_tx (or path/to/file.py:make_tx), where "
              "make_tx(learning_rate) gets the scheduled learning rate (an optax schedule: the "
              "peak under test times the warm-up-cosine shape; the peak is traced, use it only "
@@ -1560,7 +1562,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       "a few steps")
   p.add_argument("--tasks", default=None,
                  help="regex: only the tasks it matches (" + ", ".join(t.name for t in TASKS)
-                      + ")")
+                      + "; 'char_lm' matches both char_lm tasks, '^char_lm$' only the first; "
+                      "char_lm_x3 runs " + ", ".join(LONG_METHODS) + " only)")
   p.add_argument("--methods", default=None,
                  help="regex: only the built-in methods whose key it matches (e.g. "
                       "'adamw|grad_history', 'none' for none of them); AdamW runs anyway "

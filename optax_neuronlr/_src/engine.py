@@ -518,7 +518,7 @@ def scale_by_rule(
       path, or a callable ``params -> pytree``; None (default) is each
       leaf's output axes as :func:`optax_neuronlr.model_layout` reads them:
       both head axes of a ``(d, heads, head_dim)`` query/key/value kernel
-      (``heads * head_dim`` neurons), every axis of a bias, else the last axis
+      and bias (``heads * head_dim`` neurons), else the last axis
       (Flax ``(in, out)`` kernels); ``0`` for PyTorch ``(out, in)`` weights. Under ``optax.inject_hyperparams`` list a
       callable here in ``static_args``.
     state_dtype: dtype of the statistics (a floating dtype), or None: float32

@@ -29,7 +29,7 @@ case-insensitively, never as substrings. The first rule that applies wins:
 
 | kind | leaf | shape | neurons | matrix (fan-in; out) | hidden |
 | --- | --- | --- | --- | --- | --- |
-| ``bias`` | ``bias`` | any | last axis | - | no |
+| ``bias`` | ``bias`` | any | last axis (both axes of a query/key/value ``(heads, head_dim)`` bias) | - | no |
 | ``norm_scale`` | ``scale`` | ``(d,)`` | each | - | no |
 | ``embedding`` | ``embedding`` | ``(vocab, d)`` | ``d`` | - | no |
 | ``head`` | the output head's ``kernel`` [1] | ``(d, out)`` | ``out`` | ``(0; 1)`` | no |
@@ -323,8 +323,11 @@ def _classify(keys: list[str], shape: tuple[int, ...], context: _Context,
                     reason)
 
   if name == "bias":
-    # One value per output neuron: a (heads, head_dim) attention bias has heads*head_dim.
-    return role(BIAS, neuron_axes=tuple(range(ndim)))
+    # One value per output neuron: a (heads, head_dim) query/key/value bias has
+    # heads*head_dim neurons; any other bias, one per index of its last axis.
+    if ndim == 2 and module in QUERY_NAMES | KEY_NAMES | VALUE_NAMES:
+      return role(BIAS, neuron_axes=(0, 1))
+    return role(BIAS)
   if name == "scale":
     if ndim == 1:
       return role(NORM_SCALE)

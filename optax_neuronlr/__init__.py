@@ -16,11 +16,13 @@ from optax_neuronlr._src.groups import param_groups
 from optax_neuronlr._src.groups import ParamGroups
 from optax_neuronlr._src.groups import path_labels
 from optax_neuronlr._src.groups import set_hyperparams
+from optax_neuronlr._src.engine import clamp
 from optax_neuronlr._src.engine import LeafContext
 from optax_neuronlr._src.engine import Rule
 from optax_neuronlr._src.engine import RuleState
 from optax_neuronlr._src.engine import scale_by_rule
 from optax_neuronlr._src.readers import learning_rates
+from optax_neuronlr._src.rule_transform import rule_transform
 from optax_neuronlr._src.regroup import add_param_group
 from optax_neuronlr._src.regroup import drop_param_group
 from optax_neuronlr._src.regroup import rebuild_nnx_optimizer
@@ -129,6 +131,7 @@ __all__ = (
     "adam_mini_blocks",
     "adam_mini_partition",
     "adam_mini_weight_decay_mask",
+    "clamp",
     "drop_param_group",
     "get_hyperparams",
     "grad_history_lr",
@@ -151,6 +154,7 @@ __all__ = (
     "rebuild_state",
     "reduce_lr_on_plateau",
     "reset_param_group",
+    "rule_transform",
     "scale_by_adam_mini",
     "scale_by_leaf",
     "scale_by_muon",

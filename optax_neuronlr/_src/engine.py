@@ -55,13 +55,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_neuronlr._src import rule_checks
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 
 Hyper = Mapping[str, jax.Array]
 Stats = dict[str, jax.Array]
-ENGINE_SCALARS = ("learning_rate", "min_lr", "max_lr")
-REDUCTIONS = ("mean", "sum")
+ENGINE_SCALARS = rule_checks.ENGINE_SCALARS
+REDUCTIONS = rule_checks.REDUCTIONS
 
 
 class RuleState(NamedTuple):
@@ -132,9 +133,13 @@ class Rule:
       norm-preserving rescale), so that the rates read back from the state
       are still exactly the applied ones. Not with ``granularity="global"``.
     hyperparams: names of the rule's numeric hyperparameters (besides
-      ``learning_rate``, ``min_lr`` and ``max_lr``, which every rule gets).
-    reduce: ``"mean"`` or ``"sum"``: how each quantity that :meth:`observe`
-      returns is reduced over a unit.
+      ``learning_rate``, ``min_lr`` and ``max_lr``, which every rule gets and
+      which no hyperparameter may be named), a tuple; or a dict ``{name:
+      default}``, whose defaults :func:`optax_neuronlr.rule_transform` puts in
+      the signature of the transform it builds.
+    reduce: the default of ``scale_by_rule``'s ``reduce`` option: ``"mean"``
+      or ``"sum"``, how each quantity that :meth:`observe` returns is reduced
+      over a unit.
     state_name: name of the rule's state class (default: the class name +
       ``"State"``).
 
@@ -149,12 +154,16 @@ class Rule:
   per leaf that ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in
   :meth:`rate` then holds the leaf statistics too.
 
+  The engine checks what each method returns (names, shapes, real dtypes) at
+  trace time and raises an error naming the rule, the method and the
+  statistic; see the docs page "Writing a rule".
+
   Example: a rate inversely proportional to an EMA of the unit's RMS gradient::
 
       @dataclasses.dataclass(frozen=True)
       class InverseRMS(nlr.Rule):
         unit_stats = ("ms",)
-        hyperparams = ("beta",)
+        hyperparams = {"beta": 0.9}
 
         def observe(self, g, d, elements, hp):
           return (g * g,)
@@ -166,6 +175,9 @@ class Rule:
         def rate(self, stats, hp, count):
           return hp["learning_rate"] / (jnp.sqrt(stats["ms"]) + 1e-8)
 
+      scale_by_inverse_rms = nlr.rule_transform(InverseRMS)
+      tx = scale_by_inverse_rms(1e-3, beta=0.9, granularity="neuron")
+      # or, without a transform of its own:
       tx = nlr.scale_by_rule(InverseRMS(), 1e-3, {"beta": 0.9}, granularity="neuron")
   """
 
@@ -183,7 +195,25 @@ class Rule:
 
   def scalar_names(self) -> tuple[str, ...]:
     """Names of the scalars in ``hp`` and in a state's ``applied`` tuple."""
-    return ENGINE_SCALARS + tuple(self.hyperparams)
+    return ENGINE_SCALARS + rule_checks.hyperparam_names(self)
+
+  def check_hyperparams(self, values: Mapping[str, Any]) -> None:
+    """Checks the hyperparameters' values when a transform is built.
+
+    The engine has already checked that each is a real scalar and not NaN;
+    override this to check ranges (raise ``ValueError`` naming the value and
+    the allowed range). ``values`` maps each name to
+    a Python number, or to None where the value is traced (under
+    ``optax.inject_hyperparams`` inside ``jit``) and cannot be checked.
+    Default: no further check.
+    """
+    del values
+
+  @staticmethod
+  def clamp(rate: jax.Array, hp: Hyper) -> jax.Array:
+    """``clip(rate, hp["min_lr"], hp["max_lr"])``, as the engine clamps
+    every rate (see :func:`optax_neuronlr.clamp`)."""
+    return clamp(rate, hp)
 
   def state_class(self, is_global: bool = False) -> type:
     """This rule's NamedTuple state class (one per equal rule; ``is_global``:
@@ -378,6 +408,21 @@ def _element_dtype(leaf_dtype: Any, dtype: Any) -> jnp.dtype:
   return jnp.dtype(dtype)
 
 
+def abs_sq(x: jax.Array) -> jax.Array:
+  r"""$|x|^2$, elementwise: ``x * x`` for real ``x``, ``Re(x * conj(x))`` for
+  complex ``x`` (where ``x * x`` would keep $\mathrm{Re}(x^2) = a^2 - b^2$,
+  negative when the imaginary part outweighs the real part)."""
+  if jnp.iscomplexobj(x):
+    return jnp.real(x * jnp.conj(x))
+  return x * x
+
+
+def element_dtype(leaf_dtype: Any, dtype: Any) -> jnp.dtype:
+  """dtype of an element statistic (or a first moment) of a leaf: complex for
+  complex leaves, so that a moment keeps the imaginary part."""
+  return _element_dtype(leaf_dtype, dtype)
+
+
 def _real(x: jax.Array) -> jax.Array:
   """Per-unit statistics are real: observed complex quantities keep their real part."""
   return jnp.real(x) if jnp.iscomplexobj(x) else x
@@ -439,23 +484,8 @@ def rates_of(state: Any) -> Any:
 def _check_rule(rule: Any, hyperparams: Mapping[str, Any]) -> None:
   if not isinstance(rule, Rule):
     raise TypeError(f"rule must be an nlr.Rule instance, got {type(rule).__name__}.")
-  if rule.reduce not in REDUCTIONS:
-    raise ValueError(f"{rule.name}.reduce must be one of {REDUCTIONS}, got {rule.reduce!r}.")
-  if rule.leaf_stats and not rule.unit_stats:
-    raise TypeError(f"{rule.name}: leaf_stats need at least one unit statistic.")
-  given, wanted = set(hyperparams), set(rule.hyperparams)
-  if given != wanted:
-    raise ValueError(
-        f"{rule.name} takes the hyperparameters {sorted(wanted)}; got "
-        f"{sorted(given)} (missing {sorted(wanted - given)}, unknown "
-        f"{sorted(given - wanted)})."
-    )
-  try:
-    hash(rule)
-  except TypeError as e:
-    raise TypeError(
-        f"{rule.name} must be hashable: declare it @dataclasses.dataclass(frozen=True)."
-    ) from e
+  rule_checks.check_declaration(rule)
+  rule_checks.check_hyperparams(rule, hyperparams)
 
 
 def _check_shapes(layouts, treedef, state, rule, is_global) -> None:
@@ -494,6 +524,7 @@ def scale_by_rule(
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
     leaf_info: Any = None,
+    reduce: Optional[str] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``rule`` per unit; returns ``+rate * d``.
 
@@ -528,17 +559,34 @@ def scale_by_rule(
     leaf_info: static per-leaf values for :meth:`Rule.update_leaf` (as
       :attr:`LeafContext.info`): None, a pytree with the structure of the
       params (one value per leaf), or a callable ``params -> pytree``.
+    reduce: how each quantity of :meth:`Rule.observe` is reduced over a unit,
+      ``"mean"`` or ``"sum"``; None (default): the rule's ``reduce``. A static
+      option (under ``optax.inject_hyperparams`` a string stays static).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is
     ``rule.state_class()``.
+
+  Raises:
+    TypeError, ValueError: when the transform is built, for a rule whose
+      declaration is wrong or a hyperparameter that is not a real scalar;
+      at trace time (``init``, first trace of ``update``), for a method of
+      the rule that returns other names, shapes or dtypes than declared. Each
+      message names the rule, the method and the statistic.
   """
+  if hyperparams is not None and not isinstance(hyperparams, Mapping):
+    raise TypeError("hyperparams must be a dict {name: value} of the rule's "
+                    f"hyperparameters, got {type(hyperparams).__name__}.")
   hyperparams = dict(hyperparams or {})
   _check_rule(rule, hyperparams)
+  reduction = rule.reduce if reduce is None else validation.check_choice(
+      "reduce", reduce, REDUCTIONS)
   if not callable(learning_rate):
     validation.check_rate("learning_rate", learning_rate)
   validation.check_clamps(min_lr, max_lr)
   validation.check_dtype("state_dtype", state_dtype)
+  for name, value in (("granularity", granularity), ("leaf_info", leaf_info)):
+    validation.check_static(name, value, example="nlr.scale_by_rule")
   units_lib.check_granularity(granularity, neuron_axes)
   is_global = isinstance(granularity, str) and granularity == "global"
   if is_global and rule.leaf_stats:
@@ -566,16 +614,20 @@ def scale_by_rule(
   def init_fn(params):
     layouts, treedef = units_lib.tree_layouts(params, granularity, neuron_axes)
     hp = step_scalars(lr_at(jnp.zeros([], jnp.int32)))
-    leaves = treedef.flatten_up_to(params)
+    leaves = [_as_array(leaf) for leaf in treedef.flatten_up_to(params)]
     dtypes = [stat_dtype(leaf.dtype, state_dtype) for leaf in leaves]
     unit, elem = [], []
-    for layout, leaf, dtype in zip(layouts, leaves, dtypes):
+    for layout, leaf, dtype, path in zip(layouts, leaves, dtypes, _paths(treedef)):
       zeros = jnp.zeros_like(leaf, dtype=dtype)
       unit_zeros = jnp.zeros([], dtype) if is_global else layout.sum(zeros, dtype)
       unit.append(rule.init(unit_zeros, hp))
+      rule_checks.check_stats(rule, "init", unit[-1], rule.unit_stats,
+                              unit_zeros.shape, path, kind="unit statistics")
       if rule.element_stats:
         elem.append(rule.init_elements(
             jnp.zeros_like(leaf, dtype=_element_dtype(leaf.dtype, dtype)), hp))
+        rule_checks.check_stats(rule, "init_elements", elem[-1], rule.element_stats,
+                                leaf.shape, path, kind="element statistics", real=False)
       else:
         elem.append({})
     stats = {
@@ -608,14 +660,15 @@ def scale_by_rule(
     prev_hp = dict(zip(names, state.applied))
     layouts, treedef = units_lib.tree_layouts(updates, granularity, neuron_axes)
     _check_shapes(layouts, treedef, state, rule, is_global)
-    grads = treedef.flatten_up_to(updates)
+    grads = [_as_array(g) for g in treedef.flatten_up_to(updates)]
+    paths = _paths(treedef)
     if direction is None:
       dirs, direction_state = grads, state.direction_state
     else:
       d, direction_state = direction.update(
           updates, state.direction_state, params, **extra_args
       )
-      dirs = treedef.flatten_up_to(d)
+      dirs = [_as_array(x) for x in treedef.flatten_up_to(d)]
     unit_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.unit_stats}
     leaf_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.leaf_stats}
     infos = _leaf_infos(leaf_info, updates, treedef) if rule.leaf_stats else None
@@ -633,34 +686,42 @@ def scale_by_rule(
       accumulate = jnp.promote_types(jnp.finfo(compute).dtype, jnp.float32)
       elements = {n: v[i] for n, v in elem_old.items()}
       gc = g.astype(compute)
-      quantities = tuple(_real(q) for q in rule.observe(gc, d, elements, hp))
+      quantities = rule_checks.check_observed(
+          rule, rule.observe(gc, d, elements, hp), g.shape, paths[i])
+      quantities = tuple(_real(q) for q in quantities)
       if is_global:
         observed = tuple(layout.sum(q, accumulate) for q in quantities)
       else:
         observed = tuple(
-            layout.reduce(q, accumulate, rule.reduce).astype(dtype)
+            layout.reduce(q, accumulate, reduction).astype(dtype)
             for q in quantities
         )
       leaves.append((layout, g, gc, d, dtype, elements, observed))
 
     def new_stats(old, observed, dtype, i=None):
+      where = "(all leaves: granularity='global')" if i is None else paths[i]
+      unit_shape = () if i is None else leaves[i][0].unit_shape
       new = rule.update(old, observed, hp, prev_hp, count)
-      new = {n: new[n].astype(dtype) for n in rule.unit_stats}
+      rule_checks.check_stats(rule, "update", new, rule.unit_stats, unit_shape, where,
+                              kind="unit statistics")
+      new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
       if rule.leaf_stats:
         layout = leaves[i][0]
         context = LeafContext(paths[i], layout.shape, layout.unit_shape, layout.size,
                               infos[i])
         merged = {**new, **{n: v[i] for n, v in leaf_old.items()}}
         new_leaf = rule.update_leaf(merged, observed, hp, count, context)
-        new.update({n: new_leaf[n].astype(dtype) for n in rule.leaf_stats})
-      return new, clamp(rule.rate(new, hp, count), hp).astype(dtype)
-
-    paths = _paths(treedef) if rule.leaf_stats else None
+        rule_checks.check_stats(rule, "update_leaf", new_leaf, rule.leaf_stats, (),
+                                where, kind="leaf statistics")
+        new.update({n: jnp.asarray(new_leaf[n]).astype(dtype) for n in rule.leaf_stats})
+      rate = rule.rate(new, hp, count)
+      rule_checks.check_rate(rule, rate, unit_shape, where)
+      return new, clamp(rate, hp).astype(dtype)
 
     if is_global and leaves:
       # One unit for the tree: every leaf holds a copy of its statistics.
       dtype = jnp.result_type(*[x[4] for x in leaves])
-      totals = tuple(t.astype(dtype) for t in _global_reduce(rule, leaves))
+      totals = tuple(t.astype(dtype) for t in _global_reduce(reduction, leaves))
       old = {n: v[0].astype(dtype) for n, v in unit_old.items()}
       global_stats, global_rate = new_stats(old, totals, dtype)
 
@@ -673,10 +734,11 @@ def scale_by_rule(
         new, rate = new_stats({n: v[i] for n, v in unit_old.items()}, observed, dtype, i)
       unit_new.append(new)
       outs.append(layout.scale(d, rate).astype(g.dtype))
-      elem_new.append({
-          n: v.astype(elements[n].dtype)
-          for n, v in rule.update_elements(elements, gc, d, hp, count).items()
-      })
+      new_elements = rule.update_elements(elements, gc, d, hp, count)
+      rule_checks.check_stats(rule, "update_elements", new_elements, rule.element_stats,
+                              g.shape, paths[i], kind="element statistics", real=False)
+      elem_new.append({n: jnp.asarray(new_elements[n]).astype(elements[n].dtype)
+                       for n in rule.element_stats})
 
     stats = {n: treedef.unflatten([s[n] for s in unit_new])
              for n in rule.unit_stats + rule.leaf_stats}
@@ -708,7 +770,12 @@ def _leaf_infos(leaf_info: Any, tree: Any, treedef) -> list[Any]:
         f"{e}") from e
 
 
-def _global_reduce(rule: Rule, leaves) -> tuple[jax.Array, ...]:
+def _as_array(x: Any) -> Any:
+  """Python and NumPy numbers as arrays (optax accepts ``{"w": 1.0}`` leaves)."""
+  return x if hasattr(x, "dtype") and hasattr(x, "shape") else jnp.asarray(x)
+
+
+def _global_reduce(reduction: str, leaves) -> tuple[jax.Array, ...]:
   """Sums (or means) of each observed quantity over every element of the tree."""
   if not leaves:
     return ()
@@ -719,6 +786,6 @@ def _global_reduce(rule: Rule, leaves) -> tuple[jax.Array, ...]:
     totals = observed if totals is None else tuple(
         a + b for a, b in zip(totals, observed)
     )
-  if rule.reduce == "mean":
+  if reduction == "mean":
     totals = tuple(t / max(size, 1) for t in totals)
   return totals

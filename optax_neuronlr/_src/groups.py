@@ -268,7 +268,7 @@ def param_groups(
       )
     if "params" not in group:
       raise ValueError(f"param group {i} has no 'params' entry.")
-    name = str(group.get("name", f"group_{i}"))
+    name = _group_name(group.get("name", f"group_{i}"), i)
     if name in transforms or name == FROZEN and rest == "freeze":
       raise ValueError(f"param group name {name!r} is used twice.")
     if validation.check_flag(f"param group {name!r}: 'frozen'", group.get("frozen", False)):
@@ -415,7 +415,7 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
       raise TypeError(f"group must be a dict with a 'params' entry, got {group!r}.")
     group = dict(group)
     group.setdefault("name", f"group_{len(self.groups)}")
-    name = str(group["name"])
+    name = _group_name(group["name"], len(self.groups))
     groups = list(self.groups)
     if name in self.names and groups[self.names.index(name)].get("frozen", False):
       groups[self.names.index(name)] = group  # Unfreezes a frozen group.
@@ -441,6 +441,19 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
         groups.append({"params": group["params"], "name": name, "frozen": True})
     rest = "freeze" if name == self.rest and not freeze else self.rest
     return self._rebuilt(groups, rest)
+
+
+def _group_name(name: Any, i: int) -> str:
+  """A group's name: a non-empty str without ``"/"`` (the separator of nested
+  ``optax.multi_transform`` labels in ``reset=`` and ``rebuild_state``)."""
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"param group {i}: 'name' must be a non-empty str, got {name!r}.")
+  if "/" in name:
+    raise ValueError(
+        f"param group {i}: 'name' {name!r} contains '/', which separates nested "
+        "group labels (reset=['outer/inner']); use another character, e.g. "
+        f"{name.replace('/', '.')!r}.")
+  return name
 
 
 _INJECT_STATES = tuple(

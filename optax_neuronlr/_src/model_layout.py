@@ -87,6 +87,7 @@ import jax
 import numpy as np
 
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import validation
 from optax_neuronlr._src.units import Blocks
 from optax_neuronlr._src.units import Neurons
 
@@ -282,8 +283,14 @@ def _find_heads(entries, head: Any, context: _Context) -> set[str]:
   paths = {"/".join(k): s for k, s in entries}
   if head is not None:
     selector = paths_lib.compile_selector(head, "head")
-    return {p for p, s in paths.items()
-            if len(s) >= 2 and paths_lib.selects(selector, p) is not None}
+    found = {p for p, s in paths.items()
+             if len(s) >= 2 and paths_lib.selects(selector, p) is not None}
+    if not found and paths:
+      raise ValueError(
+          f"head={head!r} selects no leaf with two or more dimensions (a misspelt "
+          f"path?); the leaves are {sorted(paths)}. Pass head=None to find the head "
+          "by name, or head=False for none.")
+    return found
   by_name = set()
   for keys, shape in entries:
     if len(shape) != 2 or len(keys) < 2 or keys[-1].lower() != "kernel":
@@ -420,6 +427,8 @@ def model_layout(
     >>> [(l.path, l.kind, l.hidden) for l in nlr.model_layout(params).leaves]
     [('embed/embedding', 'embedding', False), ('fc/bias', 'bias', False), ('fc/kernel', 'mlp', True), ('head/kernel', 'head', False)]
   """
+  validation.check_params_tree("model_layout (and the functions of the params built "
+                               "on it)", params)
   _check_heads(num_heads, "num_heads")
   _check_heads(num_kv_heads, "num_kv_heads")
   if num_kv_heads is not None and num_heads is not None and num_heads % num_kv_heads:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_neuronlr._src import engine
 from optax_neuronlr._src import groups as groups_lib
 from optax_neuronlr._src import units as units_lib
 
@@ -123,7 +124,10 @@ class _Walk:
       out.append(self.merge(child, match[1], here, labels, resetting and not keep))
     for key, child in old_children.values():
       self.drop(child, (*where, key), labels, resetting)
-    return treedef.unflatten(out)
+    merged = treedef.unflatten(out)
+    if not resetting and engine.is_rule_state(merged) and type(merged).is_global:
+      merged = _keep_global(merged, old)
+    return merged
 
   def partition(self, fresh: Any, old: Any, where: tuple, labels: tuple[str, ...],
                 resetting: bool) -> Any:
@@ -140,6 +144,23 @@ class _Walk:
       self.drop(child, (*where, _INNER_STATES, jax.tree_util.DictKey(label)),
                 (*labels, str(label)), resetting)
     return fresh._replace(inner_states=type(fresh.inner_states)(inner))
+
+
+def _keep_global(merged: Any, old: Any) -> Any:
+  """A ``granularity="global"`` rule state holds one statistic for the whole
+  tree, copied into every leaf; the engine reads the first leaf's copy. A new
+  leaf starts from the rule's ``init``, so without this its fresh copy would
+  replace the learned value whenever its path sorts first. Every leaf takes
+  the old state's value instead."""
+  rule = engine.rule_of(merged)
+  fields = {}
+  for name in rule.unit_stats:
+    old_leaves = jax.tree.leaves(getattr(old, name))
+    if old_leaves:
+      value = old_leaves[0]
+      fields[name] = jax.tree.map(
+          lambda leaf, v=value: jnp.asarray(v, leaf.dtype), getattr(merged, name))
+  return merged._replace(**fields)
 
 
 def _label_paths(names: Union[None, str, Iterable[str]], what: str) -> frozenset:

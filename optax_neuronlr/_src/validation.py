@@ -296,3 +296,73 @@ def check_dtype(name: str, dtype: Any) -> Optional[jnp.dtype]:
   if canonical not in STATE_DTYPES:
     raise ValueError(f"{name} must be one of {allowed} (or None), got {canonical}.")
   return canonical
+
+
+def _static_hint(name: str, example: str) -> str:
+  return (f"Under optax.inject_hyperparams every number becomes an array and every "
+          f"callable is called with the step count, as a schedule: list {name!r} in "
+          f"static_args, e.g. optax.inject_hyperparams({example}, "
+          f"static_args=({name!r},)).")
+
+
+def check_static(name: str, value: Any, *, example: str = "nlr.adam_mini") -> None:
+  """A static argument (a Python value, a tree of them, or a callable) holds
+  no JAX array: one there is a number or a schedule's output that
+  ``optax.inject_hyperparams`` made a hyperparameter.
+
+  Raises:
+    TypeError: naming the argument and ``static_args``.
+  """
+  for leaf in jax.tree.leaves(value):
+    if isinstance(leaf, jax.Array) or is_traced(leaf):
+      raise TypeError(
+          f"{name} is static (Python values or a callable of the params), got the "
+          f"array {_describe(leaf)}. {_static_hint(name, example)}")
+
+
+def check_params_tree(who: str, params: Any) -> None:
+  """``params`` of a function that reads a parameter tree is not a step count.
+
+  ``optax.inject_hyperparams`` calls every callable argument with the step
+  count; a function of the params (``nlr.adam_mini_blocks``, a mask) then
+  reads a 0-d integer as the whole model and answers for it, silently.
+
+  Raises:
+    TypeError: naming ``static_args``.
+  """
+  if isinstance(params, (bool, np.bool_)):
+    count = False
+  elif isinstance(params, (int, np.integer)):
+    count = True
+  elif isinstance(params, (jax.Array, np.ndarray)) or is_traced(params):
+    count = (np.shape(params) == ()
+             and jnp.issubdtype(jnp.dtype(params.dtype), jnp.integer))
+  else:
+    count = False
+  if count:
+    raise TypeError(
+        f"{who} reads a parameter tree, got {_describe(params)}, a step count: "
+        "optax.inject_hyperparams called it as a schedule. List the argument that "
+        "holds it (blocks, mask, hidden, granularity, ...) in static_args, e.g. "
+        "optax.inject_hyperparams(nlr.adam_mini, static_args=('blocks',)).")
+
+
+def check_mask(name: str, mask: Any, *, example: str = "nlr.adam_mini") -> None:
+  """A weight-decay mask: None, a callable ``params -> tree of bools``, or a
+  tree of Python/NumPy bools (not a bare bool, not strings or arrays).
+
+  Raises:
+    TypeError: naming the argument and what it allows.
+  """
+  check_static(name, mask, example=example)
+  if mask is None or callable(mask):
+    return
+  allowed = (f"{name} must be None, a tree of bools shaped like the params, or a "
+             "callable params -> such a tree")
+  if isinstance(mask, (bool, np.bool_)):
+    raise TypeError(
+        f"{allowed}; got the bare bool {mask!r}. For no weight decay use "
+        f"weight_decay=0.0. {_static_hint(name, example)}")
+  for leaf in jax.tree.leaves(mask):
+    if not isinstance(leaf, (bool, np.bool_)):
+      raise TypeError(f"{allowed}; got {_describe(leaf)} as a leaf.")

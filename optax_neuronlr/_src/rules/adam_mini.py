@@ -413,7 +413,7 @@ class AdamMini(engine.Rule):
   name = "adam_mini"
 
   def observe(self, g, d, elements, hp):
-    return (g * g,)
+    return (engine.abs_sq(g),)
 
   def update(self, stats, observed, hp, prev_hp, count):
     b2 = hp["b2"]
@@ -577,6 +577,9 @@ def scale_by_adam_mini(
   """
   _check_adam_args(b1, b2, eps)
   validation.check_choice("on_unrecognised", on_unrecognised, ("warn", "error", "ignore"))
+  for name, value in (("blocks", blocks), ("num_heads", num_heads),
+                      ("num_kv_heads", num_kv_heads)):
+    validation.check_static(name, value)
   validation.check_dtype("state_dtype", state_dtype)
   if blocks is None:
     _check_positive(num_heads, "num_heads")
@@ -670,6 +673,7 @@ def adam_mini(
   """
   validation.check_rate("learning_rate", learning_rate)
   validation.check_range("weight_decay", weight_decay, low=0.0)
+  validation.check_mask("mask", mask)
   return optax.chain(
       scale_by_adam_mini(
           b1, b2, eps, learning_rate=learning_rate, blocks=blocks, num_heads=num_heads,

@@ -22,6 +22,12 @@ import optax
 from optax_neuronlr._src import engine
 
 
+def _moment_dtype(p: Any, state_dtype: Any) -> jnp.dtype:
+  """The statistics dtype, complex for complex leaves (a moment keeps the
+  imaginary part of the gradient)."""
+  return engine.element_dtype(p.dtype, engine.stat_dtype(p.dtype, state_dtype))
+
+
 def first_moment(
     decay: Any, *, debias: bool, state_dtype: Any = None
 ) -> optax.GradientTransformation:
@@ -36,7 +42,7 @@ def first_moment(
     return optax.EmaState(
         count=jnp.zeros([], jnp.int32),
         ema=jax.tree.map(  # zeros_like keeps the params' shardings (explicit meshes)
-            lambda p: jnp.zeros_like(p, dtype=engine.stat_dtype(p.dtype, state_dtype)), params))
+            lambda p: jnp.zeros_like(p, dtype=_moment_dtype(p, state_dtype)), params))
 
   def update_fn(updates, state, params=None):
     del params

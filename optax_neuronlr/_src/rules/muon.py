@@ -44,8 +44,10 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optax_neuronlr._src import engine
 from optax_neuronlr._src import model_layout as layout_lib
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import units as units_lib
@@ -200,20 +202,22 @@ def newton_schulz(
   ``x`` is ``(..., fan_in, fan_out)`` (Flax orientation; a PyTorch weight is
   its transpose). Each matrix is divided by its Frobenius norm plus ``eps``
   and iterated ``ns_steps`` times, $X \leftarrow a X + (b A + c A^2) X$ with
-  $A = X X^\top$, on the orientation with the smaller Gram matrix (as the
+  $A = X X^\top$ ($X X^H$ for complex matrices, whose polar factor it
+  then approaches), on the orientation with the smaller Gram matrix (as the
   references: PyTorch's ``(out, in)`` weight, transposed when
   ``out > in``). Computed in ``x``'s dtype; ``ns_steps`` may be traced.
   """
   a, b, c = (jnp.asarray(k, x.dtype) for k in ns_coeffs)
+  adjoint = lambda m: jnp.conj(jnp.swapaxes(m, -1, -2))
   fan_in, fan_out = x.shape[-2:]
   flip = fan_out <= fan_in  # the PyTorch weight (out, in) itself: rows = fan_out
   if flip:
     x = jnp.swapaxes(x, -1, -2)
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+  norm = jnp.sqrt(jnp.sum(engine.abs_sq(x), axis=(-2, -1), keepdims=True))
   x = x / (norm + jnp.asarray(eps, x.dtype))
 
   def body(_, x):
-    gram = x @ jnp.swapaxes(x, -1, -2)
+    gram = x @ adjoint(x)
     poly = b * gram + c * (gram @ gram)
     return a * x + poly @ x
 
@@ -236,7 +240,7 @@ def orthogonalise(
     replicated = units_lib.on_mesh_of(x, ())
     x = jax.sharding.reshard(x, replicated)
   stack, back = _to_matrices(x, view)
-  dtype = x.dtype if ns_dtype is None else jnp.dtype(ns_dtype)
+  dtype = x.dtype if ns_dtype is None else engine.element_dtype(x.dtype, ns_dtype)
   o = newton_schulz(stack.astype(dtype), ns_steps, ns_coeffs, eps)
   out = back(o.astype(x.dtype))
   if sharded:
@@ -270,6 +274,7 @@ def muon_direction(
   (NorMuon applies it in its rate)."""
   validation.check_flag("nesterov", nesterov)
   check_muon_args(momentum, ns_steps, ns_coeffs, eps, ns_dtype, mu_dtype)
+  validation.check_static("matrices", matrices, example="nlr.scale_by_muon")
   ns_coeffs = tuple(ns_coeffs)
   mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
@@ -364,6 +369,11 @@ def _hidden_mask(params: Any, hidden: Any) -> list[bool]:
     return [r.hidden for r in layout_lib.model_layout(params).leaves]
   if callable(hidden):
     hidden = hidden(params)
+  if isinstance(hidden, (bool, np.bool_)):
+    raise TypeError(
+        f"hidden must be None, a pytree of bools with the structure of the params, or "
+        f"a callable params -> such a pytree; got the bare bool {hidden!r}. "
+        + validation._static_hint("hidden", "nlr.normuon"))  # pylint: disable=protected-access
   try:
     flat = treedef.flatten_up_to(hidden)
   except (ValueError, TypeError) as e:
@@ -371,8 +381,7 @@ def _hidden_mask(params: Any, hidden: Any) -> list[bool]:
         "hidden must be None, a pytree of bools with the structure of the params, or a "
         f"callable params -> such a pytree; its structure differs: {e}") from e
   for path, value in zip(paths_lib.leaf_paths(params), flat):
-    if not isinstance(value, bool) and not (
-        hasattr(value, "dtype") and jnp.shape(value) == () and value.dtype == bool):
+    if not isinstance(value, (bool, np.bool_)):
       raise TypeError(f"hidden: expected a bool for leaf '{path}', got "
                       f"{type(value).__name__} {value!r}.")
   return [bool(v) for v in flat]
@@ -436,6 +445,8 @@ def partitioned(
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.partition`` of ``hidden_tx(matrices)`` on the hidden leaves and
   ``adamw_tx`` elsewhere; the hidden leaves' views come from the whole tree."""
+  validation.check_static("hidden", hidden, example="nlr.normuon")
+  validation.check_static("matrices", matrices, example="nlr.normuon")
 
   def inner(tree):
     views = hidden_views(tree, hidden, matrices)

@@ -70,8 +70,7 @@ class NeuronNorm(engine.Rule):
   name = "neuron_norm"
 
   def observe(self, g, d, elements, hp):
-    d = d.astype(g.dtype)
-    return (d * d,)
+    return (engine.abs_sq(d.astype(g.dtype)),)
 
   def update(self, stats, observed, hp, prev_hp, count):
     # A non-finite RMS (an overflowing direction) keeps the last finite one; this
@@ -343,6 +342,8 @@ def scale_sgd(
     adam_learning_rate = learning_rate
   else:
     validation.check_rate("adam_learning_rate", adam_learning_rate)
+  validation.check_static("head", head, example="nlr.scale_sgd")
+  validation.check_static("granularity", granularity, example="nlr.scale_sgd")
   if not (head is None or head is False or isinstance(head, (str, re.Pattern))):
     raise TypeError(f"head must be None, False or a path selector (a regular expression), "
                     f"got {type(head).__name__} {head!r}.")

@@ -71,8 +71,7 @@ class NorMuon(engine.Rule):
   name = "normuon"
 
   def observe(self, g, d, elements, hp):
-    d = d.astype(g.dtype)
-    return (d * d,)
+    return (engine.abs_sq(d.astype(g.dtype)),)
 
   def update(self, stats, observed, hp, prev_hp, count):
     v = stats["v"]

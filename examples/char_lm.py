@@ -49,6 +49,7 @@ are what a longer study (``benchmarks/convergence.py``) reuses.
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import os
 import statistics
@@ -66,6 +67,9 @@ from flax import nnx
 from tqdm import tqdm
 
 import optax_neuronlr as nlr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # examples/_cli.py: shared checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
@@ -367,24 +371,12 @@ def _positive_int(text: str) -> int:
   return value
 
 
-def _out_path(text: str) -> str:
-  folder = os.path.dirname(os.path.abspath(text))
-  if os.path.isdir(text):
-    raise argparse.ArgumentTypeError(f"{text!r} is a directory")
-  if not os.path.isdir(folder):
-    raise argparse.ArgumentTypeError(f"the folder of {text!r} does not exist")
-  if os.path.splitext(text)[1].lower() not in (".png", ".pdf", ".svg"):
-    raise argparse.ArgumentTypeError(f"cannot write {os.path.splitext(text)[1]!r} files "
-                                     "(use .png, .pdf or .svg)")
-  return text
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--steps", type=_positive_int, default=None,
                  help=f"training steps per run (default {Config.steps}, "
                       f"{QUICK.steps} with --quick)")
-  p.add_argument("--out", type=_out_path, default="char_lm.png",
+  p.add_argument("--out", type=_cli.figure_path, default="char_lm.png",
                  help="where to write the figure (default: %(default)s)")
   p.add_argument("--quick", action="store_true",
                  help="a short run for tests: a tiny model, one rate per optimizer")

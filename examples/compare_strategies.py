@@ -31,6 +31,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import dataclasses
 import functools
 import time
@@ -51,6 +53,9 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 import optax_neuronlr as nlr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # examples/_cli.py: shared checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
@@ -320,7 +325,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--epochs", type=positive_int, default=None,
                       help=f"training epochs per run (default {EPOCHS}, "
                            f"{QUICK_EPOCHS} with --quick)")
-  parser.add_argument("--out", default="compare_strategies.png",
+  parser.add_argument("--out", type=_cli.figure_path, default="compare_strategies.png",
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help=f"a short run for tests: {len(QUICK_RUNS)} of the "

@@ -47,10 +47,10 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import math
 import os
-import pathlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
@@ -59,7 +59,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import matplotlib.pyplot as plt
-from matplotlib.backend_bases import FigureCanvasBase
 import numpy as np
 import optax
 from sklearn.datasets import load_digits
@@ -68,6 +67,9 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 import optax_neuronlr as nlr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # examples/_cli.py: shared checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
@@ -442,25 +444,6 @@ def positive_float(text: str) -> float:
   return value
 
 
-def check_out(parser: argparse.ArgumentParser, out: str) -> None:
-  """Fails now, not after training, if the figure cannot be written to ``out``."""
-  path = pathlib.Path(out)
-  parent = path.parent
-  if path.is_dir():
-    parser.error(f"--out {out} is a directory; give a file name such as {path / 'hd.png'}")
-  if not parent.is_dir():
-    parser.error(f"--out {out}: the directory {parent} does not exist")
-  if not os.access(parent, os.W_OK):
-    parser.error(f"--out {out}: the directory {parent} is not writable")
-  formats = FigureCanvasBase.get_supported_filetypes()
-  suffix = path.suffix.lstrip(".").lower()
-  if suffix and suffix not in formats:
-    parser.error(
-        f"--out {out}: matplotlib cannot write '.{suffix}' files; use one of "
-        f"{', '.join('.' + f for f in sorted(formats))}"
-    )
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", choices=("logreg", "mlp"), default="logreg",
@@ -469,7 +452,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--epochs", type=positive_int, default=None,
                       help=f"training epochs per run, {BATCH_SIZE}-example batches "
                            f"(default {EPOCHS}, {QUICK_EPOCHS} with --quick)")
-  parser.add_argument("--out", default="hypergradient_digits.png",
+  parser.add_argument("--out", type=_cli.figure_path, default="hypergradient_digits.png",
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--beta-scale", type=positive_float, default=None,
                       metavar="F",
@@ -479,9 +462,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help=f"a short run for tests: {len(QUICK_RUNS)} of the runs "
                            "(and their --beta-scale variants), "
                            f"{QUICK_EPOCHS} epochs")
-  args = parser.parse_args(argv)
-  check_out(parser, args.out)
-  return args
+  return parser.parse_args(argv)
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from typing import Any
 
@@ -49,6 +51,9 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 import optax_neuronlr as nlr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # examples/_cli.py: shared checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
@@ -188,7 +193,7 @@ def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=positive_int, default=None,
                       help=f"training steps (default {STEPS}, {QUICK_STEPS} with --quick)")
-  parser.add_argument("--out", default="linen_train_state.png",
+  parser.add_argument("--out", type=_cli.figure_path, default="linen_train_state.png",
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help=f"a short smoke run: {QUICK_STEPS} steps")

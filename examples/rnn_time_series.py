@@ -49,6 +49,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import dataclasses
 import math
 import time
@@ -66,6 +68,9 @@ from matplotlib import colors as mcolors
 from tqdm import tqdm
 
 import optax_neuronlr as nlr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # examples/_cli.py: shared checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
@@ -550,7 +555,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--steps", type=positive_int, default=None,
                       help=f"training steps per run (default {STEPS}, {QUICK_STEPS} with "
                            "--quick)")
-  parser.add_argument("--out", default="rnn_time_series.png",
+  parser.add_argument("--out", type=_cli.figure_path, default="rnn_time_series.png",
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help="a short smoke run: one rate per baseline, one rule, "

@@ -49,6 +49,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +69,9 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 import optax_neuronlr as nlr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # examples/_cli.py: shared checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 matplotlib.use("Agg")  # no display needed; no figure exists yet
 
@@ -471,7 +476,7 @@ def parse_args() -> argparse.Namespace:
                            f"{QUICK_SEEDS} with --quick)")
   parser.add_argument("--steps", type=positive_int, default=None,
                       help=f"fine-tuning steps (default {STEPS}, {QUICK_STEPS} with --quick)")
-  parser.add_argument("--out", default="transfer_learning.png",
+  parser.add_argument("--out", type=_cli.figure_path, default="transfer_learning.png",
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help=f"a short smoke run: {len(QUICK_METHODS)} methods, one rate, "

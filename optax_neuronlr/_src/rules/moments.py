@@ -25,7 +25,8 @@ from optax_neuronlr._src import engine
 def _moment_dtype(p: Any, state_dtype: Any) -> jnp.dtype:
   """The statistics dtype, complex for complex leaves (a moment keeps the
   imaginary part of the gradient)."""
-  return engine.element_dtype(p.dtype, engine.stat_dtype(p.dtype, state_dtype))
+  dtype = jnp.asarray(p).dtype  # Python-float leaves too, as optax
+  return engine.element_dtype(dtype, engine.stat_dtype(dtype, state_dtype))
 
 
 def first_moment(
@@ -48,7 +49,7 @@ def first_moment(
     del params
     count = optax.safe_increment(state.count)
     ema = jax.tree.map(
-        lambda g, m: (decay * m + (1 - decay) * g.astype(m.dtype)).astype(m.dtype),
+        lambda g, m: (decay * m + (1 - decay) * jnp.asarray(g, m.dtype)).astype(m.dtype),
         updates, state.ema)
     if debias:
       out = jax.tree.map(lambda m: (m / (1 - decay**count)).astype(m.dtype), ema)

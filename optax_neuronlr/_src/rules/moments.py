@@ -25,7 +25,8 @@ from optax_neuronlr._src import engine
 def _moment_dtype(p: Any, state_dtype: Any) -> jnp.dtype:
   """The statistics dtype, complex for complex leaves (a moment keeps the
   imaginary part of the gradient)."""
-  dtype = jnp.asarray(p).dtype  # Python-float leaves too, as optax
+  # Python-float leaves too, as optax; ShapeDtypeStructs (eval_shape) as arrays
+  dtype = p.dtype if hasattr(p, "dtype") else jnp.asarray(p).dtype
   return engine.element_dtype(dtype, engine.stat_dtype(dtype, state_dtype))
 
 

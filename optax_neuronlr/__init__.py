@@ -88,7 +88,8 @@ from optax_neuronlr._src.units import Blocks
 from optax_neuronlr._src.units import GRANULARITIES
 from optax_neuronlr._src.units import Neurons
 
-__version__ = "0.2.0"
+# The one place the version lives; pyproject.toml reads it (CHANGELOG.md).
+__version__ = "0.3.0.dev0"
 
 __all__ = (
     "AdamMini",

@@ -27,6 +27,7 @@ from optax_neuronlr._src.regroup import rebuild_nnx_optimizer
 from optax_neuronlr._src.regroup import rebuild_state
 from optax_neuronlr._src.regroup import reset_param_group
 from optax_neuronlr._src.readers import learning_rates_by_state
+from optax_neuronlr._src.readers import plateau_learning_rate
 from optax_neuronlr._src.readers import rate_summary
 from optax_neuronlr._src.rules.adam_mini import adam_mini
 from optax_neuronlr._src.rules.adam_mini import adam_mini_blocks
@@ -146,6 +147,7 @@ __all__ = (
     "optimizer_layout",
     "param_groups",
     "path_labels",
+    "plateau_learning_rate",
     "plot",
     "rate_summary",
     "rebuild_nnx_optimizer",

@@ -23,6 +23,7 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import plateau
 
 
 # The states of optax.inject_hyperparams (groups.py reads them too; it imports
@@ -348,3 +349,42 @@ def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
     out[f"{key}/frac_at_min_lr"] = jnp.mean(at_lo.astype(dtype))
     out[f"{key}/frac_at_max_lr"] = jnp.mean(at_hi.astype(dtype))
   return out
+
+
+def plateau_learning_rate(opt_state: Any) -> Any:
+  """The rate of :func:`reduce_lr_on_plateau` (PyTorch's ``get_last_lr()``).
+
+  The rate the last update applied, ``ReduceLROnPlateauState.applied_lr``
+  (``learning_rate`` before the first update), found wherever the plateau
+  transform sits in ``opt_state`` (a chain, a group, an ``nnx.Optimizer``).
+  One ``update(..., value=loss)`` steps with the current rate and then
+  decides on a reduction, as PyTorch's ``optimizer.step()`` followed by
+  ``scheduler.step(loss)``: a reduction decided from the value passed to
+  update ``t`` shows here after update ``t + 1``, the first it applies to.
+
+  Args:
+    opt_state: any optax state holding a ``scale_by_reduce_lr_on_plateau``.
+
+  Returns:
+    A scalar array when ``opt_state`` holds one plateau transform; else
+    ``{path of the state inside opt_state: scalar}``.
+
+  Raises:
+    ValueError: if ``opt_state`` holds none.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_neuronlr as nlr
+    >>> tx = optax.chain(optax.scale_by_adam(), nlr.reduce_lr_on_plateau(0.1))
+    >>> float(nlr.plateau_learning_rate(tx.init({"w": jnp.ones(3)})))
+    0.1...
+  """
+  is_plateau = lambda x: isinstance(x, plateau.ReduceLROnPlateauState)
+  flat = jax.tree_util.tree_flatten_with_path(
+      unwrap_variables(opt_state), is_leaf=is_plateau)[0]
+  found = {paths_lib.path_str(p): s.applied_lr for p, s in flat if is_plateau(s)}
+  if not found:
+    raise ValueError(
+        "opt_state holds no reduce_lr_on_plateau state "
+        "(nlr.scale_by_reduce_lr_on_plateau / nlr.reduce_lr_on_plateau)."
+    )
+  return next(iter(found.values())) if len(found) == 1 else found

@@ -254,10 +254,11 @@ def _restored_hint(opt_state: Any) -> str:
   has_states = any(isinstance(x, tuple) and hasattr(x, "_fields") for x in leaves)
   if not has_states and jax.tree.leaves(opt_state):
     return ("It holds no optax state classes (only dicts, lists and arrays): "
-            "was it restored from a checkpoint without a target? Restore with "
-            "the target tx.init(params) (orbax: "
-            "ocp.args.StandardRestore(target); flax.serialization.from_state_dict"
-            "(target, restored)).")
+            "was it restored from a checkpoint without a target? Restore it "
+            "into target = jax.eval_shape(tx.init, params): orbax "
+            "checkpointer.restore(path, target), flax "
+            "serialization.from_state_dict(target, state_dict) or "
+            "from_bytes(target, data) (README, \"Checkpoints\").")
   return ""
 
 

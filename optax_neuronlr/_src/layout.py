@@ -167,7 +167,7 @@ class _Walker:
         self.walk(value, ctx)
 
 
-def optimizer_layout(opt_state: Any, params: Any) -> OptimizerLayout:
+def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> OptimizerLayout:
   """Where each parameter went: group, strategy, granularity, units, rate.
 
   Args:

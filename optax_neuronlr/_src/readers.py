@@ -13,7 +13,7 @@ is stored for this.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import sys
 
@@ -94,7 +94,7 @@ def _masked_to_none(tree: Any) -> Any:
   return jax.tree.map(lambda x: None if is_masked(x) else x, tree, is_leaf=is_masked)
 
 
-def learning_rates_by_state(opt_state: Any) -> dict[str, Any]:
+def learning_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
   """Per-unit rates of every strategy state in ``opt_state``.
 
   Args:
@@ -138,7 +138,7 @@ def _params_shaped(tree: Any) -> Any:
   return tree
 
 
-def injected_rates_by_state(opt_state: Any) -> dict[str, Any]:
+def injected_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
   """Group rates of optax optimizers under ``inject_hyperparams``.
 
   For every ``optax.inject_hyperparams`` state (each group of
@@ -190,7 +190,7 @@ def _merge(found: dict[str, Any]) -> Any:
   return treedef.unflatten(merged)
 
 
-def learning_rates(opt_state: Any) -> Any:
+def learning_rates(opt_state: optax.OptState) -> optax.Params:
   """The per-unit rates that the last update applied, shaped like the params.
 
   Works on any nested optax state (chain, multi_transform, masked,
@@ -262,7 +262,7 @@ def _restored_hint(opt_state: Any) -> str:
   return ""
 
 
-def leaf_rates(opt_state: Any) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
+def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
   """``{leaf key: (per-unit rates, min_lr, max_lr)}`` of every governed leaf.
 
   The key is the parameter's ``"/"``-joined path, whatever optax structure
@@ -299,7 +299,7 @@ def leaf_rates(opt_state: Any) -> dict[str, tuple[jax.Array, jax.Array, jax.Arra
   return out
 
 
-def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
+def rate_summary(opt_state: optax.OptState) -> dict[str, jax.Array]:
   """Per-leaf statistics of the per-unit rates, flat, ready for any logger.
 
   For every leaf governed by a per-unit strategy, the keys
@@ -352,7 +352,7 @@ def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
   return out
 
 
-def plateau_learning_rate(opt_state: Any) -> Any:
+def plateau_learning_rate(opt_state: optax.OptState) -> Union[jax.Array, dict[str, jax.Array]]:
   """The rate of :func:`reduce_lr_on_plateau` (PyTorch's ``get_last_lr()``).
 
   The rate the last update applied, ``ReduceLROnPlateauState.applied_lr``

@@ -7,7 +7,8 @@ This extension rewrites them, on the API page only, as Markdown
 cross-references (``[`learning_rates`][optax_neuronlr.learning_rates]``) when
 the target is a public name of the package, and as inline code otherwise. It
 also reads an ``Example:`` section as ``Examples:``, so that doctest lines
-render as code, not as nested block quotes, and drops the docstring that
+render as code, not as nested block quotes, turns reST's ``text::`` before a
+literal block into ``text:``, and drops the docstring that
 inspection lends an attribute from its value's builtin type (``int``'s for a
 default of ``-1``).
 
@@ -26,6 +27,9 @@ import griffe
 PACKAGE = "optax_neuronlr"
 ROLE = re.compile(r":(?:py:)?(func|class|meth|attr|data|mod|obj|exc|const):`(~?)([^`]+)`")
 EXAMPLE_HEADER = re.compile(r"^(\s*)Example:\s*$", flags=re.M)
+# reST's "text::" before an indented literal block; Markdown shows the block
+# as code already, and the "::" literally.
+LITERAL_MARKER = re.compile(r"(\S)::[ \t]*$", flags=re.M)
 
 
 def _public_target(name: str, context: str) -> str | None:
@@ -85,4 +89,5 @@ class MarkdownDocstrings(griffe.Extension):
       return
     text = markdown_roles(obj.docstring.value, obj.path)
     text = EXAMPLE_HEADER.sub(r"\1Examples:", text)
+    text = LITERAL_MARKER.sub(r"\1:", text)
     obj.docstring.value = text

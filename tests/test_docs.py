@@ -86,6 +86,8 @@ def test_api_page_documents_public_names_only(site):
   text = html.unescape(re.sub(r"<[^>]+>", "", api))
   roles = sorted(set(re.findall(r":(?:func|class|meth|attr|mod|data|obj|exc):`?[\w.~]*", text)))
   assert not roles, roles
+  literal_markers = re.findall(r".{0,40}\w::[ \t]*$", text, flags=re.M)
+  assert not literal_markers, literal_markers  # reST's "text::"
   # A docstring's :func:`learning_rates_by_state` became a link.
   assert 'href="#optax_neuronlr.learning_rates_by_state"' in api
   # Doctest examples render as code, not as nested block quotes.

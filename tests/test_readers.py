@@ -238,3 +238,14 @@ def test_everything_else_group():
       {"params": "head", "learning_rate": 1e-2}, {"params": ".*"}], learning_rate=1e-3)
   with pytest.raises(ValueError, match="rest="):
     greedy.init(PARAMS)
+
+
+def test_learning_rates_on_sgd_groups_needs_a_per_leaf_state():
+  groups = [{"params": "Dense_0", "learning_rate": 0.1}, {"params": "head", "learning_rate": 0.2}]
+  with_momentum = nlr.param_groups(optax.sgd, groups, momentum=0.9)
+  rates = nlr.learning_rates(with_momentum.init(PARAMS))
+  np.testing.assert_allclose(rates["head"]["kernel"], 0.2)
+  # Plain SGD keeps nothing per leaf: no tree to put the group rates on.
+  with pytest.raises(ValueError, match="no per-unit"):
+    nlr.learning_rates(nlr.param_groups(optax.sgd, groups).init(PARAMS))
+  assert nlr.get_hyperparams(nlr.param_groups(optax.sgd, groups).init(PARAMS))

@@ -132,8 +132,10 @@ def _params_shaped(tree: Any) -> Any:
       if found is not None:
         return found
     return None
-  if isinstance(tree, (jax.Array, optax.MaskedNode)) or not jax.tree.leaves(
-      tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode)):
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  if (isinstance(tree, optax.MaskedNode)
+      or jax.tree_util.treedef_is_leaf(jax.tree.structure(tree))  # an array
+      or not jax.tree.leaves(tree, is_leaf=is_masked)):
     return None
   return tree
 

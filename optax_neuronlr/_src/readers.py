@@ -205,8 +205,8 @@ def learning_rates(opt_state: optax.OptState) -> optax.Params:
   ``nlr.param_groups(optax.adam, groups)`` each leaf shows its group's
   injected ``learning_rate`` (a scalar, one unit per leaf), as PyTorch's
   ``param_groups[i]["lr"]``; a group whose optimizer keeps no per-leaf state
-  (``optax.sgd`` without momentum) has nothing to read its leaves from and
-  shows ``None``. The current rate of :func:`reduce_lr_on_plateau` is
+  (``optax.sgd`` without momentum) has nothing to read its leaves from: its
+  leaves show ``None`` (``get_hyperparams`` has its rate). The current rate of :func:`reduce_lr_on_plateau` is
   :func:`plateau_learning_rate`.
 
   Each leaf holds one value per unit: the leaf's shape at element

@@ -29,6 +29,7 @@ from optax_neuronlr._src.regroup import rebuild_nnx_optimizer
 from optax_neuronlr._src.regroup import rebuild_state
 from optax_neuronlr._src.regroup import reset_param_group
 from optax_neuronlr._src.readers import learning_rates_by_state
+from optax_neuronlr._src.readers import plateau_learning_rate
 from optax_neuronlr._src.readers import rate_summary
 from optax_neuronlr._src.rules.adam_mini import adam_mini
 from optax_neuronlr._src.rules.adam_mini import adam_mini_blocks
@@ -90,7 +91,8 @@ from optax_neuronlr._src.units import Blocks
 from optax_neuronlr._src.units import GRANULARITIES
 from optax_neuronlr._src.units import Neurons
 
-__version__ = "0.2.0"
+# The one place the version lives; pyproject.toml reads it (CHANGELOG.md).
+__version__ = "0.3.0.dev0"
 
 __all__ = (
     "AdamMini",
@@ -148,6 +150,7 @@ __all__ = (
     "optimizer_layout",
     "param_groups",
     "path_labels",
+    "plateau_learning_rate",
     "plot",
     "rate_summary",
     "rebuild_nnx_optimizer",

@@ -72,10 +72,12 @@ def test_nnx_transformer_as_is():
   assert rates["blocks/0/attn/query/kernel"].shape == (HEADS,)  # per head
   assert rates["embed/embedding"].shape == (VOCAB,)              # per token
 
-  # optimizer_layout shows the blocks: units per leaf, strategy adam_mini.
+  # optimizer_layout shows the blocks: units per leaf, strategy adam_mini
+  # (adam where one unit per element makes it Adam, e.g. biases).
   layout = {r.path: r for r in nlr.optimizer_layout(optimizer.opt_state, params).rows}
   for path, leaf in partition.items():
-    assert layout[path].strategy == "adam_mini" and layout[path].units == leaf.num_units, path
+    expected = "adam" if layout[path].granularity == "element" else "adam_mini"
+    assert layout[path].strategy == expected and layout[path].units == leaf.num_units, path
   assert layout["blocks/0/ln1/scale"].granularity == "tensor"
   assert layout["blocks/0/attn/query/bias"].granularity == "element"
 

@@ -33,19 +33,75 @@ def test_every_public_name_is_in_the_api_reference():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> pathlib.Path:
-  """The site, built once for this module with ``mkdocs build --strict``."""
+  """The site, built once for this module as README.md says to build it:
+  ``mkdocs build --strict`` (no ``-q``, so that every warning is visible)."""
   out = tmp_path_factory.mktemp("site")
   env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
   result = subprocess.run(
-      [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)],
+      [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  log = result.stdout + result.stderr
+  assert result.returncode == 0, log[-5000:]
+  warnings = [line for line in log.splitlines() if re.match(r"\s*(WARNING|ERROR)\b", line)]
+  assert not warnings, "\n".join(warnings)
   return out
+
+
+def test_readme_builds_the_docs_strictly():
+  """The README's docs command is the one this module's fixture runs."""
+  readme = (ROOT / "README.md").read_text()
+  assert "mkdocs build --strict" in readme
 
 
 def test_mkdocs_build_strict(site):
   api = (site / "api" / "index.html").read_text()
   assert "Per-unit rates from an EMA of the gradient magnitude" in api
+
+
+def test_study_figures_are_committed_and_served(site):
+  """Every image the README shows is a file in git, and on the built home page."""
+  readme = (ROOT / "README.md").read_text()
+  images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", readme)
+  assert images
+  tracked = subprocess.run(["git", "ls-files", *images], cwd=ROOT, capture_output=True,
+                           text=True, check=False).stdout.split()
+  if (ROOT / ".git").exists():
+    assert sorted(tracked) == sorted(images), sorted(set(images) - set(tracked))
+  home = (site / "index.html").read_text()
+  for image in images:
+    assert f'src="{image}"' in home, image
+    assert (site / image).is_file(), image
+
+
+def test_api_page_documents_public_names_only(site):
+  """No dunders or dataclass internals, no memory addresses, no builtin
+  docstrings, no raw reST roles; cross-references are links."""
+  api = (site / "api" / "index.html").read_text()
+  ids = re.findall(r'<h[2-6][^>]*\bid="([^"]+)"', api)
+  assert ids
+  dunders = sorted(i for i in ids if re.search(r"\.__\w+__$|\._[A-Za-z]", i))
+  assert not dunders, dunders
+  assert not re.search(r"\b0x[0-9a-f]{6,}", api), "memory address on the API page"
+  assert "new empty dictionary" not in api, "builtin dict docstring on the API page"
+  text = html.unescape(re.sub(r"<[^>]+>", "", api))
+  roles = sorted(set(re.findall(r":(?:func|class|meth|attr|mod|data|obj|exc):`?[\w.~]*", text)))
+  assert not roles, roles
+  literal_markers = re.findall(r".{0,40}\w::[ \t]*$", text, flags=re.M)
+  assert not literal_markers, literal_markers  # reST's "text::"
+  # A docstring's :func:`learning_rates_by_state` became a link.
+  assert 'href="#optax_neuronlr.learning_rates_by_state"' in api
+  # Doctest examples render as code, not as nested block quotes.
+  assert "<blockquote>\n<blockquote>" not in api
+
+
+def test_notebook_pages_load_a_math_renderer(site):
+  """mkdocs-jupyter writes ``<script src="">`` unless given a MathJax URL."""
+  page = (site / "notebooks" / "04_write_your_own_rule" / "index.html").read_text()
+  assert "$$" in page or "\\[" in page  # the notebook has display math
+  sources = re.findall(r'<script[^>]*\bsrc="([^"]*)"', page)
+  assert "" not in sources, "empty <script src> on a notebook page"
+  assert any(re.search(r"mathjax|katex", s, flags=re.I) and re.match(r"https?://", s)
+             for s in sources), sources
 
 
 def _documented_docstrings():

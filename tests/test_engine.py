@@ -315,8 +315,8 @@ def test_rate_summary_on_degenerate_trees():
   state = nlr.grad_history_lr(1e-2, max_lr=jnp.inf).init(
       {"w": jnp.ones((0, 3)), "v": jnp.ones(2)})
   summary = nlr.rate_summary(state)
-  assert np.isnan(float(summary["w/min"])) and np.isnan(float(summary["w/median"]))
-  assert float(summary["w/frac_at_max_lr"]) == 0.0
+  # A leaf with no units has no statistics: no keys, never a NaN to log.
+  assert not any(k.startswith("w/") for k in summary), sorted(summary)
   assert float(summary["v/frac_at_max_lr"]) == 0.0  # max_lr = inf is never reached
   dtypes = {(v.dtype, getattr(jax.typeof(v), "weak_type", False)) for v in summary.values()}
   assert len(dtypes) == 1, dtypes

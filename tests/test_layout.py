@@ -44,5 +44,5 @@ def test_mixed_transforms_layout():
   rows = {r.path: r for r in nlr.optimizer_layout(tx.init(PARAMS), PARAMS).rows}
   assert rows["body/Dense_0/kernel"][2:6] == ("a", "hypergradient_lr", "global", 1)
   assert rows["emb"][2:6] == ("c", "hypergradient_lr", "neuron", 3)
-  assert rows["head/kernel"].strategy == "ScaleByAdamState"
+  assert rows["head/kernel"].strategy == "scale_by_adam"
   assert abs(rows["head/kernel"].base_rate - 3e-4) < 1e-9

@@ -58,7 +58,7 @@ def _numpy_neuron_norm(grads, lr, eps):
 def test_scale_by_neuron_norm_matches_numpy():
   rng = np.random.default_rng(0)
   lr, eps = 0.05, 1e-3
-  tx = nlr.scale_by_neuron_norm(eps, learning_rate=lr,
+  tx = nlr.scale_by_neuron_norm(lr, eps,
                                 neuron_axes={"kernel": -1, "qkv": (1, 2), "bias": -1,
                                              "scalar": -1}, granularity="neuron")
   with jax.enable_x64(True):
@@ -306,8 +306,8 @@ def test_scale_sgd_argument_errors(kwargs, error, match):
 
 def test_scale_by_neuron_norm_argument_errors():
   with pytest.raises(ValueError, match="eps must lie in"):
-    nlr.scale_by_neuron_norm(-1.0)
+    nlr.scale_by_neuron_norm(1.0, -1.0)
   with pytest.raises(ValueError, match="neuron_axes"):
-    nlr.scale_by_neuron_norm(granularity="tensor", neuron_axes=0)
+    nlr.scale_by_neuron_norm(1.0, granularity="tensor", neuron_axes=0)
   with pytest.raises(TypeError, match="learning_rate"):
     nlr.neuron_norm_sgd("0.1")

@@ -185,7 +185,7 @@ class MatrixViewTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "fc/bias"):
       nlr.scale_by_muon().init(params)
     with self.assertRaisesRegex(ValueError, "fc/bias"):
-      nlr.scale_by_normuon().init(params)
+      nlr.scale_by_normuon(1.0).init(params)
     tx = optax.masked(nlr.scale_by_muon(), {"fc": {"kernel": True, "bias": False}})
     tx.update(params, tx.init(params))
 

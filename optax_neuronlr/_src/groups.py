@@ -207,6 +207,18 @@ def param_groups(
   ``"backbone"``); two groups matching the same prefix are an error, as a
   parameter in two groups is in PyTorch.
 
+  PyTorch's "everything else" group (``[{"params": model.head.parameters(),
+  "lr": 1e-2}, {"params": rest_of_model}]``) is the group that ``rest``
+  names; it may leave ``"params"`` out::
+
+    nlr.param_groups(optax.adam, [
+        {"params": "head", "learning_rate": 1e-2},
+        {"name": "base"},
+    ], rest="base", learning_rate=1e-3)
+
+  (A catch-all pattern ``".*"`` would not do: it matches every leaf's whole
+  path, the longest prefix there is, so it would take the head's leaves too.)
+
   A group that claims no leaf (a typo, or a group every leaf of which goes to
   a more specific one) is an error at ``init``: with ``rest="freeze"`` it
   would silently freeze the parameters it meant to train. Generic code that
@@ -230,7 +242,8 @@ def param_groups(
       (PyTorch: leaving them out of the optimizer).
     rest: what happens to leaves no group claims: ``"error"`` (raise, listing
       them), ``"freeze"`` (zero updates, in a group named ``"frozen"``), or the
-      name of a group that takes them.
+      name of a group that takes them (that group may leave ``"params"`` out:
+      PyTorch's "everything else" group).
     allow_empty: accept groups that claim no leaf of the tree (they are then
       unused) instead of raising.
     **defaults: arguments of ``optimizer`` shared by every group.
@@ -266,9 +279,13 @@ def param_groups(
       raise TypeError(
           f"param group {i} must be a dict with a 'params' entry, got {group!r}."
       )
-    if "params" not in group:
-      raise ValueError(f"param group {i} has no 'params' entry.")
     name = _group_name(group.get("name", f"group_{i}"), i)
+    if "params" not in group:
+      if name != rest:
+        raise ValueError(
+            f"param group {i} has no 'params' entry; only the group that rest= "
+            "names (PyTorch's 'everything else') may leave it out.")
+      group = {**group, "params": []}  # It takes the leaves no group claims.
     if name in transforms or name == FROZEN and rest == "freeze":
       raise ValueError(f"param group name {name!r} is used twice.")
     if validation.check_flag(f"param group {name!r}: 'frozen'", group.get("frozen", False)):
@@ -349,6 +366,11 @@ def param_groups(
           "leaves whose '/'-joined path it matches in full, or a prefix of "
           f"it; the paths are {paths[:6]}{' ...' if len(paths) > 6 else ''}. "
           "Pass allow_empty=True to allow groups that claim nothing."
+          + (" A catch-all pattern such as '.*' matches every full path, the "
+             "longest prefix, so it outranks every other group: for PyTorch's "
+             "'everything else' group, leave its 'params' out and name it in "
+             "rest=, e.g. [{'params': 'head', 'lr': 1e-2}, {'name': 'base'}], "
+             "rest='base'." if any(outranked) else "")
       )
     if unclaimed and rest == "error":
       raise ValueError(
@@ -438,7 +460,7 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
       if group_name != name:
         groups.append(group)
       elif freeze:
-        groups.append({"params": group["params"], "name": name, "frozen": True})
+        groups.append({"params": group.get("params", []), "name": name, "frozen": True})
     rest = "freeze" if name == self.rest and not freeze else self.rest
     return self._rebuilt(groups, rest)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -20,6 +21,7 @@ import optax
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src.groups import is_inject_state
+from optax_neuronlr._src.readers import leaf_paths
 from optax_neuronlr._src.readers import unwrap_variables
 
 _PARTITION = getattr(optax.transforms, "PartitionState", ())
@@ -84,6 +86,22 @@ def _granularity(shape: tuple, unit_shape: tuple, is_global: bool) -> str:
   return "blocks"
 
 
+def _optax_name(state_class: type) -> str:
+  """The optax transform that keeps a state: ``ScaleByAdamState`` ->
+  ``scale_by_adam``, ``TraceState`` -> ``trace`` (optax names states after
+  their transforms)."""
+  name = state_class.__name__.removesuffix("State")
+  return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _rule_name(rule: Any, granularity: str) -> str:
+  """The rule's name; Adam-mini with one unit per element is Adam (what
+  ``scale_sgd``, ``muon`` and ``adam_mini`` give biases and norm scales)."""
+  if rule.name == "adam_mini" and granularity == "element":
+    return "adam"
+  return rule.name
+
+
 class _Walker:
   """Walks an optax state and fills one row per parameter path."""
 
@@ -106,7 +124,8 @@ class _Walker:
     for p, r in jax.tree_util.tree_flatten_with_path(rates)[0]:
       path = units_lib.path_str(p)
       shape = self.shapes.get(path, ())
-      self.add(path, ctx, rule.name, _granularity(shape, np.shape(r), is_global),
+      granularity = _granularity(shape, np.shape(r), is_global)
+      self.add(path, ctx, _rule_name(rule, granularity), granularity,
                int(np.size(r)), base if base is not None else ctx.base_rate)
 
   def param_subtree(self, tree: Any) -> list[str]:
@@ -137,7 +156,7 @@ class _Walker:
       for value in node:
         paths = self.param_subtree(value)
         for p in paths:
-          self.add(p, ctx, type(node).__name__, "-", 0, ctx.base_rate)
+          self.add(p, ctx, _optax_name(type(node)), "-", 0, ctx.base_rate)
         if not paths:
           self.walk(value, ctx)
     elif isinstance(node, (tuple, list)):
@@ -148,7 +167,7 @@ class _Walker:
         self.walk(value, ctx)
 
 
-def optimizer_layout(opt_state: Any, params: Any) -> OptimizerLayout:
+def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> OptimizerLayout:
   """Where each parameter went: group, strategy, granularity, units, rate.
 
   Args:
@@ -158,8 +177,11 @@ def optimizer_layout(opt_state: Any, params: Any) -> OptimizerLayout:
 
   Returns:
     An :class:`OptimizerLayout`; ``print(...)`` shows one row per leaf. The
-    strategy is the rule's name, else the class of
-    the optax state that holds the leaf's statistics (e.g. ``ScaleByAdamState``);
+    strategy is a function name throughout: the rule's (``grad_history_lr``,
+    ``normuon``, ``neuron_norm``; ``adam`` for Adam-mini with one unit per
+    element, which is Adam), else the optax transform whose state holds the
+    leaf's statistics (``scale_by_adam`` for ``ScaleByAdamState``, ``trace``
+    for momentum);
     ``granularity`` is ``element``, ``neuron``, ``blocks``, ``tensor`` or
     ``global``, read from the shapes of the leaf and its units;
     ``units`` counts the leaf's rate units; ``base rate`` is the rule's
@@ -177,7 +199,8 @@ def optimizer_layout(opt_state: Any, params: Any) -> OptimizerLayout:
     >>> print(nlr.optimizer_layout(tx.init(params), params))  # doctest: +SKIP
   """
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  shapes = {units_lib.path_str(p): tuple(np.shape(x)) for p, x in flat}
+  paths = leaf_paths(params)  # Raises when two leaves share a path.
+  shapes = {p: tuple(np.shape(x)) for p, (_, x) in zip(paths, flat)}
   walker = _Walker(shapes)
   walker.walk(unwrap_variables(opt_state), _Context())
   fallback = walker.stateless_groups[0] if len(walker.stateless_groups) == 1 else "-"

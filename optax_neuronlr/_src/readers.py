@@ -13,7 +13,7 @@ is stored for this.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import sys
 
@@ -23,6 +23,16 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import plateau
+
+
+# The states of optax.inject_hyperparams (groups.py reads them too; it imports
+# this module, so the tuple is spelled here).
+_INJECT_STATES = tuple(
+    getattr(optax, name)
+    for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
+    if hasattr(optax, name)
+)
 
 
 def _is_strategy_state(x: Any) -> bool:
@@ -54,12 +64,37 @@ def _strategy_states(opt_state: Any) -> list[tuple[str, Any]]:
   ]
 
 
+def leaf_paths(tree: Any, what: str = "the parameters") -> list[str]:
+  """The ``"/"``-joined path of every leaf of ``tree``, each one unique.
+
+  Raises:
+    ValueError: when two leaves share a path string, e.g. the key ``"a/b"``
+      beside ``{"a": {"b": ...}}``: every reader keys leaves by path, and one
+      of the two would vanish from its output.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  paths = [paths_lib.path_str(p) for p, _ in flat]
+  if len(set(paths)) < len(paths):
+    clashes = [
+        f"{path!r} (leaves " + " and ".join(
+            jax.tree_util.keystr(k) for q, (k, _) in zip(paths, flat) if q == path) + ")"
+        for path in sorted({p for p in paths if paths.count(p) > 1})
+    ]
+    raise ValueError(
+        f"two leaves of {what} have the same '/'-joined path: "
+        f"{', '.join(clashes)}. Paths name leaves in learning_rates, "
+        "rate_summary, optimizer_layout and RateRecorder; rename the keys that "
+        "contain '/'."
+    )
+  return paths
+
+
 def _masked_to_none(tree: Any) -> Any:
   is_masked = lambda x: isinstance(x, optax.MaskedNode)
   return jax.tree.map(lambda x: None if is_masked(x) else x, tree, is_leaf=is_masked)
 
 
-def learning_rates_by_state(opt_state: Any) -> dict[str, Any]:
+def learning_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
   """Per-unit rates of every strategy state in ``opt_state``.
 
   Args:
@@ -76,45 +111,64 @@ def learning_rates_by_state(opt_state: Any) -> dict[str, Any]:
   }
 
 
-def learning_rates(opt_state: Any) -> Any:
-  """The per-unit rates that the last update applied, shaped like the params.
+def _has_rule_state(tree: Any) -> bool:
+  leaves = jax.tree.leaves(tree, is_leaf=_is_strategy_state)
+  return any(_is_strategy_state(x) for x in leaves)
 
-  Works on any nested optax state (chain, multi_transform, masked,
-  inject_hyperparams, ...), on the ``opt_state`` of a Flax
-  ``nnx.Optimizer`` as it is, and under ``jax.jit``. Where several strategies
-  govern disjoint parts of the parameters (e.g. two labels of
-  ``optax.multi_transform``), their rates are merged into one tree.
 
-  Each leaf holds one value per unit: the leaf's shape at element
-  granularity, the shape of its neuron axes at neuron granularity (``(out,)``
-  for a Flax ``(in, out)`` kernel), ``(num_blocks,)`` for ``Blocks``, ``()`` at
-  tensor granularity; at ``granularity="global"`` every leaf shows the one
-  rate. Leaves that no strategy
-  governs are ``None``. Before the first update, every unit shows
-  ``clip(learning_rate, min_lr, max_lr)``.
+def _params_shaped(tree: Any) -> Any:
+  """The first sub-tree of an optax state shaped like (part of) the params.
 
-  Args:
-    opt_state: any optax state.
-
-  Returns:
-    A pytree of per-unit rates.
-
-  Raises:
-    ValueError: if ``opt_state`` holds no per-unit strategy, or two strategies
-      govern the same leaf (use :func:`learning_rates_by_state` then).
-
-  Example:
-    >>> import jax.numpy as jnp, optax_neuronlr as nlr
-    >>> params = {"w": jnp.ones((3, 2))}
-    >>> tx = nlr.grad_history_lr(1e-3, granularity="neuron")
-    >>> nlr.learning_rates(tx.init(params))["w"].shape
-    (2,)
+  Optax states keep per-leaf statistics in fields such as
+  ``ScaleByAdamState.mu``: a container of arrays (with ``MaskedNode`` where a
+  partition masks a leaf), beside the states' own scalars. States
+  (NamedTuples) and chains of them (tuples of states) are searched in order.
   """
-  found = learning_rates_by_state(opt_state)
-  if not found:
-    raise ValueError(
-        "opt_state holds no per-unit learning-rate state of optax_neuronlr."
-    )
+  is_state = lambda x: isinstance(x, tuple) and hasattr(x, "_fields")
+  if is_state(tree) or (isinstance(tree, (tuple, list)) and tree
+                        and all(is_state(x) for x in tree)):
+    for value in tree:
+      found = _params_shaped(value)
+      if found is not None:
+        return found
+    return None
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  if (isinstance(tree, optax.MaskedNode)
+      or jax.tree_util.treedef_is_leaf(jax.tree.structure(tree))  # an array
+      or not jax.tree.leaves(tree, is_leaf=is_masked)):
+    return None
+  return tree
+
+
+def injected_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
+  """Group rates of optax optimizers under ``inject_hyperparams``.
+
+  For every ``optax.inject_hyperparams`` state (each group of
+  :func:`~optax_neuronlr.param_groups` is one) that injects a
+  ``learning_rate`` and holds no rule state, the injected rate on every leaf
+  the group's statistics cover (``None`` elsewhere): ``{path of the state
+  inside opt_state: rates}``.
+  """
+  is_inject = lambda x: isinstance(x, _INJECT_STATES)
+  out = {}
+  flat = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_inject)[0]
+  for path, node in flat:
+    if not is_inject(node) or "learning_rate" not in node.hyperparams:
+      continue
+    if _has_rule_state(node.inner_state):
+      continue  # The rule's per-unit rates include the injected rate.
+    shaped = _params_shaped(node.inner_state)
+    if shaped is None:
+      continue
+    rate = jnp.asarray(node.hyperparams["learning_rate"])
+    out[paths_lib.path_str(path)] = jax.tree.map(
+        lambda x: None if isinstance(x, optax.MaskedNode) else rate, shaped,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  return out
+
+
+def _merge(found: dict[str, Any]) -> Any:
+  """One tree from several, each leaf from the one tree that has it."""
   trees = list(found.values())
   if len(trees) == 1:
     return trees[0]
@@ -138,57 +192,156 @@ def learning_rates(opt_state: Any) -> Any:
   return treedef.unflatten(merged)
 
 
-def leaf_rates(opt_state: Any) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
+def learning_rates(opt_state: optax.OptState) -> optax.Params:
+  """The per-unit rates that the last update applied, shaped like the params.
+
+  Works on any nested optax state (chain, multi_transform, masked,
+  inject_hyperparams, ...), on the ``opt_state`` of a Flax
+  ``nnx.Optimizer`` as it is, and under ``jax.jit``. Where several strategies
+  govern disjoint parts of the parameters (e.g. two labels of
+  ``optax.multi_transform``), their rates are merged into one tree.
+
+  Plain optax optimizers under ``optax.inject_hyperparams`` count too: with
+  ``nlr.param_groups(optax.adam, groups)`` each leaf shows its group's
+  injected ``learning_rate`` (a scalar, one unit per leaf), as PyTorch's
+  ``param_groups[i]["lr"]``; a group whose optimizer keeps no per-leaf state
+  (``optax.sgd`` without momentum) has nothing to read its leaves from: its
+  leaves show ``None`` (``get_hyperparams`` has its rate). The current rate of :func:`reduce_lr_on_plateau` is
+  :func:`plateau_learning_rate`.
+
+  Each leaf holds one value per unit: the leaf's shape at element
+  granularity, the shape of its neuron axes at neuron granularity (``(out,)``
+  for a Flax ``(in, out)`` kernel), ``(num_blocks,)`` for ``Blocks``, ``()`` at
+  tensor granularity; at ``granularity="global"`` every leaf shows the one
+  rate. Leaves that no strategy
+  governs are ``None``. Before the first update, every unit shows
+  ``clip(learning_rate, min_lr, max_lr)``.
+
+  Args:
+    opt_state: any optax state.
+
+  Returns:
+    A pytree of per-unit rates.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no per-unit strategy and no injected
+      group rate (the message says so when ``opt_state`` looks restored from
+      a checkpoint without a target), or two strategies govern the same leaf
+      (use :func:`learning_rates_by_state` then).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_neuronlr as nlr
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = nlr.grad_history_lr(1e-3, granularity="neuron")
+    >>> nlr.learning_rates(tx.init(params))["w"].shape
+    (2,)
+  """
+  found = learning_rates_by_state(opt_state)
+  injected = injected_rates_by_state(opt_state)
+  if not found and not injected:
+    raise ValueError(
+        "opt_state holds no per-unit learning-rate state of optax_neuronlr and "
+        "no optax optimizer with an injected learning_rate whose state covers "
+        "the parameters (param_groups, inject_hyperparams). "
+        + _restored_hint(opt_state)
+    )
+  return _merge({**found, **injected})
+
+
+def _restored_hint(opt_state: Any) -> str:
+  """A hint when ``opt_state`` looks like a checkpoint restored without a
+  target (plain dicts and lists where optax's NamedTuples were)."""
+  leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, tuple)
+                           and hasattr(x, "_fields"))
+  has_states = any(isinstance(x, tuple) and hasattr(x, "_fields") for x in leaves)
+  if not has_states and jax.tree.leaves(opt_state):
+    return ("It holds no optax state classes (only dicts, lists and arrays): "
+            "was it restored from a checkpoint without a target? Restore it "
+            "into target = jax.eval_shape(tx.init, params): orbax "
+            "checkpointer.restore(path, target), flax "
+            "serialization.from_state_dict(target, state_dict) or "
+            "from_bytes(target, data) (README, \"Checkpoints\").")
+  return ""
+
+
+def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
   """``{leaf key: (per-unit rates, min_lr, max_lr)}`` of every governed leaf.
 
-  The key is the leaf's ``"/"``-joined path, prefixed with the strategy
-  state's path inside ``opt_state`` when there are several strategy states.
+  The key is the parameter's ``"/"``-joined path, whatever optax structure
+  wraps the rule (chain, ``param_groups``, ``multi_transform``, ``masked``,
+  ``inject_hyperparams``, ``scale_sgd``, ...): adding a group or a wrapper
+  never renames a key. When several rule states govern the same parameter
+  (say, two rules chained), the first one in ``opt_state``'s order keeps the
+  path and the next ones get ``path#1``, ``path#2``, ... in that order.
 
   Args:
     opt_state: any optax state (possibly nested, or an ``nnx.Optimizer``'s).
 
   Returns:
     One ``(rates, min_lr, max_lr)`` per leaf that a strategy governs.
+
+  Raises:
+    ValueError: if two leaves of a state share a path string (a key
+      containing ``"/"`` beside a nested one, see :func:`leaf_paths`).
   """
   out = {}
-  states = _strategy_states(opt_state)
-  for state_path, state in states:
-    rates = engine.rates_of(state)
+  for state_path, state in _strategy_states(opt_state):
+    rates = _masked_to_none(engine.rates_of(state))
     hp = engine.applied_scalars(state)
     lo, hi = hp["min_lr"], hp["max_lr"]
-    prefix = f"{state_path}/" if len(states) > 1 else ""
-    for path, r in jax.tree_util.tree_flatten_with_path(_masked_to_none(rates))[0]:
-      out[prefix + paths_lib.path_str(path)] = (r, lo, hi)
+    flat = jax.tree_util.tree_flatten_with_path(rates)[0]
+    leaf_paths(rates, f"the rule state at {state_path or 'the root'!r}")
+    for path, r in flat:
+      key = paths_lib.path_str(path)
+      again = 0
+      while key in out:
+        again += 1
+        key = f"{paths_lib.path_str(path)}#{again}"
+      out[key] = (r, lo, hi)
   return out
 
 
-def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
+def rate_summary(opt_state: optax.OptState) -> dict[str, jax.Array]:
   """Per-leaf statistics of the per-unit rates, flat, ready for any logger.
 
-  For every leaf governed by a strategy, the keys ``"<leaf path>/<stat>"``
-  with ``stat`` one of ``min``, ``median``, ``max``, ``mean``,
-  ``frac_at_min_lr`` and ``frac_at_max_lr`` (the fractions of units pinned at
-  each clamp). When several strategy states are present, each key is prefixed
-  with the state's path inside ``opt_state``. Computed with ``jnp`` only, so it
-  runs inside ``jax.jit`` and returns scalar arrays.
+  For every leaf governed by a per-unit strategy, the keys
+  ``"<parameter path>/<stat>"`` (``"Dense_0/bias/median"``) with ``stat`` one
+  of ``min``, ``median``, ``max``, ``mean``, ``frac_at_min_lr`` and
+  ``frac_at_max_lr`` (the fractions of units pinned at each clamp). The keys
+  are the same whatever optax structure wraps the rule: alone, in a chain,
+  in ``param_groups`` or ``multi_transform`` groups, under ``scale_sgd``,
+  ``normuon`` or ``inject_hyperparams``; so adding a group renames no logged
+  series. Where several rule states govern one parameter (two rules in a
+  chain), the first in ``opt_state``'s order keeps the path and the next get
+  ``"<path>#1/<stat>"``, ``"<path>#2/<stat>"``, ... Computed with ``jnp``
+  only, so it runs inside ``jax.jit`` and returns scalar arrays.
 
   Args:
     opt_state: any optax state.
 
   Returns:
     ``{"path/stat": scalar}``, every value a strongly typed scalar of the
-    default float dtype. A zero-size leaf gives NaN statistics and zero clamp
-    fractions; an empty tree gives ``{}``.
+    default float dtype. A leaf with no rate units (a zero-size leaf at
+    element or neuron granularity, e.g. shape ``(0,)`` or ``(3, 0)``) has no
+    statistics and no keys; an empty tree gives ``{}``.
+
+  Raises:
+    ValueError: if two parameters share a ``"/"``-joined path (the key
+      ``"a/b"`` beside ``{"a": {"b": ...}}``), which would merge their series.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_neuronlr as nlr
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+    >>> tx = nlr.param_groups(nlr.grad_history_lr, [
+    ...     {"params": "Dense_0/kernel", "learning_rate": 1e-3},
+    ...     {"params": "Dense_0/bias", "learning_rate": 1e-2}])
+    >>> sorted(nlr.rate_summary(tx.init(params)))[:2]
+    ['Dense_0/bias/frac_at_max_lr', 'Dense_0/bias/frac_at_min_lr']
   """
   out: dict[str, jax.Array] = {}
   dtype = jnp.result_type(float)
   for key, (r, lo, hi) in leaf_rates(opt_state).items():
-    if not r.size:  # a zero-size leaf has no units: NaN statistics, no clamps
-      nan = jnp.full((), jnp.nan, dtype)
-      for stat in ("min", "median", "max", "mean"):
-        out[f"{key}/{stat}"] = nan
-      out[f"{key}/frac_at_min_lr"] = jnp.zeros((), dtype)
-      out[f"{key}/frac_at_max_lr"] = jnp.zeros((), dtype)
+    if not r.size:  # No units, nothing to summarise (and no NaN to log).
       continue
     at_lo, at_hi = r <= lo.astype(r.dtype), r >= hi.astype(r.dtype)
     r = r.astype(dtype)
@@ -199,3 +352,42 @@ def rate_summary(opt_state: Any) -> dict[str, jax.Array]:
     out[f"{key}/frac_at_min_lr"] = jnp.mean(at_lo.astype(dtype))
     out[f"{key}/frac_at_max_lr"] = jnp.mean(at_hi.astype(dtype))
   return out
+
+
+def plateau_learning_rate(opt_state: optax.OptState) -> Union[jax.Array, dict[str, jax.Array]]:
+  """The rate of :func:`reduce_lr_on_plateau` (PyTorch's ``get_last_lr()``).
+
+  The rate the last update applied, ``ReduceLROnPlateauState.applied_lr``
+  (``learning_rate`` before the first update), found wherever the plateau
+  transform sits in ``opt_state`` (a chain, a group, an ``nnx.Optimizer``).
+  One ``update(..., value=loss)`` steps with the current rate and then
+  decides on a reduction, as PyTorch's ``optimizer.step()`` followed by
+  ``scheduler.step(loss)``: a reduction decided from the value passed to
+  update ``t`` shows here after update ``t + 1``, the first it applies to.
+
+  Args:
+    opt_state: any optax state holding a ``scale_by_reduce_lr_on_plateau``.
+
+  Returns:
+    A scalar array when ``opt_state`` holds one plateau transform; else
+    ``{path of the state inside opt_state: scalar}``.
+
+  Raises:
+    ValueError: if ``opt_state`` holds none.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_neuronlr as nlr
+    >>> tx = optax.chain(optax.scale_by_adam(), nlr.reduce_lr_on_plateau(0.1))
+    >>> float(nlr.plateau_learning_rate(tx.init({"w": jnp.ones(3)})))
+    0.1...
+  """
+  is_plateau = lambda x: isinstance(x, plateau.ReduceLROnPlateauState)
+  flat = jax.tree_util.tree_flatten_with_path(
+      unwrap_variables(opt_state), is_leaf=is_plateau)[0]
+  found = {paths_lib.path_str(p): s.applied_lr for p, s in flat if is_plateau(s)}
+  if not found:
+    raise ValueError(
+        "opt_state holds no reduce_lr_on_plateau state "
+        "(nlr.scale_by_reduce_lr_on_plateau / nlr.reduce_lr_on_plateau)."
+    )
+  return next(iter(found.values())) if len(found) == 1 else found

@@ -65,8 +65,8 @@ class RateRecorder:
 
   Keys and paths are those of :func:`~optax_neuronlr.rate_summary`: a leaf's
   ``"/"``-joined path (``"Dense_0/kernel"``; ``"l1/kernel"`` for an
-  ``nnx.Optimizer``), prefixed with the strategy state's path inside the
-  optimizer state when it holds several strategies.
+  ``nnx.Optimizer``), whatever optax structure wraps the rules; a parameter
+  governed by a second rule state is ``"<path>#1"``.
 
   Inside a jitted training step, compute the record with :meth:`compute`,
   return it from the step and hand it to :meth:`add`::

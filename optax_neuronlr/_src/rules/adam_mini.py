@@ -508,11 +508,11 @@ def _check_adam_args(b1: Any, b2: Any, eps: Any) -> None:
 
 
 def scale_by_adam_mini(
+    learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
-    learning_rate: optax.ScalarOrSchedule = 1.0,
     blocks: Any = None,
     num_heads: Optional[int] = None,
     num_kv_heads: Optional[int] = None,
@@ -544,13 +544,14 @@ def scale_by_adam_mini(
   :func:`optax_neuronlr.learning_rates` reads.
 
   Args:
+    learning_rate: $\eta$, a number or an optax schedule, first and required
+      as in every ``scale_by_*`` of the package; 1.0 returns the
+      preconditioned direction, as ``optax.scale_by_adam`` does
+      (:func:`adam_mini` passes its learning rate here, so that the rates
+      read back are the applied ones).
     b1: decay of the first moment, in ``[0, 1)``.
     b2: decay of the second moment, in ``[0, 1)``.
     eps: added to the bias-corrected root of ``v``, ``>= 0``.
-    learning_rate: $\eta$, a number or an optax schedule; the default 1.0
-      returns the preconditioned direction, as ``optax.scale_by_adam`` does
-      (:func:`adam_mini` passes its learning rate here, so that the rates
-      read back are the applied ones).
     blocks: the blocks. None (default): :func:`adam_mini_blocks` of the
       params, read from their paths and shapes at ``init`` and on each trace
       of ``update`` (cached); or any ``granularity`` of
@@ -676,7 +677,7 @@ def adam_mini(
   validation.check_mask("mask", mask)
   return optax.chain(
       scale_by_adam_mini(
-          b1, b2, eps, learning_rate=learning_rate, blocks=blocks, num_heads=num_heads,
+          learning_rate, b1, b2, eps, blocks=blocks, num_heads=num_heads,
           num_kv_heads=num_kv_heads, on_unrecognised=on_unrecognised,
           state_dtype=state_dtype),
       moments.decoupled_weight_decay(

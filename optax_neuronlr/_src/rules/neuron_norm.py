@@ -87,9 +87,9 @@ ScaleByNeuronNormState = NeuronNorm().state_class()
 
 
 def scale_by_neuron_norm(
+    learning_rate: optax.ScalarOrSchedule,
     eps: float = 1e-8,
     *,
-    learning_rate: optax.ScalarOrSchedule = 1.0,
     granularity: Any = "neuron",
     neuron_axes: Any = None,
     state_dtype: Any = None,
@@ -115,9 +115,10 @@ def scale_by_neuron_norm(
   element's $|d| / \rho = 1$).
 
   Args:
+    learning_rate: $\eta$, a number or an optax schedule, first and required
+      as in every ``scale_by_*`` of the package; 1.0 returns the normalised
+      direction.
     eps: lower bound of $\rho$, ``> 0`` (guards all-zero units).
-    learning_rate: $\eta$, a number or an optax schedule; the default 1.0
-      returns the normalised direction.
     granularity: the units; see :func:`optax_neuronlr.scale_by_rule`.
     neuron_axes: neuron axes for ``granularity="neuron"``; see
       :func:`optax_neuronlr.scale_by_rule` (``(1, 2)`` for a
@@ -148,7 +149,7 @@ def neuron_norm_sgd(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Per-neuron normalised SGD on every leaf: :func:`scale_by_neuron_norm`, negated.
 
-  ``optax.chain(scale_by_neuron_norm(eps, learning_rate=learning_rate,
+  ``optax.chain(scale_by_neuron_norm(learning_rate, eps,
   ...), optax.scale(-1.0))``. Every leaf, 1-D ones included, is normalised
   (1-D leaves per element, i.e. sign descent, at the default units); for a
   transformer use :func:`scale_sgd`, which trains vectors with AdamW.
@@ -170,7 +171,7 @@ def neuron_norm_sgd(
   """
   validation.check_rate("learning_rate", learning_rate)
   return optax.chain(
-      scale_by_neuron_norm(eps, learning_rate=learning_rate, granularity=granularity,
+      scale_by_neuron_norm(learning_rate, eps, granularity=granularity,
                            neuron_axes=neuron_axes, state_dtype=state_dtype,
                            direction=direction),
       optax.scale(-1.0))
@@ -357,13 +358,13 @@ def scale_sgd(
 
   def normalised(direction):
     return optax.chain(
-        scale_by_neuron_norm(eps, learning_rate=learning_rate, granularity=units,
+        scale_by_neuron_norm(learning_rate, eps, granularity=units,
                              state_dtype=state_dtype, direction=direction),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
   vector = optax.chain(
-      am.scale_by_adam_mini(b1, b2, adam_eps, learning_rate=adam_learning_rate,
+      am.scale_by_adam_mini(adam_learning_rate, b1, b2, adam_eps,
                             blocks="element", state_dtype=state_dtype),
       moments.decoupled_weight_decay(adam_learning_rate, adam_weight_decay),
       optax.scale(-1.0))

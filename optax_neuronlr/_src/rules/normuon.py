@@ -91,11 +91,11 @@ class NorMuon(engine.Rule):
 
 
 def scale_by_normuon(
+    learning_rate: optax.ScalarOrSchedule,
     momentum: float = 0.95,
     beta2: float = 0.95,
     eps: float = 1e-10,
     *,
-    learning_rate: optax.ScalarOrSchedule = 1.0,
     nesterov: bool = True,
     ns_steps: int = 5,
     ns_coeffs: Sequence[float] = muon_lib.NS_COEFFS,
@@ -123,12 +123,13 @@ def scale_by_normuon(
   :func:`optax_neuronlr.learning_rates` reads.
 
   Args:
+    learning_rate: $\eta$, a number or a schedule, first and required as in
+      every ``scale_by_*`` with a rate; 1.0 returns the direction itself
+      (:func:`normuon` passes its rate here, so that the rates read back are
+      the applied ones).
     momentum: Muon's momentum $\mu$, in ``[0, 1)``.
     beta2: decay of the per-neuron second moment, in ``[0, 1)``.
     eps: $\epsilon$ of the normalisation and of the rescale, ``> 0``.
-    learning_rate: $\eta$, a number or a schedule; the default 1.0 returns
-      the direction itself (:func:`normuon` passes its rate here, so that the
-      rates read back are the applied ones).
     nesterov: Nesterov momentum.
     ns_steps: Newton-Schulz iterations, an int ``>= 1``.
     ns_coeffs: the quintic's coefficients $(a, b, c)$.
@@ -261,7 +262,7 @@ def normuon(
 
   def hidden_tx(views):
     return optax.chain(
-        scale_by_normuon(momentum, beta2, eps, learning_rate=learning_rate,
+        scale_by_normuon(learning_rate, momentum, beta2, eps,
                          nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
                          ns_eps=ns_eps, ns_dtype=ns_dtype, mu_dtype=mu_dtype,
                          state_dtype=state_dtype, matrices=views),

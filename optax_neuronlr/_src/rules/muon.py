@@ -506,7 +506,9 @@ def muon(
     eps: added to the Frobenius norm before Newton-Schulz, ``> 0``.
     ns_dtype: dtype of Newton-Schulz (None: the update's; ``"bfloat16"`` as
       the references).
-    mu_dtype: dtype of the stored momentum (None: the params').
+    mu_dtype: dtype of the stored first moments, Muon's momentum and
+      AdamW's $m$ (optax's ``mu_dtype``: the arithmetic stays in at least
+      float32, only the stored copy is rounded); None: the params'.
     adam_learning_rate: AdamW's rate; None: ``learning_rate``.
     b1: AdamW's first-moment decay, in ``[0, 1)``.
     b2: AdamW's second-moment decay, in ``[0, 1)``.
@@ -537,7 +539,7 @@ def muon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay,
-                      mask=layout_lib.weight_decay_mask)
+  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                      weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask)
   return partitioned(hidden_tx, adamw, hidden, matrices)
 

@@ -226,7 +226,9 @@ def normuon(
     ns_eps: added to the Frobenius norm before Newton-Schulz, ``> 0``.
     ns_dtype: dtype of Newton-Schulz (None: the update's; ``"bfloat16"`` as
       the reference).
-    mu_dtype: dtype of the stored momentum (None: the params').
+    mu_dtype: dtype of the stored first moments, Muon's momentum and
+      AdamW's $m$ (optax's ``mu_dtype``: the arithmetic stays in at least
+      float32, only the stored copy is rounded); None: the params'.
     state_dtype: dtype of the per-neuron statistics (None: float32 for
       bf16/f16 params, else the params').
     adam_learning_rate: AdamW's rate; None: ``learning_rate``.
@@ -269,7 +271,7 @@ def normuon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay,
-                      mask=model_layout.weight_decay_mask)
+  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                      weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask)
   return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
 

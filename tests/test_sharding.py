@@ -159,3 +159,15 @@ def test_state_shardings_of_blocks_keep_the_blocked_axis():
   sh = nlr.state_shardings(tx, params, p_sh)
   assert sh[0].grad_ema["q"].spec == P("x")
   assert sh[0].grad_ema["v"].spec == P(None)
+
+
+def test_state_shardings_twice_for_the_same_transform():
+  """jax.eval_shape caches traces: a second call must still see the layouts."""
+  mesh = jax.make_mesh((1,), ("x",))
+  params = {"w": jnp.ones((4, 6))}
+  p_sh = {"w": NamedSharding(mesh, P("x", None))}
+  tx = nlr.grad_history_lr(1e-3, granularity=nlr.Neurons((0,)))
+  first = nlr.state_shardings(tx, params, p_sh)
+  second = nlr.state_shardings(tx, params, p_sh)
+  assert first[0].grad_ema["w"].spec == P("x")
+  assert second[0].grad_ema["w"].spec == P("x")

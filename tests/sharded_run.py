@@ -14,14 +14,12 @@ so the step needs no collective at all.
 
 from __future__ import annotations
 
-import os
+from mesh_helpers import collectives as _collectives
+from mesh_helpers import force_host_devices
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-)
+force_host_devices(8)
 
 import json  # noqa: E402
-import re  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -84,9 +82,6 @@ MUON_HEAD_CASES = {
                    lambda: nlr.muon(1e-2, weight_decay=0.1)),
 }
 STEPS = 5
-COLLECTIVE = re.compile(
-    r"=\s*(\(?[^=]*?\)?)\s+(all-reduce|all-gather|reduce-scatter|"
-    r"collective-permute|all-to-all)(?:-start)?\(")
 
 
 def _tree(fn, shapes):
@@ -106,15 +101,6 @@ def _step(tx):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
   return step
-
-
-def _collectives(hlo: str) -> list[tuple[str, int]]:
-  out = []
-  for shape_text, op in COLLECTIVE.findall(hlo):
-    dims = re.findall(r"\[([\d,]*)\]", shape_text)
-    sizes = [int(np.prod([int(d) for d in s.split(",") if d])) for s in dims]
-    out.append((op, max(sizes, default=1)))
-  return out
 
 
 def _unit_stat_specs(state) -> dict:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import optax_neuronlr as nlr
+from tests import mesh_helpers
 
 SCRIPT = pathlib.Path(__file__).with_name("sharded_run.py")
 MAX_UNITS = 32  # the widest layer's output units in sharded_run.SHAPES
@@ -22,8 +21,7 @@ MAX_UNITS = 32  # the widest layer's output units in sharded_run.SHAPES
 
 @pytest.fixture(scope="module")
 def all_results() -> list[dict]:
-  out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                       timeout=600, check=False)
+  out = mesh_helpers.run_script(SCRIPT, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 

@@ -14,6 +14,7 @@ so the step needs no collective at all.
 
 from __future__ import annotations
 
+from mesh_helpers import collective_bytes as _collective_bytes
 from mesh_helpers import collectives as _collectives
 from mesh_helpers import force_host_devices
 
@@ -75,6 +76,17 @@ MUON_TRANSFORMS = {
     "muon/matrix": lambda: nlr.muon(1e-2, weight_decay=0.1),
     "normuon/matrix": lambda: nlr.normuon(1e-2, weight_decay=0.1),
 }
+# Newton-Schulz on the shard owners (ns_mesh): whole matrices dealt over the
+# devices instead of every matrix gathered onto every device.
+_MESH: list = []
+OWNER_CASES = {
+    "muon/heads+auto": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                        lambda: nlr.muon(1e-2, weight_decay=0.1)),
+    "muon/heads+owner": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                         lambda: nlr.muon(1e-2, weight_decay=0.1, ns_mesh=_MESH[0])),
+    "normuon/heads+owner": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                            lambda: nlr.normuon(1e-2, weight_decay=0.1, ns_mesh=_MESH[0])),
+}
 MUON_HEAD_CASES = {
     "normuon/heads": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
                       lambda: nlr.normuon(1e-2, weight_decay=0.1)),
@@ -122,7 +134,7 @@ def _is_rule_state(x) -> bool:
 
 def run_case(name: str, layout: str, mesh) -> dict:
   if layout == "head_axis":
-    shapes, specs, make = (HEAD_CASES | MUON_HEAD_CASES)[name]
+    shapes, specs, make = (HEAD_CASES | MUON_HEAD_CASES | OWNER_CASES)[name]
   else:
     shapes, specs, make = SHAPES, LAYOUTS[layout], (TRANSFORMS | MUON_TRANSFORMS)[name]
   tx = make()
@@ -165,13 +177,16 @@ def run_case(name: str, layout: str, mesh) -> dict:
   stat_specs.update(_unit_stat_specs(state))
   return {"case": name, "layout": layout, "max_diff": diff, "total_change": change,
           "stat_specs": stat_specs, "collectives": _collectives(hlo),
+          "collective_bytes": _collective_bytes(hlo),
           "param_elements": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
-          "family": "muon" if name in MUON_TRANSFORMS | MUON_HEAD_CASES else "rule"}
+          "family": ("owner" if name in OWNER_CASES else
+                     "muon" if name in MUON_TRANSFORMS | MUON_HEAD_CASES else "rule")}
 
 
 def main() -> None:
   assert len(jax.devices()) == 8, jax.devices()
   mesh = jax.make_mesh((8,), ("x",))
+  _MESH.append(mesh)
   for layout in LAYOUTS:
     for name in TRANSFORMS:
       print(json.dumps(run_case(name, layout, mesh)))
@@ -182,6 +197,11 @@ def main() -> None:
       print(json.dumps(run_case(name, layout, mesh)))
   for name in MUON_HEAD_CASES:
     print(json.dumps(run_case(name, "head_axis", mesh)))
+  # ns_mesh needs automatic sharding: these run on a mesh of Auto axes.
+  auto = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+  _MESH[:] = [auto]
+  for name in OWNER_CASES:
+    print(json.dumps(run_case(name, "head_axis", auto)))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,27 @@ def muon_results(all_results) -> list[dict]:
   return [r for r in all_results if r["family"] == "muon"]
 
 
+@pytest.fixture(scope="module")
+def owner_results(all_results) -> dict[str, dict]:
+  return {r["case"]: r for r in all_results if r["family"] == "owner"}
+
+
+def test_newton_schulz_on_owners_equals_one_device_and_gathers_nothing(owner_results):
+  """ns_mesh: whole matrices dealt over the 8 devices. Equal to one device to
+  float32 rounding; no all-gather, and fewer collective bytes per device than
+  the default layout on the same (automatic-sharding) mesh."""
+  assert sorted(owner_results) == ["muon/heads+auto", "muon/heads+owner",
+                                   "normuon/heads+owner"]
+  for r in owner_results.values():
+    assert r["total_change"] > 1e-3, r["case"]
+    assert r["max_diff"] <= 1e-5 * r["total_change"] + 4 * 2.0**-23, r
+  total = {n: sum(b for _, b in r["collective_bytes"]) for n, r in owner_results.items()}
+  for name in ("muon/heads+owner", "normuon/heads+owner"):
+    ops = {op for op, _ in owner_results[name]["collectives"]}
+    assert "all-gather" not in ops, owner_results[name]
+    assert total[name] < 0.5 * total["muon/heads+auto"], total
+
+
 def test_every_case_ran(sharded_results, muon_results):
   assert len(sharded_results) == 18
   assert {r["layout"] for r in sharded_results} == {"neuron_axis", "fan_in_axis", "head_axis"}

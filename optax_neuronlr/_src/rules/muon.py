@@ -418,7 +418,7 @@ def scale_by_muon(
       (a sharded matrix is gathered onto every device, which all run its
       Newton-Schulz); or a ``jax.sharding.Mesh``: the matrices are dealt,
       whole, round-robin over its devices, each orthogonalised on its owner
-      (:func:`orthogonalise_on_owners`; the layout of distributed Muon
+      (the layout of distributed Muon
       implementations). For automatic sharding (``AxisType.Auto``); see
       docs/scaling.md for what each layout communicates.
 

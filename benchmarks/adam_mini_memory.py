@@ -17,7 +17,8 @@ leaves, so GPT-2-size trees cost nothing to measure. Rows:
 * ``adam_mini (expected)``: a full first moment, one second moment per unit
   of ``adam_mini_blocks`` and a counter, computed from the partition;
 * ``nlr.adam_mini`` (measured; it must equal the expected row up to a few
-  scalars);
+  scalars) and ``nlr.adam_mini(mu_dtype="bfloat16")`` (its first moment in
+  bfloat16);
 * ``nlr.scale_sgd`` (SCALE), the whole state, and its ``"hidden"`` group
   (every matrix but the output head) against ``optax.adamw``'s state on the
   same leaves;
@@ -37,7 +38,13 @@ the mean of the adamw chunks around it (slow phases of a noisy 2-core machine
 cancel). ``x adamw`` is the median of those ratios, ``min-max`` their range;
 ``ms/step`` the median and best chunk.
 
-Targets: Adam-mini's state at most 0.55x ``optax.adamw``'s; SCALE's hidden
+**Per device.** Each measured row also gives the state bytes on one device
+of an abstract 8-device mesh (``jax.sharding.AbstractMesh``; no devices
+needed): FSDP, each parameter's first axis divisible by 8 sharded, the state
+sharded by ``nlr.state_shardings``.
+
+Targets: Adam-mini's state at most 0.55x ``optax.adamw``'s (0.3x with a
+bfloat16 first moment); SCALE's hidden
 matrices at most 0.05x; step time at most 1.0x adamw's on CPU; ``nlr.muon``
 and ``nlr.normuon`` no slower than ``optax.contrib.muon`` on the same tree
 (``x optax muon``: the ratio of the medians of their ratios to adamw). The
@@ -138,10 +145,50 @@ class Row:
   name: str
   state_bytes: Optional[int]  # None: pending
   note: str = ""
+  per_device: Optional[int] = None  # bytes per device on the FSDP mesh
+
+
+MESH_DEVICES = 8
+
+
+def fsdp_shardings(params: Any, mesh: Any) -> Any:
+  """FSDP on ``mesh``'s one axis: each leaf's first axis divisible by the
+  device count is sharded, else the leaf is replicated."""
+  n = mesh.size
+
+  def spec(x):
+    axes = [None] * len(x.shape)
+    for i, d in enumerate(x.shape):
+      if d % n == 0:
+        axes[i] = mesh.axis_names[0]
+        break
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))
+
+  return jax.tree.map(spec, params)
+
+
+def per_device_bytes(tx: optax.GradientTransformation, params: Any) -> int:
+  """State bytes on one device of an abstract ``MESH_DEVICES``-device FSDP mesh,
+  with the state sharded by :func:`optax_neuronlr.state_shardings` (the
+  largest shard of each leaf)."""
+  mesh = jax.sharding.AbstractMesh((MESH_DEVICES,), ("fsdp",))
+  p_sh = fsdp_shardings(params, mesh)
+  shapes = jax.eval_shape(tx.init, params)
+  with warnings.catch_warnings():
+    # optax.tree_utils.tree_map_params runs init on the tree of shardings, in
+    # which scale_sgd's layout finds no head; the bytes do not depend on it.
+    warnings.simplefilter("ignore", UserWarning)
+    shardings = nlr.state_shardings(tx, params, p_sh)
+  total = 0
+  for x, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
+    if hasattr(x, "dtype"):
+      total += int(np.prod(sh.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
+  return total
 
 
 def measured(name: str, tx: optax.GradientTransformation, params: Any) -> Row:
-  return Row(name, nbytes(jax.eval_shape(tx.init, params)))
+  return Row(name, nbytes(jax.eval_shape(tx.init, params)),
+             per_device=per_device_bytes(tx, params))
 
 
 def adam_mini_expected(params: Any) -> Row:
@@ -189,6 +236,8 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
       BASELINE: optax.adamw(1e-3, weight_decay=0.1),
       "optax.sgd(momentum=0.9)": optax.sgd(1e-3, momentum=0.9),
       "nlr.adam_mini": nlr.adam_mini(1e-3, weight_decay=0.1),
+      "nlr.adam_mini(mu_dtype=bf16)": nlr.adam_mini(1e-3, weight_decay=0.1,
+                                                    mu_dtype="bfloat16"),
       "nlr.scale_sgd": nlr.scale_sgd(1e-3, weight_decay=0.1),
       OPTAX_MUON: optax.contrib.muon(
           2e-2, weight_decay=0.1, adam_learning_rate=1e-3, adam_weight_decay=0.1,
@@ -208,7 +257,8 @@ def rows(params: Any) -> list[Row]:
   out = [measured(BASELINE, txs[BASELINE], params),
          measured("optax.sgd(momentum=0.9)", txs["optax.sgd(momentum=0.9)"], params),
          adam_mini_expected(params)]
-  out += [measured(name, txs[name], params) for name in ("nlr.adam_mini", "nlr.scale_sgd")]
+  out += [measured(name, txs[name], params)
+          for name in ("nlr.adam_mini", "nlr.adam_mini(mu_dtype=bf16)", "nlr.scale_sgd")]
   out += [measured(name, txs[name], params) for name in (OPTAX_MUON,) + MUON_ROWS]
   out.append(normuon_expected(params))
   return out
@@ -230,7 +280,9 @@ def memory_targets(all_rows: list[Row], hidden: list[Row]) -> list[str]:
   scale = (by_name["nlr.scale_sgd, hidden matrices only"]
            / by_name[f"{BASELINE}, hidden matrices only"])
   normuon = by_name["nlr.normuon"] / by_name["normuon (expected: muon + 1 per neuron)"]
+  mini_bf16 = by_name["nlr.adam_mini(mu_dtype=bf16)"] / by_name[BASELINE]
   return [_verdict("nlr.adam_mini state", mini, 0.55),
+          _verdict("nlr.adam_mini(mu_dtype=bf16) state", mini_bf16, 0.3),
           _verdict("nlr.scale_sgd state on the hidden matrices", scale, 0.05),
           f"  {'met   ' if normuon <= 1.0 + 1e-3 else 'MISSED'} nlr.normuon state: "
           f"{normuon:.4f}x Muon's + one float per output neuron (target <= 1)"]
@@ -243,12 +295,17 @@ def _verdict(what: str, ratio: float, limit: float) -> str:
 
 def format_table(rows: list[Row], markdown: bool, base_name: str = BASELINE) -> str:
   base = next(r.state_bytes for r in rows if r.name == base_name)
-  cells = [("optimizer", "state bytes", "x adamw", "note")]
+  base_dev = next(r.per_device for r in rows if r.name == base_name)
+  cells = [("optimizer", "state bytes", "x adamw",
+            f"per device ({MESH_DEVICES}-device FSDP)", "x adamw", "note")]
   for r in rows:
     if r.state_bytes is None:
-      cells.append((r.name, "pending", "-", r.note))
+      cells.append((r.name, "pending", "-", "-", "-", r.note))
     else:
-      cells.append((r.name, f"{r.state_bytes:,}", _ratio(r.state_bytes / base), r.note))
+      dev = ("-", "-") if r.per_device is None or not base_dev else (
+          f"{r.per_device:,}", _ratio(r.per_device / base_dev))
+      cells.append((r.name, f"{r.state_bytes:,}", _ratio(r.state_bytes / base), *dev,
+                    r.note))
   return _format(cells, markdown)
 
 

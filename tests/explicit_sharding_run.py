@@ -4,9 +4,10 @@ explicit-sharding mesh; prints one JSON line per case."""
 from __future__ import annotations
 
 import json
-import os
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+from mesh_helpers import force_host_devices
+
+force_host_devices(4)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -14,14 +14,13 @@ so the step needs no collective at all.
 
 from __future__ import annotations
 
-import os
+from mesh_helpers import collective_bytes as _collective_bytes
+from mesh_helpers import collectives as _collectives
+from mesh_helpers import force_host_devices
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-)
+force_host_devices(8)
 
 import json  # noqa: E402
-import re  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -77,6 +76,17 @@ MUON_TRANSFORMS = {
     "muon/matrix": lambda: nlr.muon(1e-2, weight_decay=0.1),
     "normuon/matrix": lambda: nlr.normuon(1e-2, weight_decay=0.1),
 }
+# Newton-Schulz on the shard owners (ns_mesh): whole matrices dealt over the
+# devices instead of every matrix gathered onto every device.
+_MESH: list = []
+OWNER_CASES = {
+    "muon/heads+auto": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                        lambda: nlr.muon(1e-2, weight_decay=0.1)),
+    "muon/heads+owner": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                         lambda: nlr.muon(1e-2, weight_decay=0.1, ns_mesh=_MESH[0])),
+    "normuon/heads+owner": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
+                            lambda: nlr.normuon(1e-2, weight_decay=0.1, ns_mesh=_MESH[0])),
+}
 MUON_HEAD_CASES = {
     "normuon/heads": (HEAD_CASES["adam_mini/heads"][0], HEAD_CASES["adam_mini/heads"][1],
                       lambda: nlr.normuon(1e-2, weight_decay=0.1)),
@@ -84,9 +94,6 @@ MUON_HEAD_CASES = {
                    lambda: nlr.muon(1e-2, weight_decay=0.1)),
 }
 STEPS = 5
-COLLECTIVE = re.compile(
-    r"=\s*(\(?[^=]*?\)?)\s+(all-reduce|all-gather|reduce-scatter|"
-    r"collective-permute|all-to-all)(?:-start)?\(")
 
 
 def _tree(fn, shapes):
@@ -108,15 +115,6 @@ def _step(tx):
   return step
 
 
-def _collectives(hlo: str) -> list[tuple[str, int]]:
-  out = []
-  for shape_text, op in COLLECTIVE.findall(hlo):
-    dims = re.findall(r"\[([\d,]*)\]", shape_text)
-    sizes = [int(np.prod([int(d) for d in s.split(",") if d])) for s in dims]
-    out.append((op, max(sizes, default=1)))
-  return out
-
-
 def _unit_stat_specs(state) -> dict:
   """``{"state.<statistic>/<path>": spec}`` of every rule state's unit statistics."""
   out = {}
@@ -136,7 +134,7 @@ def _is_rule_state(x) -> bool:
 
 def run_case(name: str, layout: str, mesh) -> dict:
   if layout == "head_axis":
-    shapes, specs, make = (HEAD_CASES | MUON_HEAD_CASES)[name]
+    shapes, specs, make = (HEAD_CASES | MUON_HEAD_CASES | OWNER_CASES)[name]
   else:
     shapes, specs, make = SHAPES, LAYOUTS[layout], (TRANSFORMS | MUON_TRANSFORMS)[name]
   tx = make()
@@ -179,13 +177,16 @@ def run_case(name: str, layout: str, mesh) -> dict:
   stat_specs.update(_unit_stat_specs(state))
   return {"case": name, "layout": layout, "max_diff": diff, "total_change": change,
           "stat_specs": stat_specs, "collectives": _collectives(hlo),
+          "collective_bytes": _collective_bytes(hlo),
           "param_elements": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
-          "family": "muon" if name in MUON_TRANSFORMS | MUON_HEAD_CASES else "rule"}
+          "family": ("owner" if name in OWNER_CASES else
+                     "muon" if name in MUON_TRANSFORMS | MUON_HEAD_CASES else "rule")}
 
 
 def main() -> None:
   assert len(jax.devices()) == 8, jax.devices()
   mesh = jax.make_mesh((8,), ("x",))
+  _MESH.append(mesh)
   for layout in LAYOUTS:
     for name in TRANSFORMS:
       print(json.dumps(run_case(name, layout, mesh)))
@@ -196,6 +197,11 @@ def main() -> None:
       print(json.dumps(run_case(name, layout, mesh)))
   for name in MUON_HEAD_CASES:
     print(json.dumps(run_case(name, "head_axis", mesh)))
+  # ns_mesh needs automatic sharding: these run on a mesh of Auto axes.
+  auto = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+  _MESH[:] = [auto]
+  for name in OWNER_CASES:
+    print(json.dumps(run_case(name, "head_axis", auto)))
 
 
 if __name__ == "__main__":

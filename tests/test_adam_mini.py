@@ -293,6 +293,20 @@ def test_state_is_at_most_0_55_of_adamw():
   assert mini - expected < 100  # plus a few scalars (counts, the applied scalars)
 
 
+def test_bf16_first_moment_state_is_at_most_0_3_of_adamw_also_per_device():
+  """mu_dtype="bfloat16": about 0.25x AdamW's state, in total and per device of
+  the benchmark's abstract 8-device FSDP mesh."""
+  bench = _memory_benchmark()
+  params = bench.abstract_params(bench.Config(d_model=128, layers=2, heads=4, vocab=512))
+  mini = nlr.adam_mini(1e-3, weight_decay=0.1, mu_dtype="bfloat16")
+  adamw = optax.adamw(1e-3, weight_decay=0.1)
+  assert _nbytes(jax.eval_shape(mini.init, params)) <= 0.3 * _nbytes(
+      jax.eval_shape(adamw.init, params))
+  assert bench.per_device_bytes(mini, params) <= 0.3 * bench.per_device_bytes(adamw, params)
+  assert bench.per_device_bytes(adamw, params) <= _nbytes(
+      jax.eval_shape(adamw.init, params)) / 6  # sharded, not replicated
+
+
 @pytest.mark.parametrize("state_dtype, want", [(None, jnp.float32), (jnp.bfloat16, jnp.bfloat16)])
 def test_bfloat16_params(state_dtype, want):
   params = {"fc": {"kernel": jnp.ones((8, 4), jnp.bfloat16), "bias": jnp.zeros(4, jnp.bfloat16)},

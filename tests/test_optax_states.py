@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import flax.serialization
 import jax
@@ -16,6 +14,7 @@ import optax
 import pytest
 
 import optax_neuronlr as nlr
+from tests import mesh_helpers
 
 PARAMS = {"dense": {"kernel": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
                     "bias": jnp.zeros(4)}, "scale": jnp.ones(())}
@@ -174,8 +173,7 @@ SCRIPT = pathlib.Path(__file__).with_name("explicit_sharding_run.py")
 
 
 def test_explicit_sharding_init_matches_update():
-  out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                       timeout=300, check=False)
+  out = mesh_helpers.run_script(SCRIPT, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
   assert len(rows) >= 8

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import optax_neuronlr as nlr
+from tests import mesh_helpers
 
 SCRIPT = pathlib.Path(__file__).with_name("sharded_run.py")
 MAX_UNITS = 32  # the widest layer's output units in sharded_run.SHAPES
@@ -22,8 +21,7 @@ MAX_UNITS = 32  # the widest layer's output units in sharded_run.SHAPES
 
 @pytest.fixture(scope="module")
 def all_results() -> list[dict]:
-  out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                       timeout=600, check=False)
+  out = mesh_helpers.run_script(SCRIPT, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
@@ -37,6 +35,27 @@ def sharded_results(all_results) -> list[dict]:
 @pytest.fixture(scope="module")
 def muon_results(all_results) -> list[dict]:
   return [r for r in all_results if r["family"] == "muon"]
+
+
+@pytest.fixture(scope="module")
+def owner_results(all_results) -> dict[str, dict]:
+  return {r["case"]: r for r in all_results if r["family"] == "owner"}
+
+
+def test_newton_schulz_on_owners_equals_one_device_and_gathers_nothing(owner_results):
+  """ns_mesh: whole matrices dealt over the 8 devices. Equal to one device to
+  float32 rounding; no all-gather, and fewer collective bytes per device than
+  the default layout on the same (automatic-sharding) mesh."""
+  assert sorted(owner_results) == ["muon/heads+auto", "muon/heads+owner",
+                                   "normuon/heads+owner"]
+  for r in owner_results.values():
+    assert r["total_change"] > 1e-3, r["case"]
+    assert r["max_diff"] <= 1e-5 * r["total_change"] + 4 * 2.0**-23, r
+  total = {n: sum(b for _, b in r["collective_bytes"]) for n, r in owner_results.items()}
+  for name in ("muon/heads+owner", "normuon/heads+owner"):
+    ops = {op for op, _ in owner_results[name]["collectives"]}
+    assert "all-gather" not in ops, owner_results[name]
+    assert total[name] < 0.5 * total["muon/heads+auto"], total
 
 
 def test_every_case_ran(sharded_results, muon_results):
@@ -159,3 +178,15 @@ def test_state_shardings_of_blocks_keep_the_blocked_axis():
   sh = nlr.state_shardings(tx, params, p_sh)
   assert sh[0].grad_ema["q"].spec == P("x")
   assert sh[0].grad_ema["v"].spec == P(None)
+
+
+def test_state_shardings_twice_for_the_same_transform():
+  """jax.eval_shape caches traces: a second call must still see the layouts."""
+  mesh = jax.make_mesh((1,), ("x",))
+  params = {"w": jnp.ones((4, 6))}
+  p_sh = {"w": NamedSharding(mesh, P("x", None))}
+  tx = nlr.grad_history_lr(1e-3, granularity=nlr.Neurons((0,)))
+  first = nlr.state_shardings(tx, params, p_sh)
+  second = nlr.state_shardings(tx, params, p_sh)
+  assert first[0].grad_ema["w"].spec == P("x")
+  assert second[0].grad_ema["w"].spec == P("x")

@@ -159,7 +159,8 @@ def test_check_dtype_rejects_other_dtypes(dtype):
     validation.check_dtype("state_dtype", dtype)
 
 
-@pytest.mark.parametrize("dtype", ["foo", 5, [1], lambda x: x, True])
+@pytest.mark.parametrize("dtype", ["foo", 5, [1], lambda x: x, True, np.float32(1.0),
+                                   jnp.array(1.0), np.ones(2)])
 def test_check_dtype_rejects_non_dtypes(dtype):
   with pytest.raises(TypeError, match=r"state_dtype must be a dtype \(float16"):
     validation.check_dtype("state_dtype", dtype)
@@ -204,7 +205,7 @@ _FACTORIES = {
     "neuron_norm_sgd": (nlr.neuron_norm_sgd, {"learning_rate": 0.1}),
     "scale_sgd": (nlr.scale_sgd, {"learning_rate": 0.1}),
 }
-_NON_NUMERIC = ("granularity", "neuron_axes", "state_dtype", "direction", "mode",
+_NON_NUMERIC = ("granularity", "neuron_axes", "state_dtype", "mu_dtype", "direction", "mode",
                 "threshold_mode", "bias_correction", "multiplicative", "blocks",
                 "mask", "on_unrecognised", "head", "num_heads", "num_kv_heads")
 _CASES = []

@@ -44,6 +44,7 @@ def with_direction(
     doc: str,
     direction_defaults: Optional[dict[str, Any]] = None,
     check: Optional[Callable[[dict[str, Any]], None]] = None,
+    direction_kwonly: Sequence[str] = (),
 ) -> Callable[..., optax.GradientTransformationExtraArgs]:
   """``factory`` with ``direction=direction(**direction_args)`` built inside.
 
@@ -51,7 +52,9 @@ def with_direction(
   ``direction_args`` (placed after the factory's required arguments, with
   ``direction``'s defaults), so that ``optax.inject_hyperparams`` can bind and
   change them too (``adam_hd``'s ``b1``, ``b2``, ``eps``). ``check`` validates
-  the direction's arguments at construction.
+  the direction's arguments at construction. ``direction_kwonly`` are more
+  arguments of ``direction``, keyword-only (appended last, so that adding one
+  never shifts a positional argument; e.g. ``mu_dtype``).
   """
   base = inspect.signature(factory)
   dir_sig = inspect.signature(direction)
@@ -69,13 +72,16 @@ def with_direction(
     default = defaults.get(arg, dir_sig.parameters[arg].default)
     extra.append(inspect.Parameter(arg, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                    default=default))
+  for arg in direction_kwonly:
+    keyword.append(inspect.Parameter(arg, inspect.Parameter.KEYWORD_ONLY,
+                                     default=defaults.get(arg, dir_sig.parameters[arg].default)))
   sig = base.replace(parameters=required + extra + optional + keyword)
 
   def built(*args, **kwargs):
     bound = sig.bind(*args, **kwargs)
     bound.apply_defaults()
     values = dict(bound.arguments)
-    dir_kwargs = {a: values.pop(a) for a in direction_args}
+    dir_kwargs = {a: values.pop(a) for a in (*direction_args, *direction_kwonly)}
     if check is not None:
       check(dir_kwargs)
     return factory(**values, direction=direction(**dir_kwargs))

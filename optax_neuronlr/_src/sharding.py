@@ -78,7 +78,10 @@ def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
     >>> # init = jax.jit(tx.init, out_shardings=nlr.state_shardings(tx, params, p_sh))
   """
   with engine.recording_layouts() as records:
-    abstract = jax.eval_shape(tx.init, params)
+    # A new function object each call: jax.eval_shape caches traces by
+    # function, and a cached trace would not run init (nor record its layouts),
+    # so a second call for the same tx would replicate every unit statistic.
+    abstract = jax.eval_shape(lambda p: tx.init(p), params)  # pylint: disable=unnecessary-lambda
   flat_sh = jax.tree.leaves(params_shardings)
   default = _replicated(flat_sh[0]) if flat_sh else None
   by_path = {}

@@ -285,7 +285,9 @@ def check_dtype(name: str, dtype: Any) -> Optional[jnp.dtype]:
   if dtype is None:
     return None
   allowed = ", ".join(str(d) for d in STATE_DTYPES)
-  if isinstance(dtype, bool) or callable(dtype) and not isinstance(dtype, type):
+  # A value (np.float32(1), jnp.array(...)) has a dtype but is not one.
+  is_value = isinstance(dtype, (bool, int, float, complex, np.generic, np.ndarray, jax.Array))
+  if is_value or callable(dtype) and not isinstance(dtype, type):
     raise TypeError(f"{name} must be a dtype ({allowed}) or None, got {_describe(dtype)}.")
   try:
     canonical = jnp.dtype(dtype)

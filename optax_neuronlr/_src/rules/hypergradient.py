@@ -183,6 +183,7 @@ def _check_adam(args: dict[str, Any]) -> None:
   validation.check_beta("b1", args["b1"])
   validation.check_beta("b2", args["b2"])
   validation.check_range("eps", args["eps"], low=0.0)
+  validation.check_dtype("mu_dtype", args["mu_dtype"])
 
 
 adam_hd = aliases.with_direction(
@@ -190,14 +191,16 @@ adam_hd = aliases.with_direction(
     """Adam-HD (Baydin et al., 2018, Algorithm 3): Adam with a learned rate.
 
     :func:`hypergradient_lr` with ``direction=optax.scale_by_adam(b1, b2,
-    eps)``: $h_t$ is the dot product of the gradient with Adam's previous
-    bias-corrected direction $\\hat m / (\\sqrt{\\hat v} + \\epsilon)$. Takes
-    the arguments of :func:`scale_by_hypergradient_lr` (but ``direction``)
-    and Adam's ``b1``, ``b2``, ``eps``, all bindable by
-    ``optax.inject_hyperparams``.
+    eps, mu_dtype=mu_dtype)``: $h_t$ is the dot product of the gradient with
+    Adam's previous bias-corrected direction
+    $\\hat m / (\\sqrt{\\hat v} + \\epsilon)$. Takes the arguments of
+    :func:`scale_by_hypergradient_lr` (but ``direction``), Adam's ``b1``,
+    ``b2``, ``eps`` (all bindable by ``optax.inject_hyperparams``) and the
+    keyword ``mu_dtype``, the dtype of Adam's stored first moment (optax's;
+    list it in ``static_args`` under ``inject_hyperparams``).
 
     Example:
       >>> import optax_neuronlr as nlr
       >>> tx = nlr.adam_hd(1e-3, hyper_lr=1e-7)
     """,
-    check=_check_adam)
+    check=_check_adam, direction_kwonly=("mu_dtype",))

@@ -248,6 +248,70 @@ def orthogonalise(
   return out
 
 
+def check_ns_mesh(ns_mesh: Any) -> None:
+  if ns_mesh is not None and not isinstance(
+      ns_mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
+    raise TypeError("ns_mesh must be None or a jax.sharding.Mesh (or AbstractMesh), got "
+                    f"{type(ns_mesh).__name__} {ns_mesh!r}.")
+
+
+def orthogonalise_on_owners(
+    xs: Sequence[jax.Array], views: Sequence[MatrixView], mesh: Any, *, ns_steps: Any = 5,
+    ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
+) -> list[jax.Array]:
+  r"""Newton-Schulz of every matrix of ``xs``, each whole matrix on one device.
+
+  The layout of distributed Muon implementations: instead of gathering each
+  sharded matrix onto every device and orthogonalising it everywhere, the
+  matrices of one shape (every leaf's matrices under its view, batch axes and
+  blocks included) are stacked, the stack is sharded over all of ``mesh``'s
+  devices along its matrix axis (whole matrices dealt round-robin to their
+  owners, zero matrices padding the stack to a multiple of the device
+  count), each device runs Newton-Schulz on the matrices it owns, and the
+  results go back to the leaves' own shardings. The communication is a
+  re-layout of the stack there and back (XLA: all-to-all or a gather to the
+  owner and a slice back) instead of one all-gather of each matrix onto every
+  device, and each device computes ``1 / devices`` of the Newton-Schulz work.
+  Equal to :func:`orthogonalise` of each leaf up to float rounding.
+
+  For automatic sharding (a mesh of ``AxisType.Auto`` axes, ``jax.jit``
+  with shardings): the placement is a ``with_sharding_constraint``.
+  """
+  if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types) or any(
+      units_lib.explicit_spec(x) is not None for x in xs):
+    raise ValueError(
+        "ns_mesh is for automatic sharding (a mesh of AxisType.Auto axes and jax.jit "
+        "with shardings); on an explicit-sharding mesh leave ns_mesh=None.")
+  stacks = [_to_matrices(x, view) for x, view in zip(xs, views)]
+  groups: dict[tuple, list[int]] = {}
+  for i, (stack, _) in enumerate(stacks):
+    dtype = stack.dtype if ns_dtype is None else jnp.dtype(ns_dtype)
+    groups.setdefault((stack.shape[1:], jnp.dtype(dtype).name), []).append(i)
+  owners = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names), None, None))
+  n = math.prod(mesh.axis_sizes)
+  out: list[Any] = [None] * len(xs)
+  for (_, dtype), members in groups.items():
+    parts = [stacks[i][0].astype(dtype) for i in members]
+    sizes = [p.shape[0] for p in parts]
+    total = sum(sizes)
+    pad = -total % n
+    if pad:
+      parts.append(jnp.zeros((pad,) + parts[0].shape[1:], dtype))
+    big = _place(jnp.concatenate(parts, axis=0), owners)
+    o = _place(newton_schulz(big, ns_steps, ns_coeffs, eps), owners)
+    start = 0
+    for i, size in zip(members, sizes):
+      back = stacks[i][1]
+      out[i] = back(o[start:start + size].astype(xs[i].dtype))
+      start += size
+  return out
+
+
+def _place(x: jax.Array, sharding: Any) -> jax.Array:
+  return jax.lax.with_sharding_constraint(x, sharding)
+
+
 # --------------------------------------------------------------------------
 # The direction.
 
@@ -268,7 +332,7 @@ def muon_direction(
     momentum: Any = 0.95, *, nesterov: bool = True, ns_steps: Any = 5,
     ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
     mu_dtype: Any = None, matrices: Any = None, scaled: bool = True,
-    what: str = "scale_by_muon",
+    what: str = "scale_by_muon", ns_mesh: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_muon`, with ``scaled=False`` leaving out the shape factor
   (NorMuon applies it in its rate)."""
@@ -277,6 +341,7 @@ def muon_direction(
   validation.check_static("matrices", matrices, example="nlr.scale_by_muon")
   ns_coeffs = tuple(ns_coeffs)
   mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+  check_ns_mesh(ns_mesh)
 
   def init_fn(params):
     leaf_views(params, matrices, what=what)  # a clear error at init
@@ -289,18 +354,23 @@ def muon_direction(
     views = leaf_views(updates, matrices, what=what)
     grads, treedef = jax.tree_util.tree_flatten(updates)
     mus = treedef.flatten_up_to(state.mu)
-    outs, new_mu = [], []
-    for g, m, view in zip(grads, mus, views):
+    ds, new_mu = [], []
+    for g, m in zip(grads, mus):
       compute = jnp.promote_types(jnp.promote_types(g.dtype, m.dtype), jnp.float32)
       gc, mc = g.astype(compute), m.astype(compute)
       mc = mc + (1 - momentum) * (gc - mc)
-      d = gc + momentum * (mc - gc) if nesterov else mc
-      o = orthogonalise(d, view, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps,
-                        ns_dtype=ns_dtype)
+      ds.append(gc + momentum * (mc - gc) if nesterov else mc)
+      new_mu.append(mc.astype(m.dtype))
+    ns = dict(ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype)
+    if ns_mesh is None:
+      os_ = [orthogonalise(d, view, **ns) for d, view in zip(ds, views)]
+    else:
+      os_ = orthogonalise_on_owners(ds, views, ns_mesh, **ns)
+    outs = []
+    for g, o, view in zip(grads, os_, views):
       if scaled:
         o = o * shape_scale(view, g.shape)
       outs.append(o.astype(g.dtype))
-      new_mu.append(mc.astype(m.dtype))
     return treedef.unflatten(outs), ScaleByMuonState(mu=treedef.unflatten(new_mu))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -316,6 +386,7 @@ def scale_by_muon(
     ns_dtype: Any = None,
     mu_dtype: Any = None,
     matrices: Any = None,
+    ns_mesh: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon's direction: orthogonalised (Nesterov) momentum of each matrix.
 
@@ -348,6 +419,13 @@ def scale_by_muon(
       ``params -> pytree``. A leaf without a view (a bias, a norm scale) is a
       ``ValueError``: Muon is for matrices; select them with
       ``optax.partition`` / ``optax.masked``, or use :func:`muon`.
+    ns_mesh: None (default): each matrix is orthogonalised where it lies
+      (a sharded matrix is gathered onto every device, which all run its
+      Newton-Schulz); or a ``jax.sharding.Mesh``: the matrices are dealt,
+      whole, round-robin over its devices, each orthogonalised on its owner
+      (the layout of distributed Muon
+      implementations). For automatic sharding (``AxisType.Auto``); see
+      docs/scaling.md for what each layout communicates.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -355,7 +433,7 @@ def scale_by_muon(
   """
   return muon_direction(momentum, nesterov=nesterov, ns_steps=ns_steps,
                         ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype,
-                        mu_dtype=mu_dtype, matrices=matrices)
+                        mu_dtype=mu_dtype, matrices=matrices, ns_mesh=ns_mesh)
 
 
 # --------------------------------------------------------------------------
@@ -490,6 +568,7 @@ def muon(
     adam_weight_decay: float = 0.0,
     hidden: Any = None,
     matrices: Any = None,
+    ns_mesh: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon on the hidden matrices, AdamW on every other leaf.
 
@@ -517,7 +596,9 @@ def muon(
     eps: added to the Frobenius norm before Newton-Schulz, ``> 0``.
     ns_dtype: dtype of Newton-Schulz (None: the update's; ``"bfloat16"`` as
       the references).
-    mu_dtype: dtype of the stored momentum (None: the params').
+    mu_dtype: dtype of the stored first moments, Muon's momentum and
+      AdamW's $m$ (optax's ``mu_dtype``: the arithmetic stays in at least
+      float32, only the stored copy is rounded); None: the params'.
     adam_learning_rate: AdamW's rate; None: ``learning_rate``.
     b1: AdamW's first-moment decay, in ``[0, 1)``.
     b2: AdamW's second-moment decay, in ``[0, 1)``.
@@ -527,12 +608,16 @@ def muon(
     matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`);
       None: from :func:`optax_neuronlr.model_layout`, else the last axis as
       the output.
+    ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
+      mesh whose devices each orthogonalise whole matrices; see
+      :func:`scale_by_muon`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
     with the inner states ``"hidden"`` and ``"adamw"``).
   """
   validation.check_rate("learning_rate", learning_rate)
+  check_ns_mesh(ns_mesh)
   validation.check_range("weight_decay", weight_decay, low=0.0)
   check_adamw_args(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)
   validation.check_flag("nesterov", nesterov)
@@ -543,12 +628,12 @@ def muon(
     return optax.chain(
         muon_direction(momentum, nesterov=nesterov, ns_steps=ns_steps,
                        ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype,
-                       mu_dtype=mu_dtype, matrices=views),
+                       mu_dtype=mu_dtype, matrices=views, ns_mesh=ns_mesh),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay,
-                      mask=layout_lib.weight_decay_mask)
+  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                      weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask)
   return partitioned(hidden_tx, adamw, hidden, matrices)
 

@@ -277,6 +277,7 @@ def scale_sgd(
     head: Any = None,
     granularity: Any = None,
     state_dtype: Any = None,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SCALE (Glentis et al., 2025): per-neuron normalised SGD for transformers.
 
@@ -323,6 +324,9 @@ def scale_sgd(
       :func:`optax_neuronlr.scale_by_rule`.
     state_dtype: dtype of every statistic (momentum, Adam's moments, the
       RMS); None: float32 for bf16/f16 params, else the params' dtype.
+    mu_dtype: dtype of the stored first moments (the head's momentum and
+      the vectors' AdamW first moment; optax's ``mu_dtype``, the arithmetic
+      in at least float32); None: as ``state_dtype``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
@@ -339,6 +343,8 @@ def scale_sgd(
   validation.check_range("weight_decay", weight_decay, low=0.0)
   validation.check_range("adam_weight_decay", adam_weight_decay, low=0.0)
   validation.check_range("adam_eps", adam_eps, low=0.0)
+  validation.check_dtype("state_dtype", state_dtype)
+  validation.check_dtype("mu_dtype", mu_dtype)
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
   else:
@@ -365,12 +371,14 @@ def scale_sgd(
 
   vector = optax.chain(
       am.scale_by_adam_mini(adam_learning_rate, b1, b2, adam_eps,
-                            blocks="element", state_dtype=state_dtype),
+                            blocks="element", state_dtype=state_dtype,
+                            mu_dtype=mu_dtype),
       moments.decoupled_weight_decay(adam_learning_rate, adam_weight_decay),
       optax.scale(-1.0))
   inner = optax.partition(
       {HIDDEN: normalised(None),
-       HEAD: normalised(moments.first_moment(momentum, debias=False, state_dtype=state_dtype)),
+       HEAD: normalised(moments.first_moment(momentum, debias=False, state_dtype=state_dtype,
+                                             mu_dtype=mu_dtype)),
        VECTOR: vector},
       partition.labels)
 

@@ -104,6 +104,7 @@ def scale_by_normuon(
     mu_dtype: Any = None,
     state_dtype: Any = None,
     matrices: Any = None,
+    ns_mesh: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon's scaling of each matrix: per-neuron normalised Muon.
 
@@ -141,6 +142,9 @@ def scale_by_normuon(
       params, else the params').
     matrices: each leaf's matrix view, as in :func:`scale_by_muon` (every
       leaf needs one); the output neurons are every axis but its fan-in.
+    ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
+      mesh whose devices each orthogonalise whole matrices; see
+      :func:`optax_neuronlr.scale_by_muon`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -152,7 +156,7 @@ def scale_by_normuon(
   direction = muon_lib.muon_direction(
       momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=ns_eps,
       ns_dtype=ns_dtype, mu_dtype=mu_dtype, matrices=matrices, scaled=False,
-      what="scale_by_normuon")
+      what="scale_by_normuon", ns_mesh=ns_mesh)
 
   def views(tree):
     return jax.tree.structure(tree).unflatten(
@@ -194,6 +198,7 @@ def normuon(
     adam_weight_decay: float = 0.0,
     hidden: Any = None,
     matrices: Any = None,
+    ns_mesh: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon (Li et al., 2025) on the hidden matrices, AdamW elsewhere.
 
@@ -226,7 +231,9 @@ def normuon(
     ns_eps: added to the Frobenius norm before Newton-Schulz, ``> 0``.
     ns_dtype: dtype of Newton-Schulz (None: the update's; ``"bfloat16"`` as
       the reference).
-    mu_dtype: dtype of the stored momentum (None: the params').
+    mu_dtype: dtype of the stored first moments, Muon's momentum and
+      AdamW's $m$ (optax's ``mu_dtype``: the arithmetic stays in at least
+      float32, only the stored copy is rounded); None: the params'.
     state_dtype: dtype of the per-neuron statistics (None: float32 for
       bf16/f16 params, else the params').
     adam_learning_rate: AdamW's rate; None: ``learning_rate``.
@@ -240,6 +247,9 @@ def normuon(
     matrices: the hidden leaves' matrix views (see
       :func:`optax_neuronlr.scale_by_muon`); None: from the layout, else the
       last axis as the output.
+    ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
+      mesh whose devices each orthogonalise whole matrices; see
+      :func:`optax_neuronlr.scale_by_muon`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
@@ -258,6 +268,7 @@ def normuon(
   validation.check_flag("nesterov", nesterov)
   muon_lib.check_muon_args(momentum, ns_steps, ns_coeffs, ns_eps, ns_dtype, mu_dtype)
   validation.check_dtype("state_dtype", state_dtype)
+  muon_lib.check_ns_mesh(ns_mesh)
   adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
 
   def hidden_tx(views):
@@ -265,11 +276,11 @@ def normuon(
         scale_by_normuon(learning_rate, momentum, beta2, eps,
                          nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
                          ns_eps=ns_eps, ns_dtype=ns_dtype, mu_dtype=mu_dtype,
-                         state_dtype=state_dtype, matrices=views),
+                         state_dtype=state_dtype, matrices=views, ns_mesh=ns_mesh),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, weight_decay=adam_weight_decay,
-                      mask=model_layout.weight_decay_mask)
+  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                      weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask)
   return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
 

@@ -73,7 +73,7 @@ OPTAX_MOMENT = {
 OPTIMIZERS = {
     "adam_mini": lambda **k: nlr.adam_mini(1e-2, weight_decay=0.1, on_unrecognised="ignore",
                                            **k),
-    "scale_by_adam_mini": lambda **k: nlr.scale_by_adam_mini(on_unrecognised="ignore", **k),
+    "scale_by_adam_mini": lambda **k: nlr.scale_by_adam_mini(1.0, on_unrecognised="ignore", **k),
     "normuon": lambda **k: nlr.normuon(2e-2, weight_decay=0.1, **k),
     "muon": lambda **k: nlr.muon(2e-2, weight_decay=0.1, **k),
     "scale_sgd": lambda **k: nlr.scale_sgd(1e-2, weight_decay=0.1, **k),

@@ -61,7 +61,7 @@ _MATRICES = lambda p: jax.tree.map(lambda x: x.ndim == 2, p)
 def test_callables_under_inject_need_static_args(factory, kwargs, argument):
   """Without static_args: an error that names static_args (never plain Adam or
   no weight decay); with them: exactly the result without inject_hyperparams."""
-  lr = () if factory is nlr.scale_by_adam_mini else (1e-3,)
+  lr = (1e-3,)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     with pytest.raises((TypeError, ValueError), match="static_args"):

@@ -585,8 +585,7 @@ def scale_by_rule(
     validation.check_rate("learning_rate", learning_rate)
   validation.check_clamps(min_lr, max_lr)
   validation.check_dtype("state_dtype", state_dtype)
-  for name, value in (("granularity", granularity), ("neuron_axes", neuron_axes),
-                      ("leaf_info", leaf_info)):
+  for name, value in (("granularity", granularity), ("leaf_info", leaf_info)):
     validation.check_static(name, value, example="nlr.scale_by_rule")
   units_lib.check_granularity(granularity, neuron_axes)
   is_global = isinstance(granularity, str) and granularity == "global"

@@ -87,10 +87,9 @@ def budget_text(b: dict[str, Any]) -> str:
           f"{b['evals']} evaluations")
 
 
-def markdown(study: dict[str, Any]) -> str:
-  """A summary table, then one table per task, from the JSON-ready study."""
-  cfg = study["config"]
-  lines = [
+def intro(cfg: dict[str, Any]) -> list[str]:
+  """``convergence.md``'s title, protocol and columns, from the study's configuration."""
+  return [
       "# Convergence study (v2: scheduled, refined)",
       "",
       "Every method trains under the same schedule, "
@@ -122,7 +121,12 @@ def markdown(study: dict[str, Any]) -> str:
       *([f"Not run (their `nlr` names are missing): "
          + ", ".join(f"{k} ({v})" for k, v in cfg["unavailable_methods"].items()) + "."]
         if cfg.get("unavailable_methods") else []),
-      "",
+  ]
+
+
+def summary_section(study: dict[str, Any]) -> list[str]:
+  """``convergence.md``'s summary: how to read it, then :func:`summary_table`."""
+  return [
       "## Summary",
       "",
       "Final validation loss, mean over seeds (its ratio to the scheduled AdamW's; *win* / "
@@ -134,41 +138,57 @@ def markdown(study: dict[str, Any]) -> str:
       "",
       *summary_table(study),
   ]
+
+
+def task_row(key: str, m: dict[str, Any], task: dict[str, Any]) -> str:
+  """One method's row of its task's table."""
+  metric = task["metric"]
+  s = m["summary"]
+  loss = (f"{fmt(s['val_loss_mean'], 4)} ± {fmt(s['val_loss_std'], 2)}"
+          + (f" ({s['seeds_failed']} failed)" if s["seeds_failed"] else ""))
+  row = [key, m["schedule"], f"{s['rate']:.3g}" + ("*" if s["rate_at_grid_edge"] else ""),
+         loss, verdict(m, task["methods"].get(REFERENCE)) or "-"]
+  if metric:
+    row += [f"{fmt(s.get(f'val_{metric}_mean'), 3)} ± {fmt(s.get(f'val_{metric}_std'), 1)}",
+            fmt(s.get(f"test_{metric}_mean"), 3)]
+  steps = s.get("steps_to_target")
+  clamp = ("-" if "at_min_lr" not in s else
+           f"{fmt(s['at_min_lr'], 2)} / {fmt(s.get('at_max_lr'), 2)}")
+  row += ["never" if steps is None else str(steps),
+          f"{fmt(s['grid_spread'])} / {fmt(s.get('grid_spread_below'))}",
+          f"{s['grid_failed']}/{s['grid_points']}", f"{s['state_bytes_per_param']:.2f}",
+          f"{fmt(s['ms_per_step'])} ({fmt(s.get('ms_vs_adamw'), 2)}x)", clamp]
+  return "| " + " | ".join(row) + " |"
+
+
+def task_section(name: str, task: dict[str, Any]) -> list[str]:
+  """One task's section of ``convergence.md``: what it is, its budget and target, then
+  one row per method (or why it did not run)."""
+  if "unavailable" in task:
+    return ["", f"## {name}", "", f"Not run: {task['unavailable']}"]
+  target = task["target"]
+  metric = task["metric"]
+  lines = [
+      "", f"## {task['title']} (`{name}`)", "",
+      f"{task['description']}; {task['steps']} steps, {task['parameters']:,} parameters; "
+      f"{budget_text(task['budget'])}. Target: the scheduled AdamW's final validation "
+      f"{task['loss']} {fmt(target.get('val_loss'), 4)}.",
+      *([f"Failed to build: " + "; ".join(f"{k} ({v})" for k, v in task["errors"].items())
+         + "."] if task.get("errors") else []),
+      "",
+  ]
+  head = ["method", "schedule", "rate", f"val {task['loss']}", "verdict"]
+  if metric:
+    head += [f"val {metric}", f"test {metric}"]
+  head += ["steps to target", "spread", "failed", "B/param", "ms/step", "min/max clamp"]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += [task_row(key, m, task) for key, m in task["methods"].items()]
+  return lines
+
+
+def markdown(study: dict[str, Any]) -> str:
+  """A summary table, then one table per task, from the JSON-ready study."""
+  lines = [*intro(study["config"]), "", *summary_section(study)]
   for name, task in study["tasks"].items():
-    if "unavailable" in task:
-      lines += ["", f"## {name}", "", f"Not run: {task['unavailable']}"]
-      continue
-    target = task["target"]
-    metric = task["metric"]
-    lines += [
-        "", f"## {task['title']} (`{name}`)", "",
-        f"{task['description']}; {task['steps']} steps, {task['parameters']:,} parameters; "
-        f"{budget_text(task['budget'])}. Target: the scheduled AdamW's final validation "
-        f"{task['loss']} {fmt(target.get('val_loss'), 4)}.",
-        *([f"Failed to build: " + "; ".join(f"{k} ({v})" for k, v in task["errors"].items())
-           + "."] if task.get("errors") else []),
-        "",
-    ]
-    head = ["method", "schedule", "rate", f"val {task['loss']}", "verdict"]
-    if metric:
-      head += [f"val {metric}", f"test {metric}"]
-    head += ["steps to target", "spread", "failed", "B/param", "ms/step", "min/max clamp"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, m in task["methods"].items():
-      s = m["summary"]
-      loss = (f"{fmt(s['val_loss_mean'], 4)} ± {fmt(s['val_loss_std'], 2)}"
-              + (f" ({s['seeds_failed']} failed)" if s["seeds_failed"] else ""))
-      row = [key, m["schedule"], f"{s['rate']:.3g}" + ("*" if s["rate_at_grid_edge"] else ""),
-             loss, verdict(m, task["methods"].get(REFERENCE)) or "-"]
-      if metric:
-        row += [f"{fmt(s.get(f'val_{metric}_mean'), 3)} ± {fmt(s.get(f'val_{metric}_std'), 1)}",
-                fmt(s.get(f"test_{metric}_mean"), 3)]
-      steps = s.get("steps_to_target")
-      clamp = ("-" if "at_min_lr" not in s else
-               f"{fmt(s['at_min_lr'], 2)} / {fmt(s.get('at_max_lr'), 2)}")
-      row += ["never" if steps is None else str(steps),
-              f"{fmt(s['grid_spread'])} / {fmt(s.get('grid_spread_below'))}",
-              f"{s['grid_failed']}/{s['grid_points']}", f"{s['state_bytes_per_param']:.2f}",
-              f"{fmt(s['ms_per_step'])} ({fmt(s.get('ms_vs_adamw'), 2)}x)", clamp]
-      lines.append("| " + " | ".join(row) + " |")
+    lines += task_section(name, task)
   return "\n".join(lines) + "\n"

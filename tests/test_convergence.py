@@ -3,13 +3,15 @@
 One quick study (2 grid rates, 2 refinement rates, 2 seeds, a few steps per task
 and method; a few minutes on 2 CPU cores) is shared by the tests of this module;
 a user's method then runs through the same protocol on one task, merged into a
-copy of it.
+copy of it. The study's code is the package ``benchmarks/convergence_study``; the
+tests import its modules as the script does (``benchmarks/`` on the path). No
+test writes into the committed results (``benchmarks/results/``).
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
+import hashlib
 import json
 import math
 import pathlib
@@ -25,14 +27,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "convergence.py"
 HEADER = "task,steps,method,schedule,rate,mean,std,seeds,bytes_per_param,steps_to_target,verdict"
 
+if str(SCRIPT.parent) not in sys.path:
+  sys.path.insert(0, str(SCRIPT.parent))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from convergence_study import cli, methods, protocol, settings, tasks
 
-def load_benchmark():
-  """The benchmark as a module (its ``main`` does not run)."""
-  spec = importlib.util.spec_from_file_location("benchmarks_convergence", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+COMMITTED = settings.RESULTS  # the committed full study: no test may write there
+
+
+def committed_files() -> dict[str, str]:
+  """Every file directly in the committed results folder, by name, with its digest."""
+  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(COMMITTED.glob("*")) if p.is_file()}
+
+
+COMMITTED_AT_IMPORT = committed_files()
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -40,11 +49,6 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           text=True, timeout=900, check=False, cwd=cwd)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
-
-
-@pytest.fixture(scope="module")
-def bench():
-  return load_benchmark()
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +86,19 @@ def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-def expected_methods(bench, task) -> set[str]:
-  return {m.key for m in bench.methods() if m.available()
+def expected_methods(task) -> set[str]:
+  return {m.key for m in methods.builtin_methods() if m.available()
           and (task.only is None or m.key in task.only)}
 
 
-def test_every_task_and_method(bench, study):
+def test_every_task_and_method(study):
   _, data = study
-  assert set(data["tasks"]) == {t.name for t in bench.TASKS}
-  for task in bench.TASKS:
+  assert set(data["tasks"]) == {t.name for t in tasks.TASKS}
+  for task in tasks.TASKS:
     entry = data["tasks"][task.name]
     assert "unavailable" not in entry, (task.name, entry.get("unavailable"))
     assert not entry["errors"], (task.name, entry["errors"])
-    assert set(entry["methods"]) == expected_methods(bench, task), task.name
+    assert set(entry["methods"]) == expected_methods(task), task.name
     if task.only is None:
       assert len(entry["methods"]) >= 24, task.name
   assert data["tasks"]["char_lm_x3"]["steps"] == 3 * data["tasks"]["char_lm"]["steps"]
@@ -129,7 +133,7 @@ def test_numbers_are_finite(study):
         assert 0 <= s["at_min_lr"] <= 1 and 0 <= s["at_max_lr"] <= 1, where
 
 
-def test_refinement_is_around_the_grid_best(bench, study):
+def test_refinement_is_around_the_grid_best(study):
   _, data = study
   for name, task in data["tasks"].items():
     for method, m in task["methods"].items():
@@ -137,17 +141,18 @@ def test_refinement_is_around_the_grid_best(bench, study):
       if not grid:
         continue
       best = min(grid, key=lambda run: run["final"]["val_loss"])["rate"]
-      assert [run["rate"] for run in m["refine"]] == bench.refined_rates(best, bench.REFINE)
+      assert [run["rate"] for run in m["refine"]] == protocol.refined_rates(best,
+                                                                             settings.REFINE)
 
 
-def test_summary_csv(bench, study):
+def test_summary_csv(study):
   out, data = study
   rows = read_csv(out / "summary.csv")
   keys = [(r["task"], r["steps"], r["method"], r["schedule"]) for r in rows]
   assert len(keys) == len(set(keys))
   assert len(rows) == sum(len(t["methods"]) for t in data["tasks"].values())
   assert {r["task"] for r in rows} == {"digits", "rnn", "char_lm"}
-  assert {r["schedule"] for r in rows} == set(bench.SCHEDULES)
+  assert {r["schedule"] for r in rows} == set(settings.SCHEDULES)
   steps = {r["steps"] for r in rows if r["task"] == "char_lm"}
   assert steps == {str(data["tasks"]["char_lm"]["steps"]),
                    str(data["tasks"]["char_lm_x3"]["steps"])}
@@ -194,20 +199,20 @@ def test_files(study):
       assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
 
 
-def test_missing_names_are_listed_not_run(bench, study):
+def test_missing_names_are_listed_not_run(study):
   """Methods whose ``nlr`` names are missing (Muon's, until they land) are listed."""
   out, data = study
-  muon_family = {m.key for m in bench.methods() if m.family == bench.MUON
+  muon_family = {m.key for m in methods.builtin_methods() if m.family == settings.MUON
                  or m.name.endswith(" x muon")}
   assert len(muon_family) == 8
-  missing = {m.key for m in bench.methods() if not m.available()}
+  missing = {m.key for m in methods.builtin_methods() if not m.available()}
   assert missing == set(data["config"]["unavailable_methods"])
   table = (out / "convergence.md").read_text()
   for key in missing:
     assert key in table and all(key not in t["methods"] for t in data["tasks"].values())
-  fake = bench.Method("fake", bench.BASELINE, lambda r: optax.adam(r.lr), "adam", "",
-                      requires=("no_such_name_in_nlr",))
-  assert not fake.available()
+  fake = methods.Method("fake", settings.BASELINE, lambda r: optax.adam(r.lr), "adam", "",
+                        requires=("no_such_name_in_nlr",))
+  assert not fake.available() and fake.missing() == ["no_such_name_in_nlr"]
 
 
 def test_method_from_merges(study, user_study):
@@ -246,19 +251,63 @@ def test_replot_rebuilds_everything(user_study, tmp_path):
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_schedule_is_warmup_cosine(bench):
+def test_schedule_is_warmup_cosine():
   steps, peak = 600, 3e-3
-  ours = bench.learning_rate(peak, "warmup_cosine", steps)
+  ours = protocol.learning_rate(peak, "warmup_cosine", steps)
   theirs = optax.warmup_cosine_decay_schedule(0.0, peak, steps // 10, steps, 0.1 * peak)
   for count in (0, 1, 30, 60, 61, 300, 599, 600):
     assert math.isclose(float(ours(count)), float(theirs(count)), rel_tol=1e-5, abs_tol=1e-12)
-  assert bench.learning_rate(peak, "constant", steps) == peak
+  assert protocol.learning_rate(peak, "constant", steps) == peak
 
 
-def test_grids_are_log_spaced(bench):
-  for kind in bench.RATE_RANGES:
-    grid = bench.rate_grid(kind, bench.GRID_POINTS)
+def test_grids_are_log_spaced():
+  for kind in settings.RATE_RANGES:
+    grid = protocol.rate_grid(kind, settings.GRID_POINTS)
     assert len(grid) >= 5
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert all(abs(r - 10**0.5) < 0.01 for r in ratios), (kind, grid)
-  assert bench.refined_rates(1e-3, bench.REFINE) == [0.000562, 0.00178]
+  assert protocol.refined_rates(1e-3, settings.REFINE) == [0.000562, 0.00178]
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def in_git_checkout() -> bool:
+  try:
+    return git("rev-parse", "--is-inside-work-tree").stdout.strip() == "true"
+  except OSError:  # no git
+    return False
+
+
+def test_quick_default_out_is_not_the_committed_study():
+  """Without ``--out`` the full study writes to the committed results and ``--quick`` to
+  ``benchmarks/results/quick/``; ``--out`` wins."""
+  assert cli.parse_args([]).out == COMMITTED
+  assert cli.parse_args(["--replot"]).out == COMMITTED
+  quick = cli.parse_args(["--quick"]).out
+  assert quick == settings.QUICK_RESULTS == COMMITTED / "quick"
+  assert cli.parse_args(["--quick", "--replot"]).out == quick
+  assert cli.parse_args(["--quick", "--out", "elsewhere"]).out == pathlib.Path("elsewhere")
+  assert cli.parse_args(["--out", "elsewhere"]).out == pathlib.Path("elsewhere")
+
+
+@pytest.mark.skipif(not in_git_checkout(), reason="not a git checkout")
+def test_quick_study_leaves_git_status_clean():
+  """``--quick`` as the README runs it (no ``--out``; here one task and one method, to be
+  short) writes into ``benchmarks/results/quick/``, which git ignores: ``git status`` is
+  as before and the committed results are byte for byte the same."""
+  status = ["status", "--porcelain", "--untracked-files=all", "--ignored=no"]
+  before = git(*status).stdout
+  run("--quick", "--tasks", "^digits$", "--methods", "^adamw$")
+  written = settings.QUICK_RESULTS / "convergence.json"
+  assert json.loads(written.read_text())["tasks"]["digits"]["methods"]["adamw"]
+  assert git("check-ignore", "-q", str(written)).returncode == 0
+  assert git(*status).stdout == before
+  assert committed_files() == COMMITTED_AT_IMPORT
+
+
+def test_committed_results_untouched():
+  """No test of this module (the quick study, the user methods, the re-plot) wrote into
+  the committed results: every file there as when the module was imported."""
+  assert committed_files() == COMMITTED_AT_IMPORT

@@ -1,0 +1,145 @@
+"""The command line of ``benchmarks/convergence.py``: arguments, then the study, a
+re-timing or a re-plot written to ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Optional
+
+import jax
+
+from .methods import Method, builtin_methods, load_user_method
+from .outputs import load_study, read_study, write_outputs
+from .protocol import Budget
+from .retime import retime
+from .run import Log, run_study, select
+from .settings import (EVALS, GRID_POINTS, LONG_METHODS, LONG_SEEDS, QUICK_EVALS,
+                       QUICK_GRID_POINTS, QUICK_RESULTS, QUICK_SEEDS, REFINE, RESULTS, SEEDS)
+from .tasks import TASKS
+
+DESCRIPTION = ("Does it help? Every method against the scheduled AdamW, tuned like "
+               "practitioners tune.")
+
+
+def default_out(quick: bool) -> pathlib.Path:
+  """Where the study writes without ``--out``: the committed results, or for a quick
+  study (whose numbers only show that everything runs) a git-ignored folder, so that
+  it never overwrites them."""
+  return QUICK_RESULTS if quick else RESULTS
+
+
+def positive_int(text: str) -> int:
+  """An argument that must be an integer of at least 1."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
+def positive_float(text: str) -> float:
+  """An argument that must be a positive number."""
+  value = float(text)
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+  return value
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  """The command line's arguments; ``out`` resolved (:func:`default_out` unless given)."""
+  p = argparse.ArgumentParser(
+      description=DESCRIPTION,
+      epilog="Your method: --method-from module:make_tx (or path/to/file.py:make_tx), where "
+             "make_tx(learning_rate) gets the scheduled learning rate (an optax schedule: the "
+             "peak under test times the warm-up-cosine shape; the peak is traced, use it only "
+             "in arithmetic) and returns an optax.GradientTransformation. It is tuned and run "
+             "like every method (grid, refinement, seeds), named after the function, on the "
+             "Adam-like grid unless --grid LO HI. --methods none runs only it (and AdamW, the "
+             "target). Results merge into --out's JSON: run the study one task at a time "
+             "with --tasks '^digits$', '^rnn$', '^char_lm$', '^char_lm_x3$'.")
+  p.add_argument("--out", type=pathlib.Path, default=None,
+                 help="folder for the JSON, the CSV, the table and the figures; results "
+                      f"already there are kept and merged (default: {RESULTS}, the committed "
+                      f"study; with --quick, {QUICK_RESULTS}, git-ignored)")
+  p.add_argument("--quick", action="store_true",
+                 help="every task x method, tiny: 2 grid rates, 2 refinement rates, 2 seeds, "
+                      "a few steps")
+  p.add_argument("--tasks", default=None,
+                 help="regex: only the tasks it matches (" + ", ".join(t.name for t in TASKS)
+                      + "; 'char_lm' matches both char_lm tasks, '^char_lm$' only the first; "
+                      "char_lm_x3 runs " + ", ".join(LONG_METHODS) + " only)")
+  p.add_argument("--methods", default=None,
+                 help="regex: only the built-in methods whose key it matches (e.g. "
+                      "'adamw|grad_history', 'none' for none of them); AdamW runs anyway "
+                      "unless --out holds it for the task")
+  p.add_argument("--method-from", action="append", default=[], metavar="MODULE:FUNCTION",
+                 help="add your method: FUNCTION(learning_rate schedule) -> "
+                      "optax.GradientTransformation, from MODULE (importable from the current "
+                      "directory) or a file path.py; repeatable")
+  p.add_argument("--grid", nargs=2, type=positive_float, metavar=("LO", "HI"), default=None,
+                 help=f"the --method-from methods' grid: {GRID_POINTS} log-spaced peak rates "
+                      "from LO to HI (default: the Adam-like grid, 1e-4 to 0.1)")
+  p.add_argument("--seeds", type=positive_int, default=None,
+                 help=f"seeds per method (default {SEEDS}, {LONG_SEEDS} on char_lm_x3; "
+                      f"{GRID_POINTS} reuses the grid's compiled program)")
+  p.add_argument("--jobs", type=positive_int, default=2,
+                 help="threads compiling ahead (default %(default)s); runs and timings are "
+                      "one at a time")
+  p.add_argument("--retime", action="store_true",
+                 help="re-measure ms/step of the study in --out and rewrite its files")
+  p.add_argument("--replot", action="store_true",
+                 help="rewrite the table, summary.csv and the figures from the JSON in --out")
+  args = p.parse_args(argv)
+  if args.out is None:
+    args.out = default_out(args.quick)
+  return args
+
+
+
+def user_methods(specs: Sequence[str], grid: Optional[tuple[float, float]],
+                 builtins: Sequence[Method]) -> list[Method]:
+  """The ``--method-from`` methods, each named apart from the built-ins and the others."""
+  user: list[Method] = []
+  for spec in specs:
+    user.append(load_user_method(spec, grid,
+                                 taken=[m.key for m in builtins] + [m.key for m in user]))
+  return user
+
+
+def budget_of(args: argparse.Namespace) -> Budget:
+  """The budget of a full or ``--quick`` study (``--seeds``, ``--jobs`` applied)."""
+  return Budget(grid_points=QUICK_GRID_POINTS if args.quick else GRID_POINTS,
+                refine=REFINE, seeds=args.seeds or (QUICK_SEEDS if args.quick else SEEDS),
+                evals=QUICK_EVALS if args.quick else EVALS,
+                timing=not args.quick, quick=args.quick, jobs=args.jobs)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """Runs the command line ``argv`` (default: ``sys.argv[1:]``)."""
+  args = parse_args(argv)
+  log: Log = lambda text: print(text, flush=True)
+  builtins = builtin_methods()
+  user = user_methods(args.method_from, args.grid, builtins)
+  if args.retime:
+    retime(args.out, log, user)
+    return
+  if args.replot:
+    write_outputs(read_study(args.out), args.out)
+    return
+  if args.quick:
+    # Compilation dominates the quick run: about 2x faster without XLA's optimisations.
+    jax.config.update("jax_disable_most_optimizations", True)
+  budget = budget_of(args)
+  chosen = [m for m in builtins if args.methods is None or re.search(args.methods, m.key)]
+  chosen += user
+  command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:] if argv is None
+                                                           else argv)
+  start = time.perf_counter()
+  study = run_study(load_study(args.out, args.quick, log), select(TASKS, args.tasks), chosen,
+                    budget, command, log)
+  write_outputs(study, args.out)
+  log(f"\n{(time.perf_counter() - start) / 60:.1f} min; written to {args.out}")

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -138,3 +140,20 @@ def test_add_param_group_quick(tmp_path):
   assert "fresh optimizer {'backbone': 0, 'head': 0, 'head2': 0}" in stdout
   for name in ("rebuild (kept)", "fresh optimizer", "head2/kernel", "test acc"):
     assert name in stdout
+
+
+SCRIPTS = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_out_is_a_usage_error_before_training(script, tmp_path):
+  """Every example checks --out when it parses its arguments: exit status 2,
+  argparse's message naming --out, no traceback, before any training (the
+  other bad paths are tested through hypergradient_digits' parser above)."""
+  out = tmp_path / "missing" / "f.png"
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(out)],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 2, (script, result.stderr[-2000:])
+  assert "does not exist" in result.stderr and "--out" in result.stderr
+  assert "Traceback" not in result.stderr and not out.parent.exists()

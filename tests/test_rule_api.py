@@ -338,3 +338,80 @@ def test_python_float_leaves():
     u, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, u)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(new))
+
+
+# ---------------------------------------------------------------------------
+# The README's and the docs page's rule examples.
+
+import pathlib
+import re
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _first_python_block(text: str, after: str) -> str:
+  return re.findall(r"```python\n(.*?)```", text[text.index(after):], re.S)[0]
+
+
+def _inverse_rms_rate(betas, g2s, lr=1e-3, eps=1e-8):
+  """NumPy: the EMA of the unit's mean g**2 under the beta used each step,
+  bias-corrected with the current beta, as the example's rule says."""
+  ms = 0.0
+  for b, g2 in zip(betas, g2s):
+    ms = b * ms + (1 - b) * g2
+  return lr / (np.sqrt(ms / (1 - betas[-1] ** len(betas))) + eps)
+
+
+def test_readme_rule_example_changes_beta_mid_run():
+  """README: inject_hyperparams + tree_set on a user's rule reach the rule."""
+  ns = {}
+  exec(_first_python_block((_ROOT / "README.md").read_text(), "## Write your own rule"), ns)
+  state = ns["state"]
+  assert float(state.hyperparams["beta"]) == pytest.approx(0.9)
+  inner = state.inner_state
+  applied = dict(zip(ns["InverseRMS"]().scalar_names(), inner.applied))
+  assert float(applied["beta"]) == pytest.approx(0.9)
+  assert int(inner.count) == 200
+
+
+def test_rule_hyperparameter_changed_mid_run_follows_the_math():
+  ns = {}
+  exec(_first_python_block((_ROOT / "docs" / "rules.md").read_text(), "# Writing a rule"), ns)
+  tx = optax.inject_hyperparams(ns["scale_by_inverse_rms"])(1e-3, beta=0.99)
+  params = {"w": jnp.ones((2, 3))}
+  state = tx.init(params)
+  g2s, betas = [], []
+  for step in range(20):
+    if step == 10:
+      state = optax.tree_utils.tree_set(state, beta=0.5)
+    g = 0.1 * (1 + step % 3)
+    g2s.append(g * g)
+    betas.append(0.99 if step < 10 else 0.5)
+    _, state = tx.update({"w": jnp.full((2, 3), g)}, state, params)
+  want = _inverse_rms_rate(betas, g2s)
+  np.testing.assert_allclose(nlr.learning_rates(state)["w"], np.full((2, 3), want),
+                             rtol=1e-4)
+  kept = _inverse_rms_rate([0.99] * 20, g2s)
+  assert abs(want - kept) > 1e-2 * want  # a lost change would show
+
+
+def test_docs_rule_page_example_runs():
+  ns = {}
+  exec(_first_python_block((_ROOT / "docs" / "rules.md").read_text(), "# Writing a rule"), ns)
+  tx, params = ns["tx"], {"w": jnp.ones((4, 3))}
+  state = tx.init(params)
+  state = optax.tree_utils.tree_set(state, beta=0.9)
+  _, state = tx.update({"w": jnp.full((4, 3), 0.1)}, state, params)
+  np.testing.assert_allclose(nlr.learning_rates(state)["w"],
+                             np.full(3, _inverse_rms_rate([0.9], [0.01])), rtol=1e-4)
+
+
+def test_scale_by_rule_fills_declared_defaults():
+  ns = {}
+  exec(_first_python_block((_ROOT / "docs" / "rules.md").read_text(), "# Writing a rule"), ns)
+  rule = ns["InverseRMS"]()
+  a = _step(nlr.scale_by_rule(rule, 1e-3))
+  b = _step(nlr.scale_by_rule(rule, 1e-3, {"beta": 0.99, "eps": 1e-8}))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  with pytest.raises(ValueError, match="unknown"):
+    nlr.scale_by_rule(rule, 1e-3, {"betta": 0.9})

@@ -116,9 +116,13 @@ class Rule:
 
   Subclass it as a frozen dataclass. Fields of the dataclass are *static
   options* (Python values such as ``bias_correction: bool``; they select code
-  paths at trace time and are never traced); numeric hyperparameters, which
-  ``optax.inject_hyperparams`` may change at run time, are named in
-  ``hyperparams`` and arrive in ``hp``. Class attributes declare the rest:
+  paths at trace time and are never traced); numeric hyperparameters are
+  named in ``hyperparams`` and arrive in ``hp``. They are keyword arguments
+  of the transform :func:`optax_neuronlr.rule_transform` builds, so that
+  ``optax.inject_hyperparams`` may change them at run time; given to
+  :func:`scale_by_rule` as a dict they are fixed (there only
+  ``learning_rate``, ``min_lr`` and ``max_lr`` are injectable). Class
+  attributes declare the rest:
 
   Attributes:
     unit_stats: names of the statistics kept per unit (one array per leaf,
@@ -533,8 +537,12 @@ def scale_by_rule(
     learning_rate: base rate $\eta$, a number or an optax schedule of the step
       count; the rule reads it as ``hp["learning_rate"]``.
     hyperparams: the rule's numeric hyperparameters, ``{name: value}`` for
-      exactly the names in ``rule.hyperparams``; numbers or arrays (traced
-      under ``optax.inject_hyperparams``).
+      the names in ``rule.hyperparams`` (those with a declared default may be
+      left out); real scalars, checked as the package's own. A dict is one
+      argument, which ``optax.inject_hyperparams`` cannot see into: only
+      ``learning_rate``, ``min_lr`` and ``max_lr`` of ``scale_by_rule`` are
+      injectable. For a rule whose hyperparameters change at run time, build
+      its transform with :func:`optax_neuronlr.rule_transform`.
     min_lr: lower clamp of the per-unit rate, ``>= 0``.
     max_lr: upper clamp, ``>= min_lr`` (``inf``: none).
     granularity: the units. One of ``"element"`` (one rate per scalar
@@ -577,6 +585,8 @@ def scale_by_rule(
   if hyperparams is not None and not isinstance(hyperparams, Mapping):
     raise TypeError("hyperparams must be a dict {name: value} of the rule's "
                     f"hyperparameters, got {type(hyperparams).__name__}.")
+  if isinstance(rule, Rule):  # declared defaults fill what is left out
+    hyperparams = {**rule_checks.hyperparam_defaults(rule), **(hyperparams or {})}
   hyperparams = dict(hyperparams or {})
   _check_rule(rule, hyperparams)
   reduction = rule.reduce if reduce is None else validation.check_choice(

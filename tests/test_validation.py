@@ -199,9 +199,9 @@ _FACTORIES = {
     "scale_by_reduce_lr_on_plateau": (nlr.scale_by_reduce_lr_on_plateau,
                                       {"learning_rate": 0.1}),
     "reduce_lr_on_plateau": (nlr.reduce_lr_on_plateau, {"learning_rate": 0.1}),
-    "scale_by_adam_mini": (nlr.scale_by_adam_mini, {}),
+    "scale_by_adam_mini": (nlr.scale_by_adam_mini, {"learning_rate": 0.1}),
     "adam_mini": (nlr.adam_mini, {"learning_rate": 0.1}),
-    "scale_by_neuron_norm": (nlr.scale_by_neuron_norm, {}),
+    "scale_by_neuron_norm": (nlr.scale_by_neuron_norm, {"learning_rate": 0.1}),
     "neuron_norm_sgd": (nlr.neuron_norm_sgd, {"learning_rate": 0.1}),
     "scale_sgd": (nlr.scale_sgd, {"learning_rate": 0.1}),
 }

@@ -11,11 +11,11 @@ for the whole model, on top of any optax direction, and read back with
 
 from optax_neuronlr import plot
 from optax_neuronlr import schedules
-from optax_neuronlr._src.groups import get_hyperparams
-from optax_neuronlr._src.groups import param_groups
-from optax_neuronlr._src.groups import ParamGroups
-from optax_neuronlr._src.groups import path_labels
-from optax_neuronlr._src.groups import set_hyperparams
+from optax_neuronlr._src.hyperparams import get_hyperparams
+from optax_neuronlr._src.param_groups import param_groups
+from optax_neuronlr._src.param_groups import ParamGroups
+from optax_neuronlr._src.path_labels import path_labels
+from optax_neuronlr._src.hyperparams import set_hyperparams
 from optax_neuronlr._src.engine import clamp
 from optax_neuronlr._src.engine import LeafContext
 from optax_neuronlr._src.engine import Rule
@@ -23,11 +23,11 @@ from optax_neuronlr._src.engine import RuleState
 from optax_neuronlr._src.engine import scale_by_rule
 from optax_neuronlr._src.readers import learning_rates
 from optax_neuronlr._src.rule_transform import rule_transform
-from optax_neuronlr._src.regroup import add_param_group
-from optax_neuronlr._src.regroup import drop_param_group
-from optax_neuronlr._src.regroup import rebuild_nnx_optimizer
-from optax_neuronlr._src.regroup import rebuild_state
-from optax_neuronlr._src.regroup import reset_param_group
+from optax_neuronlr._src.group_edits import add_param_group
+from optax_neuronlr._src.group_edits import drop_param_group
+from optax_neuronlr._src.nnx_glue import rebuild_nnx_optimizer
+from optax_neuronlr._src.migrate import rebuild_state
+from optax_neuronlr._src.group_edits import reset_param_group
 from optax_neuronlr._src.readers import learning_rates_by_state
 from optax_neuronlr._src.readers import plateau_learning_rate
 from optax_neuronlr._src.readers import rate_summary

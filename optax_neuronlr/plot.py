@@ -31,7 +31,6 @@ import numpy as np
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import readers as inspect_lib
 from optax_neuronlr._src import recorder as recorder_lib
-from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 
 if TYPE_CHECKING:
@@ -124,7 +123,7 @@ def _histogram_data(
     return {k: (np.asarray(r), float(lo), float(hi)) for k, (r, lo, hi) in found.items()}
   flat, _ = jax.tree_util.tree_flatten_with_path(source)
   return {
-      units_lib.path_str(p): (np.asarray(jax.device_get(r)), None, None)
+      paths_lib.path_str(p): (np.asarray(jax.device_get(r)), None, None)
       for p, r in flat
   }
 
@@ -242,9 +241,8 @@ def rate_histograms(
     return _note_figure(title, "no per-unit rates to plot (an empty tree, or "
                         "nothing recorded yet)")
   if leaves is not None:
-    selector = paths_lib.compile_selector(leaves, "rate_histograms leaves")
-    data = {k: v for k, v in data.items()
-            if paths_lib.selects(selector, k) is not None}
+    selector = paths_lib.Selector(leaves, "rate_histograms leaves")
+    data = {k: v for k, v in data.items() if selector.selects(k)}
     if not data:
       raise ValueError(f"no leaf path matches leaves={leaves!r}.")
   total = len(data)

@@ -139,10 +139,25 @@ class GroupsTest(parameterized.TestCase):
             "head": {"kernel": jnp.ones((2, 1)), "bias": jnp.ones(1)}}
 
   def test_path_labels_first_match_and_default(self):
-    labels = nlr.path_labels({r"backbone/.*/kernel": "a", r"backbone/.*": "b"},
+    # The longest selected prefix wins (issue 23: a tie is no longer the first
+    # rule's, see test_path_labels_tie_is_an_error).
+    labels = nlr.path_labels({r"backbone/.*/kernel": "a", r"backbone": "b"},
                              default="c")(self.PARAMS)
     self.assertEqual(labels, {"backbone": {"Dense_0": {"kernel": "a", "bias": "b"}},
                               "head": {"kernel": "c", "bias": "c"}})
+
+  def test_path_labels_tie_is_an_error(self):
+    # Two rules selecting the same longest prefix: the package's one tie rule.
+    rule = nlr.path_labels({r"backbone/.*/kernel": "a", r"backbone/.*": "b"}, default="c")
+    with self.assertRaisesRegex(
+        ValueError, r"path_labels: leaf 'backbone/Dense_0/kernel' is selected equally "
+        r"by 'backbone/\.\*/kernel' and 'backbone/\.\*'"):
+      rule(self.PARAMS)
+    with self.assertRaisesRegex(ValueError, r"selected equally by 'head' and 'head'"):
+      nlr.path_labels([("head", "a"), ("head", "b")], default="c")(self.PARAMS)
+    labels = nlr.path_labels({r"backbone": "b", r"backbone/.*/kernel": "a"},
+                             default="c")(self.PARAMS)  # Order does not matter.
+    self.assertEqual(labels["backbone"]["Dense_0"], {"kernel": "a", "bias": "b"})
 
   def test_path_labels_full_match_and_errors(self):
     with self.assertRaisesRegex(ValueError, r"no rule matches .*'head/bias', 'head/kernel'"):

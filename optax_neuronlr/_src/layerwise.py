@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import paths as paths_lib
-from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 
 
@@ -26,7 +25,7 @@ def _check_multipliers(multipliers: Any) -> dict[str, Any]:
   flat, _ = jax.tree_util.tree_flatten_with_path(multipliers)
   table = {}
   for path, m in flat:
-    key = units_lib.path_str(path)
+    key = paths_lib.path_str(path)
     validation.check_range(f"scale_by_leaf: the multiplier of leaf '{key}'", m, low=0.0)
     table[key] = m
   return table
@@ -37,16 +36,10 @@ def _resolve(multipliers: Any, params: Any) -> list:
   if callable(multipliers):
     multipliers = multipliers(params)
   table = _check_multipliers(multipliers)
-  selection = None
+  lookup = paths_lib.PathTable(table, "scale_by_leaf").lookup
   out = []
-  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-    key = units_lib.path_str(path)
-    if key in table:
-      out.append(table[key])
-      continue
-    if selection is None:  # Only where a key is not a leaf's exact path.
-      selection = paths_lib.Selection(table, "scale_by_leaf")
-    value = selection.lookup(key, default=None)
+  for key in paths_lib.leaf_paths(params):
+    value = lookup(key, default=None)
     if value is None:
       raise ValueError(
           f"scale_by_leaf: no multiplier for leaf '{key}' (multipliers has "
@@ -165,7 +158,7 @@ def layerwise_multipliers(
   reverse = validation.check_flag("reverse", reverse)
   if layer_of is not None and not callable(layer_of):
     raise TypeError(f"layer_of must be a function path -> int, got {layer_of!r}.")
-  paths = [units_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  paths = paths_lib.leaf_paths(params)
   if layer_of is None:
     modules = sorted({_module_of(p) for p in paths}, key=_natural_key)
     index = {m: k for k, m in enumerate(modules)}
@@ -182,6 +175,6 @@ def layerwise_multipliers(
   top = max(layers.values(), default=0)
   exponent = (lambda k: top - k) if reverse else (lambda k: k)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: float(factor) ** exponent(layers[units_lib.path_str(path)]),
+      lambda path, _: float(factor) ** exponent(layers[paths_lib.path_str(path)]),
       params,
   )

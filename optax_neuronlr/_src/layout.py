@@ -19,8 +19,8 @@ import numpy as np
 import optax
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import units as units_lib
-from optax_neuronlr._src.groups import is_inject_state
+from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src.hyperparams import is_inject_state
 from optax_neuronlr._src.readers import leaf_paths
 from optax_neuronlr._src.readers import unwrap_variables
 
@@ -122,7 +122,7 @@ class _Walker:
     is_global = getattr(type(state), "is_global", False)
     base = _scalar(engine.applied_scalars(state)["learning_rate"])
     for p, r in jax.tree_util.tree_flatten_with_path(rates)[0]:
-      path = units_lib.path_str(p)
+      path = paths_lib.path_str(p)
       shape = self.shapes.get(path, ())
       granularity = _granularity(shape, np.shape(r), is_global)
       self.add(path, ctx, _rule_name(rule, granularity), granularity,
@@ -131,7 +131,7 @@ class _Walker:
   def param_subtree(self, tree: Any) -> list[str]:
     """Param paths of ``tree`` if it is shaped like (part of) the params."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    paths = [units_lib.path_str(p) for p, _ in flat]
+    paths = [paths_lib.path_str(p) for p, _ in flat]
     ok = flat and all(
         p in self.shapes and tuple(np.shape(x)) == self.shapes[p]
         for p, (_, x) in zip(paths, flat)

@@ -282,9 +282,8 @@ def _find_heads(entries, head: Any, context: _Context) -> set[str]:
     return set()
   paths = {"/".join(k): s for k, s in entries}
   if head is not None:
-    selector = paths_lib.compile_selector(head, "head")
-    found = {p for p, s in paths.items()
-             if len(s) >= 2 and paths_lib.selects(selector, p) is not None}
+    selector = paths_lib.Selector(head, "head")
+    found = {p for p, s in paths.items() if len(s) >= 2 and selector.selects(p)}
     if not found and paths:
       raise ValueError(
           f"head={head!r} selects no leaf with two or more dimensions (a misspelt "

@@ -135,10 +135,7 @@ class RateRecorder:
           "leaves must be a regular expression (a str or a compiled re.Pattern) "
           f"or None, got {leaves!r}."
       )
-    try:
-      self._pattern = None if leaves is None else re.compile(leaves)
-    except re.error as e:
-      raise ValueError(f"leaves: invalid regular expression {leaves!r}: {e}.") from e
+    self._selector = None if leaves is None else paths_lib.Selector(leaves, "leaves")
     self.leaves = leaves
     self.every = every
     self.summary = summary
@@ -170,12 +167,9 @@ class RateRecorder:
     """
     summary = inspect_lib.rate_summary(opt_state) if self.summary else {}
     chosen = {}
-    if self._pattern is not None:
+    if self._selector is not None:
       found = leaf_rates(opt_state)
-      chosen = {
-          k: found[k] for k in sorted(found)
-          if paths_lib.selects(self._pattern, k) is not None
-      }
+      chosen = {k: found[k] for k in sorted(found) if self._selector.selects(k)}
     return RateRecord(
         keys=tuple(summary),
         summary=_stack(list(summary.values())),

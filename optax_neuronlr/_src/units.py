@@ -38,6 +38,8 @@ from optax_neuronlr._src import paths as paths_lib
 GRANULARITIES: tuple[str, ...] = ("element", "neuron", "tensor", "global")
 LEAF_UNITS: tuple[str, ...] = ("element", "neuron", "tensor")
 
+# Kept only for engine.py and sharding.py (``units_lib.path_str``) until they
+# import paths.path_str; everything else imports it from paths.
 path_str = paths_lib.path_str
 
 
@@ -394,7 +396,7 @@ def tree_layouts(
       spec_of = _spec_lookup(specs, tree, is_unit_spec, "granularity")
   layouts = []
   for path, leaf in flat:
-    where = path_str(path)
+    where = paths_lib.path_str(path)
     shape = leaf.shape if hasattr(leaf, "shape") else jnp.shape(leaf)
     layouts.append(leaf_layout(shape, spec_of(where), where))
   return layouts, treedef

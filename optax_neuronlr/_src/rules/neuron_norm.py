@@ -42,6 +42,7 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import model_layout
+from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import adam_mini as am
 from optax_neuronlr._src.rules import moments
@@ -355,10 +356,7 @@ def scale_sgd(
     raise TypeError(f"head must be None, False or a path selector (a regular expression), "
                     f"got {type(head).__name__} {head!r}.")
   if isinstance(head, str):
-    try:
-      re.compile(head)
-    except re.error as e:
-      raise ValueError(f"head: {head!r} is not a valid regular expression: {e}.") from e
+    paths_lib.Selector(head, "head")  # An invalid regular expression fails here.
   partition = _Partition(head)
   units = partition.units if granularity is None else granularity
 

@@ -1,4 +1,9 @@
-"""Optimizer states that follow the model: add, drop or reset parameter groups.
+"""State migration: an optimizer's state rebuilt for a new transformation or new params.
+
+The one job of this module is :func:`rebuild_state` (and :func:`rebuild`, which
+the group edits of :mod:`~optax_neuronlr._src.group_edits` and the NNX glue of
+:mod:`~optax_neuronlr._src.nnx_glue` call): the fresh state of the new
+transformation, every statistic of the old one that has a place in it kept.
 
 Reference 003 lists ``optimizer.add_param_group(...)`` ("useful for
 fine-tuning") among the optimizer's core methods. In optax, a model that grows
@@ -26,8 +31,8 @@ state are released.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
-from typing import Any, Optional, Union
+from collections.abc import Iterable
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +40,10 @@ import numpy as np
 import optax
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import groups as groups_lib
-from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src import hyperparams as hyperparams_lib
+from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import validation
+
 
 _PARTITION_STATE = optax.transforms.PartitionState
 _INNER_STATES = jax.tree_util.GetAttrKey("inner_states")
@@ -110,7 +117,7 @@ class _Walk:
       return fresh
     if isinstance(fresh, _PARTITION_STATE):
       return self.partition(fresh, old, where, labels, resetting)
-    kept = resetting and groups_lib.is_inject_state(fresh)
+    kept = resetting and hyperparams_lib.is_inject_state(fresh)
     children, treedef = _children(fresh)
     old_children = {_key(k): (k, c) for k, c in _children(old)[0]}
     out = []
@@ -176,10 +183,18 @@ def _label_paths(names: Union[None, str, Iterable[str]], what: str) -> frozenset
   return frozenset(out)
 
 
-def _rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
+def rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
              reset: Any = None, strict: bool = False, released: Any = None,
              what: str = "rebuild_state", fresh: Any = None) -> Any:
-  """:func:`rebuild_state`; ``fresh`` is ``tx.init(params)`` if already made."""
+  """:func:`rebuild_state` with the options the group edits need.
+
+  Args:
+    tx, state, params, reset, strict: as in :func:`rebuild_state`.
+    released: group labels whose statistics may be dropped even with
+      ``strict`` (the group a ``drop_param_group`` removes).
+    what: the caller's name, for messages.
+    fresh: ``tx.init(params)`` if already made (the NNX glue's).
+  """
   walk = _Walk(_label_paths(reset, "reset"), _label_paths(released, "released"))
   fresh = tx.init(params) if fresh is None else fresh
   new = walk.merge(fresh, state, (), (), False)
@@ -216,12 +231,12 @@ def _param_path(where: tuple) -> str:
         return ""
       break
     tail.append(key)
-  return units_lib.path_str(tuple(reversed(tail)))
+  return paths_lib.path_str(tuple(reversed(tail)))
 
 
 def _describe_lost(walk: _Walk, params: Any) -> str:
   """Which statistics would be lost: whole groups, or parameters by group."""
-  present = {units_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  present = {paths_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
   groups, moved, gone, other = set(), {}, {}, []
   for labels, where in walk.lost:
     if labels and labels not in walk.labels_seen:
@@ -313,180 +328,5 @@ def rebuild_state(
       the new parameters (reset its group), an unknown name in ``reset``, and
       with ``strict``, for statistics that would be released.
   """
-  strict = groups_lib.validation.check_flag("strict", strict)
-  return _rebuild(tx, state, params, reset=reset, strict=strict)
-
-
-def _as_param_groups(tx: Any, what: str) -> groups_lib.ParamGroups:
-  if not isinstance(tx, groups_lib.ParamGroups):
-    raise TypeError(
-        f"{what} needs the transformation built by nlr.param_groups, got "
-        f"{type(tx).__name__}. For another optax.multi_transform, build the new "
-        "transformation and call nlr.rebuild_state(new_tx, state, params).")
-  return tx
-
-
-def add_param_group(
-    tx: groups_lib.ParamGroups,
-    state: Any,
-    params: Any,
-    group: Mapping[str, Any],
-) -> tuple[groups_lib.ParamGroups, Any]:
-  """Adds a parameter group during training: PyTorch's ``add_param_group``.
-
-  ``optimizer.add_param_group({"params": model.head.parameters(), "lr":
-  1e-2})`` becomes::
-
-    model_params = {**params, "head": head_params}
-    tx, state = nlr.add_param_group(tx, state, model_params,
-                                    {"params": "head", "lr": 1e-2})
-
-  The new group's parameters start with fresh statistics (step 0, as in
-  PyTorch) and the hyperparameters it sets, the others take ``tx``'s
-  defaults; every statistic of the existing groups is kept bit for bit. The
-  new parameters may be new leaves of the model or leaves that ``rest="freeze"``
-  kept frozen (unfreezing a block with its own rate).
-
-  Args:
-    tx: a :func:`param_groups` transformation.
-    state: its state.
-    params: the parameters, with the new ones.
-    group: a group dict as in :func:`param_groups`.
-
-  Returns:
-    ``(new_tx, new_state)``; rebuild the jitted training step with ``new_tx``.
-
-  Raises:
-    TypeError: if ``tx`` is not a :func:`param_groups` transformation.
-    ValueError: for an invalid group (as :func:`param_groups`), a group that
-      claims no parameter, or one that claims parameters of another group,
-      or parameters that left the model (their statistics would be lost).
-  """
-  tx = _as_param_groups(tx, "add_param_group")
-  new_tx = tx.with_group(group)
-  return new_tx, _rebuild(new_tx, state, params, strict=True, what="add_param_group")
-
-
-def drop_param_group(
-    tx: groups_lib.ParamGroups,
-    state: Any,
-    params: Any,
-    name: str,
-) -> tuple[groups_lib.ParamGroups, Any]:
-  """Removes a parameter group and releases its state.
-
-  PyTorch has no method for it; the equivalent is ``opt.param_groups.remove(g)``
-  and ``opt.state.pop(p)`` for each of its parameters. Where the group's
-  parameters left the model, the group is removed; where some are still in
-  ``params`` the group stays, frozen (zero updates, no state: PyTorch's
-  ``requires_grad_(False)``). Every statistic of the other groups is kept bit
-  for bit.
-
-  Args:
-    tx: a :func:`param_groups` transformation.
-    state: its state.
-    params: the parameters (without the group's, or with them to freeze them).
-    name: the group's name.
-
-  Returns:
-    ``(new_tx, new_state)``.
-
-  Raises:
-    TypeError: if ``tx`` is not a :func:`param_groups` transformation.
-    ValueError: for an unknown name, or if other groups would lose statistics
-      (parameters of theirs that left the model: use :func:`rebuild_state`).
-  """
-  tx = _as_param_groups(tx, "drop_param_group")
-  frozen = tx.without_group(name, freeze=True)
-  probe = groups_lib.param_groups(tx.optimizer, frozen.groups, rest=frozen.rest,
-                                  allow_empty=True, **tx.defaults)
-  claims = name in jax.tree.leaves(probe.labels(params))
-  new_tx = frozen if claims else tx.without_group(name)
-  return new_tx, _rebuild(new_tx, state, params, strict=True, released=[name],
-                          what="drop_param_group")
-
-
-def reset_param_group(
-    tx: optax.GradientTransformation,
-    state: Any,
-    params: Any,
-    name: Union[str, Iterable[str]],
-) -> Any:
-  """Fresh statistics for one group, the same hyperparameters.
-
-  PyTorch: ``for p in group["params"]: optimizer.state[p].clear()``. The
-  group's statistics (moments, per-unit rates, EMAs, the counts that bias
-  corrections read) restart as at ``init``; its injected hyperparameters,
-  including values set with :func:`set_hyperparams`, and the count that drives
-  their schedules are kept, as PyTorch keeps the group's ``lr`` and its
-  scheduler. Other groups are untouched. Works for any ``optax.multi_transform``
-  state (optax issue #1371), ``name`` being its label; a label whose
-  transform is not wrapped in ``optax.inject_hyperparams`` restarts whole,
-  the counts of its schedules included.
-
-  Args:
-    tx: the transformation (a :func:`param_groups` one or any optax optimizer
-      with ``optax.multi_transform`` labels).
-    state: its state.
-    params: the parameters.
-    name: the group's name or label (nested labels joined by ``"/"``), or
-      several.
-
-  Returns:
-    The new state.
-
-  Raises:
-    ValueError: for an unknown group name, or if ``params`` lost parameters
-      that other groups hold statistics for.
-  """
-  if name is None:
-    raise TypeError("name must be a group name (str) or several, got None.")
-  return _rebuild(tx, state, params, reset=name, strict=True, what="reset_param_group")
-
-
-def rebuild_nnx_optimizer(
-    optimizer: Any,
-    model: Any,
-    tx: Optional[optax.GradientTransformation] = None,
-    *,
-    reset: Union[None, str, Iterable[str]] = None,
-    strict: bool = False,
-) -> Any:
-  """Flax NNX: the ``nnx.Optimizer`` follows a model that changed, in place.
-
-  After ``model.head = nnx.Linear(...)`` (or a removed or resized part), the
-  optimizer is rebuilt for the model's current parameters (its ``wrt``
-  filter), with :func:`rebuild_state`: every statistic of the parameters that
-  stay is kept, new ones start fresh, the step counter is kept. With ``tx``
-  the optimizer also changes its transformation, e.g. to add a group::
-
-    model.head = nnx.Linear(64, 10, rngs=nnx.Rngs(1))
-    nlr.rebuild_nnx_optimizer(
-        optimizer, model, optimizer.tx.with_group({"params": "head", "lr": 1e-2}))
-
-  Args:
-    optimizer: an ``nnx.Optimizer``; it is changed in place.
-    model: the model it optimizes, as it is now.
-    tx: the new transformation (default: the optimizer's own).
-    reset: groups whose statistics start fresh, as in :func:`rebuild_state`.
-    strict: as in :func:`rebuild_state`.
-
-  Returns:
-    ``optimizer``, rebuilt.
-  """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  if not isinstance(optimizer, nnx.Optimizer):
-    raise TypeError(f"optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}.")
-  strict = groups_lib.validation.check_flag("strict", strict)
-  tx = optimizer.tx if tx is None else tx
-  graph = getattr(optimizer, "graph", None)
-  kwargs = {} if graph is None else {"graph": graph}
-  fresh = nnx.Optimizer(model, tx, wrt=optimizer.wrt, **kwargs)
-  params = nnx.as_pure(nnx.state(model, optimizer.wrt, **kwargs))
-  old = nnx.as_pure(optimizer.opt_state)
-  new = _rebuild(tx, old, params, reset=reset, strict=strict,
-                 what="rebuild_nnx_optimizer", fresh=nnx.as_pure(fresh.opt_state))
-  nnx.update(fresh.opt_state, nnx.state(new, **kwargs))
-  optimizer.tx = tx
-  optimizer.opt_state = fresh.opt_state
-  return optimizer
+  strict = validation.check_flag("strict", strict)
+  return rebuild(tx, state, params, reset=reset, strict=strict)

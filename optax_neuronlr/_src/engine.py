@@ -420,6 +420,7 @@ class LeafStep(NamedTuple):
   direction.
 
   Attributes:
+    path: the leaf's path (keys joined by ``"/"``), for error messages.
     layout: the leaf's units (a :mod:`~optax_neuronlr._src.units` layout).
     grad: the incoming gradient, in its own dtype.
     grad_compute: the gradient in the compute dtype (the promotion of its
@@ -431,6 +432,7 @@ class LeafStep(NamedTuple):
       over the leaf for ``granularity="global"``).
   """
 
+  path: str
   layout: Any
   grad: jax.Array
   grad_compute: jax.Array
@@ -455,6 +457,13 @@ def scale_by_rule(
     reduce: Optional[str] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``rule`` per unit; returns ``+rate * d``.
+
+  Shared engine arguments: ``min_lr``, ``max_lr``, ``granularity``,
+  ``neuron_axes``, ``state_dtype`` and ``direction`` are documented here once.
+  Every ``scale_by_*`` transform of the package that runs a rule passes
+  those of them it takes on unchanged, and so does its optimizer alias; their
+  own docstrings say only what differs there (a default, what the statistics
+  are).
 
   Args:
     rule: the rule, an instance of a :class:`Rule` subclass.
@@ -633,11 +642,12 @@ def scale_by_rule(
             layout.reduce(q, accumulate, reduction).astype(dtype)
             for q in quantities
         )
-      leaves.append(LeafStep(layout=layout, grad=g, grad_compute=gc, direction=d,
-                             dtype=dtype, elements=elements, observed=observed))
+      leaves.append(LeafStep(
+          path=leaf_paths[i], layout=layout, grad=g, grad_compute=gc, direction=d,
+          dtype=dtype, elements=elements, observed=observed))
 
     def new_stats(old, observed, dtype, i=None):
-      where = "(all leaves: granularity='global')" if i is None else leaf_paths[i]
+      where = "(all leaves: granularity='global')" if i is None else leaves[i].path
       unit_shape = () if i is None else leaves[i].layout.unit_shape
       new = rule.update(old, observed, hp, prev_hp, count)
       rule_checks.check_stats(rule, "update", new, rule.unit_stats, unit_shape, where,
@@ -645,7 +655,7 @@ def scale_by_rule(
       new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
       if rule.leaf_stats:
         layout = leaves[i].layout
-        context = LeafContext(leaf_paths[i], layout.shape, layout.unit_shape,
+        context = LeafContext(leaves[i].path, layout.shape, layout.unit_shape,
                               layout.size, infos[i])
         merged = {**new, **{n: v[i] for n, v in leaf_old.items()}}
         new_leaf = rule.update_leaf(merged, observed, hp, count, context)
@@ -676,7 +686,7 @@ def scale_by_rule(
       new_elements = rule.update_elements(
           leaf.elements, leaf.grad_compute, leaf.direction, hp, count)
       rule_checks.check_stats(rule, "update_elements", new_elements, rule.element_stats,
-                              leaf.grad.shape, leaf_paths[i], kind="element statistics",
+                              leaf.grad.shape, leaf.path, kind="element statistics",
                               real=False)
       elem_new.append({n: jnp.asarray(new_elements[n]).astype(leaf.elements[n].dtype)
                        for n in rule.element_stats})

@@ -19,7 +19,7 @@ from optax_neuronlr._src.hyperparams import set_hyperparams
 from optax_neuronlr._src.engine import clamp
 from optax_neuronlr._src.engine import LeafContext
 from optax_neuronlr._src.engine import Rule
-from optax_neuronlr._src.engine import RuleState
+from optax_neuronlr._src.rule_state import RuleState
 from optax_neuronlr._src.engine import scale_by_rule
 from optax_neuronlr._src.readers import learning_rates
 from optax_neuronlr._src.rule_transform import rule_transform

@@ -39,14 +39,17 @@ where $l$ are the rule's per-leaf statistics (none for most rules).
 
 The sign convention of the package: every ``scale_by_*`` transform returns
 ``+rate * d``; every alias chains ``optax.scale(-1.0)``.
+
+Beside this module: the state classes (one NamedTuple per rule) and the
+readers that recognise them live in :mod:`optax_neuronlr._src.rule_state`;
+the layouts that ``init`` reports to :func:`optax_neuronlr.state_shardings`
+go through :mod:`optax_neuronlr._src.layout_channel`; what is checked of a
+rule and of what it returns, in :mod:`optax_neuronlr._src.rule_checks`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple, Optional
@@ -55,39 +58,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_neuronlr._src import layout_channel
+from optax_neuronlr._src import paths
 from optax_neuronlr._src import rule_checks
+from optax_neuronlr._src import rule_state
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.rule_state import RuleState  # pylint: disable=unused-import
+
+# Readers of rule states, kept here for the modules that read them through the
+# engine (their home is rule_state).
+is_rule_state = rule_state.is_rule_state
+rule_of = rule_state.rule_of
+applied_scalars = rule_state.applied_scalars
 
 Hyper = Mapping[str, jax.Array]
 Stats = dict[str, jax.Array]
 ENGINE_SCALARS = rule_checks.ENGINE_SCALARS
 REDUCTIONS = rule_checks.REDUCTIONS
-
-
-class RuleState(NamedTuple):
-  """Fields every rule state has; a rule's state class adds its statistics.
-
-  Each rule gets its own NamedTuple state class (:meth:`Rule.state_class`),
-  with the fields ``count``, one per unit statistic, one per element
-  statistic, ``applied`` and ``direction_state``:
-
-  Attributes:
-    count: number of updates so far (int32, safe from overflow).
-    applied: the scalars the last update used, in the order of
-      :meth:`Rule.scalar_names` (``learning_rate``, ``min_lr``, ``max_lr``,
-      then the rule's hyperparameters), kept so that the applied rates can be
-      recomputed from the state alone. A tuple, not a dict: the
-      hyperparameters that drive the update are those of
-      ``optax.inject_hyperparams``, and ``optax.tree_utils.tree_get`` /
-      ``tree_set`` find only those.
-    direction_state: the state of ``direction`` (``optax.EmptyState()`` when
-      there is none).
-  """
-
-  count: jax.Array
-  applied: tuple[jax.Array, ...]
-  direction_state: optax.OptState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +210,7 @@ class Rule:
   def state_class(self, is_global: bool = False) -> type:
     """This rule's NamedTuple state class (one per equal rule; ``is_global``:
     the variant for ``granularity="global"``, a subclass)."""
-    cls = _state_class(self)
-    return _global_state_class(cls) if is_global else cls
+    return rule_state.state_class(self, is_global)
 
   def init(self, zeros: jax.Array, hp: Hyper) -> Stats:
     """Initial unit statistics of a leaf, from the leaf's per-unit zeros.
@@ -297,99 +284,6 @@ class Rule:
     """The per-unit rate before the clamp, from the updated statistics (unit
     and leaf statistics, by name)."""
     raise NotImplementedError(f"{self.name} must define rate().")
-
-
-@functools.lru_cache(maxsize=None)
-def _base_state_class(cls: type) -> type:
-  """The NamedTuple state of a rule class (its default instance's state)."""
-  fields = ("count", *cls.unit_stats, *cls.element_stats, *cls.leaf_stats, "applied",
-            "direction_state")
-  if len(set(fields)) != len(fields):
-    raise TypeError(
-        f"{cls.__name__}: statistic names "
-        f"{cls.unit_stats + cls.element_stats + cls.leaf_stats} "
-        "must be distinct and differ from 'count', 'applied' and 'direction_state'."
-    )
-  name = cls.state_name or f"{cls.__name__}State"
-  state_cls = NamedTuple(name, [(f, Any) for f in fields])
-  state_cls.rule = None
-  state_cls.is_global = False
-  state_cls.__doc__ = (
-      f"State of :func:`scale_by_rule` for :class:`{cls.__name__}`: ``count``, "
-      f"unit statistics {cls.unit_stats}, element statistics "
-      f"{cls.element_stats}, leaf statistics {cls.leaf_stats}, ``applied`` "
-      "and ``direction_state`` (see "
-      ":class:`optax_neuronlr.RuleState`)."
-  )
-  state_cls.__module__ = cls.__module__
-  return state_cls
-
-
-@functools.lru_cache(maxsize=None)
-def _state_class(rule: Rule) -> type:
-  """One class per equal rule; rules with other static options get a subclass
-  of the rule class' state, so ``isinstance`` sees them all."""
-  base = _base_state_class(type(rule))
-  try:
-    default = type(rule)()
-  except TypeError:  # a rule with required options has no default instance
-    default = None
-  if rule == default:
-    base.rule = rule
-    return base
-  return type(base.__name__, (base,), {
-      "rule": rule, "__slots__": (), "__doc__": base.__doc__,
-      "__module__": base.__module__})
-
-
-@functools.lru_cache(maxsize=None)
-def _global_state_class(cls: type) -> type:
-  """The state class of a rule run with ``granularity="global"``: each leaf
-  holds a copy of the one per-tree statistic, so readers see params-shaped
-  trees, and ``is_global`` tells tools that they are one unit."""
-  return type(cls.__name__, (cls,), {
-      "is_global": True, "__slots__": (), "__doc__": cls.__doc__,
-      "__module__": cls.__module__})
-
-
-_LAYOUTS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
-    "optax_neuronlr_layouts", default=None)
-
-
-@contextlib.contextmanager
-def recording_layouts():
-  """Collects ``(state class, [(path, shape, unit shape, keep axes), ...], global)``
-  for every rule state that ``init`` builds inside the block (used by
-  :func:`optax_neuronlr.state_shardings`; states hold no static metadata)."""
-  records: list = []
-  token = _LAYOUTS.set(records)
-  try:
-    yield records
-  finally:
-    _LAYOUTS.reset(token)
-
-
-def _record(state_cls, layouts, treedef, is_global) -> None:
-  records = _LAYOUTS.get()
-  if records is not None:
-    paths = _paths(treedef)
-    records.append((state_cls, tuple(
-        (p, l.shape, l.unit_shape, l.keep_axes) for p, l in zip(paths, layouts)
-    ), is_global))
-
-
-def is_rule_state(x: Any) -> bool:
-  """True for the state of any :func:`scale_by_rule` transform."""
-  return isinstance(getattr(type(x), "rule", None), Rule) and hasattr(x, "_fields")
-
-
-def rule_of(state: Any) -> Rule:
-  return type(state).rule
-
-
-def applied_scalars(state: Any) -> dict[str, jax.Array]:
-  """The scalars the last update of a rule state used, by name."""
-  return dict(zip(rule_of(state).scalar_names(), state.applied))
 
 
 def stat_dtype(leaf_dtype: Any, state_dtype: Any) -> jnp.dtype:
@@ -512,8 +406,40 @@ def _check_shapes(layouts, treedef, state, rule, is_global) -> None:
 
 
 def _paths(treedef) -> list[str]:
+  """The path of every leaf of ``treedef``, in order."""
   dummy = treedef.unflatten([0] * treedef.num_leaves)
-  return [units_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(dummy)[0]]
+  return [paths.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(dummy)[0]]
+
+
+class LeafStep(NamedTuple):
+  """One leaf in the middle of an update: what ``observe`` saw and returned.
+
+  Built for every leaf before any statistic is updated (so that
+  ``granularity="global"`` can reduce the observations of the whole tree
+  first), then read back to update the leaf's statistics and scale its
+  direction.
+
+  Attributes:
+    path: the leaf's path (keys joined by ``"/"``), for error messages.
+    layout: the leaf's units (a :mod:`~optax_neuronlr._src.units` layout).
+    grad: the incoming gradient, in its own dtype.
+    grad_compute: the gradient in the compute dtype (the promotion of its
+      dtype and the statistics' dtype), as the rule's methods get it.
+    direction: the direction's output for the leaf.
+    dtype: the dtype of the leaf's statistics.
+    elements: the leaf's element statistics before this step.
+    observed: the quantities of ``observe``, reduced over each unit (summed
+      over the leaf for ``granularity="global"``).
+  """
+
+  path: str
+  layout: Any
+  grad: jax.Array
+  grad_compute: jax.Array
+  direction: jax.Array
+  dtype: Any
+  elements: Stats
+  observed: tuple[jax.Array, ...]
 
 
 def scale_by_rule(
@@ -531,6 +457,13 @@ def scale_by_rule(
     reduce: Optional[str] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``rule`` per unit; returns ``+rate * d``.
+
+  Shared engine arguments: ``min_lr``, ``max_lr``, ``granularity``,
+  ``neuron_axes``, ``state_dtype`` and ``direction`` are documented here once.
+  Every ``scale_by_*`` transform of the package that runs a rule passes
+  those of them it takes on unchanged, and so does its optimizer alias; their
+  own docstrings say only what differs there (a default, what the statistics
+  are).
 
   Args:
     rule: the rule, an instance of a :class:`Rule` subclass.
@@ -627,7 +560,8 @@ def scale_by_rule(
     leaves = [_as_array(leaf) for leaf in treedef.flatten_up_to(params)]
     dtypes = [stat_dtype(leaf.dtype, state_dtype) for leaf in leaves]
     unit, elem = [], []
-    for layout, leaf, dtype, path in zip(layouts, leaves, dtypes, _paths(treedef)):
+    leaf_paths = _paths(treedef)
+    for layout, leaf, dtype, path in zip(layouts, leaves, dtypes, leaf_paths):
       zeros = jnp.zeros_like(leaf, dtype=dtype)
       unit_zeros = jnp.zeros([], dtype) if is_global else layout.sum(zeros, dtype)
       unit.append(rule.init(unit_zeros, hp))
@@ -649,7 +583,9 @@ def scale_by_rule(
     stats.update({
         n: treedef.unflatten([jnp.zeros([], d) for d in dtypes]) for n in rule.leaf_stats
     })
-    _record(state_cls, layouts, treedef, is_global)
+    if layout_channel.is_recording():
+      layout_channel.record(
+          state_cls, layout_channel.leaf_layouts(leaf_paths, layouts), is_global)
     return state_cls(
         count=jnp.zeros([], jnp.int32),
         applied=tuple(_copy(hp[n]) for n in names),
@@ -671,7 +607,7 @@ def scale_by_rule(
     layouts, treedef = units_lib.tree_layouts(updates, granularity, neuron_axes)
     _check_shapes(layouts, treedef, state, rule, is_global)
     grads = [_as_array(g) for g in treedef.flatten_up_to(updates)]
-    paths = _paths(treedef)
+    leaf_paths = _paths(treedef)
     if direction is None:
       dirs, direction_state = grads, state.direction_state
     else:
@@ -684,7 +620,7 @@ def scale_by_rule(
     infos = _leaf_infos(leaf_info, updates, treedef) if rule.leaf_stats else None
     elem_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.element_stats}
 
-    leaves = []  # (layout, g, g in compute dtype, d, stats dtype, elements, observed)
+    leaves: list[LeafStep] = []
     for i, (layout, g, d) in enumerate(zip(layouts, grads, dirs)):
       if unit_old:
         dtype = next(iter(unit_old.values()))[i].dtype
@@ -697,7 +633,7 @@ def scale_by_rule(
       elements = {n: v[i] for n, v in elem_old.items()}
       gc = g.astype(compute)
       quantities = rule_checks.check_observed(
-          rule, rule.observe(gc, d, elements, hp), g.shape, paths[i])
+          rule, rule.observe(gc, d, elements, hp), g.shape, leaf_paths[i])
       quantities = tuple(_real(q) for q in quantities)
       if is_global:
         observed = tuple(layout.sum(q, accumulate) for q in quantities)
@@ -706,19 +642,21 @@ def scale_by_rule(
             layout.reduce(q, accumulate, reduction).astype(dtype)
             for q in quantities
         )
-      leaves.append((layout, g, gc, d, dtype, elements, observed))
+      leaves.append(LeafStep(
+          path=leaf_paths[i], layout=layout, grad=g, grad_compute=gc, direction=d,
+          dtype=dtype, elements=elements, observed=observed))
 
     def new_stats(old, observed, dtype, i=None):
-      where = "(all leaves: granularity='global')" if i is None else paths[i]
-      unit_shape = () if i is None else leaves[i][0].unit_shape
+      where = "(all leaves: granularity='global')" if i is None else leaves[i].path
+      unit_shape = () if i is None else leaves[i].layout.unit_shape
       new = rule.update(old, observed, hp, prev_hp, count)
       rule_checks.check_stats(rule, "update", new, rule.unit_stats, unit_shape, where,
                               kind="unit statistics")
       new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
       if rule.leaf_stats:
-        layout = leaves[i][0]
-        context = LeafContext(paths[i], layout.shape, layout.unit_shape, layout.size,
-                              infos[i])
+        layout = leaves[i].layout
+        context = LeafContext(leaves[i].path, layout.shape, layout.unit_shape,
+                              layout.size, infos[i])
         merged = {**new, **{n: v[i] for n, v in leaf_old.items()}}
         new_leaf = rule.update_leaf(merged, observed, hp, count, context)
         rule_checks.check_stats(rule, "update_leaf", new_leaf, rule.leaf_stats, (),
@@ -730,24 +668,27 @@ def scale_by_rule(
 
     if is_global and leaves:
       # One unit for the tree: every leaf holds a copy of its statistics.
-      dtype = jnp.result_type(*[x[4] for x in leaves])
+      dtype = jnp.result_type(*[leaf.dtype for leaf in leaves])
       totals = tuple(t.astype(dtype) for t in _global_reduce(reduction, leaves))
       old = {n: v[0].astype(dtype) for n, v in unit_old.items()}
       global_stats, global_rate = new_stats(old, totals, dtype)
 
     outs, unit_new, elem_new = [], [], []
-    for i, (layout, g, gc, d, dtype, elements, observed) in enumerate(leaves):
+    for i, leaf in enumerate(leaves):
       if is_global:
-        rate = global_rate.astype(dtype)
-        new = {n: v.astype(dtype) for n, v in global_stats.items()}
+        rate = global_rate.astype(leaf.dtype)
+        new = {n: v.astype(leaf.dtype) for n, v in global_stats.items()}
       else:
-        new, rate = new_stats({n: v[i] for n, v in unit_old.items()}, observed, dtype, i)
+        new, rate = new_stats({n: v[i] for n, v in unit_old.items()}, leaf.observed,
+                              leaf.dtype, i)
       unit_new.append(new)
-      outs.append(layout.scale(d, rate).astype(g.dtype))
-      new_elements = rule.update_elements(elements, gc, d, hp, count)
+      outs.append(leaf.layout.scale(leaf.direction, rate).astype(leaf.grad.dtype))
+      new_elements = rule.update_elements(
+          leaf.elements, leaf.grad_compute, leaf.direction, hp, count)
       rule_checks.check_stats(rule, "update_elements", new_elements, rule.element_stats,
-                              g.shape, paths[i], kind="element statistics", real=False)
-      elem_new.append({n: jnp.asarray(new_elements[n]).astype(elements[n].dtype)
+                              leaf.grad.shape, leaf.path, kind="element statistics",
+                              real=False)
+      elem_new.append({n: jnp.asarray(new_elements[n]).astype(leaf.elements[n].dtype)
                        for n in rule.element_stats})
 
     stats = {n: treedef.unflatten([s[n] for s in unit_new])
@@ -785,16 +726,17 @@ def _as_array(x: Any) -> Any:
   return x if hasattr(x, "dtype") and hasattr(x, "shape") else jnp.asarray(x)
 
 
-def _global_reduce(reduction: str, leaves) -> tuple[jax.Array, ...]:
+def _global_reduce(
+    reduction: str, leaves: list[LeafStep]) -> tuple[jax.Array, ...]:
   """Sums (or means) of each observed quantity over every element of the tree."""
   if not leaves:
     return ()
   totals = None
   size = 0
-  for layout, *_, observed in leaves:
-    size += math.prod(layout.shape)
-    totals = observed if totals is None else tuple(
-        a + b for a, b in zip(totals, observed)
+  for leaf in leaves:
+    size += math.prod(leaf.layout.shape)
+    totals = leaf.observed if totals is None else tuple(
+        a + b for a, b in zip(totals, leaf.observed)
     )
   if reduction == "mean":
     totals = tuple(t / max(size, 1) for t in totals)

@@ -20,6 +20,7 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import rule_state
 from optax_neuronlr._src.hyperparams import is_inject_state
 from optax_neuronlr._src.readers import leaf_paths
 from optax_neuronlr._src.readers import unwrap_variables
@@ -117,10 +118,10 @@ class _Walker:
                                   granularity, units, base_rate)
 
   def rate_state(self, state: Any, ctx: _Context) -> None:
-    rule = engine.rule_of(state)
+    rule = rule_state.rule_of(state)
     rates = engine.rates_of(state)
     is_global = getattr(type(state), "is_global", False)
-    base = _scalar(engine.applied_scalars(state)["learning_rate"])
+    base = _scalar(rule_state.applied_scalars(state)["learning_rate"])
     for p, r in jax.tree_util.tree_flatten_with_path(rates)[0]:
       path = paths_lib.path_str(p)
       shape = self.shapes.get(path, ())
@@ -141,7 +142,7 @@ class _Walker:
   def walk(self, node: Any, ctx: _Context) -> None:
     if node is None or isinstance(node, optax.MaskedNode):
       return
-    if engine.is_rule_state(node):
+    if rule_state.is_rule_state(node):
       self.rate_state(node, ctx)
     elif is_inject_state(node):
       rate = node.hyperparams.get("learning_rate", None)

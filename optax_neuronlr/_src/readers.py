@@ -24,6 +24,7 @@ import optax
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import plateau
+from optax_neuronlr._src import rule_state
 
 
 # The states of optax.inject_hyperparams (groups.py reads them too; it imports
@@ -36,7 +37,7 @@ _INJECT_STATES = tuple(
 
 
 def _is_strategy_state(x: Any) -> bool:
-  return engine.is_rule_state(x)
+  return rule_state.is_rule_state(x)
 
 
 def _is_nnx_variable(x: Any) -> bool:
@@ -287,7 +288,7 @@ def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Arra
   out = {}
   for state_path, state in _strategy_states(opt_state):
     rates = _masked_to_none(engine.rates_of(state))
-    hp = engine.applied_scalars(state)
+    hp = rule_state.applied_scalars(state)
     lo, hi = hp["min_lr"], hp["max_lr"]
     flat = jax.tree_util.tree_flatten_with_path(rates)[0]
     leaf_paths(rates, f"the rule state at {state_path or 'the root'!r}")

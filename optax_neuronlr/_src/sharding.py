@@ -30,7 +30,9 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from optax_neuronlr._src import engine
+from optax_neuronlr._src import layout_channel
+from optax_neuronlr._src import paths
+from optax_neuronlr._src import rule_state
 
 
 def _replicated(sharding: Any) -> Any:
@@ -55,7 +57,7 @@ def _kept(sharding: Any, shape: tuple, unit_shape: tuple, keep: tuple[int, ...])
 
 
 def _is_rule_state(x: Any) -> bool:
-  return engine.is_rule_state(x)
+  return rule_state.is_rule_state(x)
 
 
 def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
@@ -77,7 +79,7 @@ def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
     >>> # p_sh = {"w": NamedSharding(mesh, P(None, "model"))}
     >>> # init = jax.jit(tx.init, out_shardings=nlr.state_shardings(tx, params, p_sh))
   """
-  with engine.recording_layouts() as records:
+  with layout_channel.recording() as records:
     # A new function object each call: jax.eval_shape caches traces by
     # function, and a cached trace would not run init (nor record its layouts),
     # so a second call for the same tx would replicate every unit statistic.
@@ -87,7 +89,7 @@ def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
   by_path = {}
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   for (p, _), s in zip(flat, treedef.flatten_up_to(params_shardings)):
-    by_path[engine.units_lib.path_str(p)] = s
+    by_path[paths.path_str(p)] = s
 
   def param_like(state_leaf, sharding):
     # optax.masked / optax.partition keep a MaskedNode for the leaves a group
@@ -109,9 +111,11 @@ def state_shardings(tx: Any, params: Any, params_shardings: Any) -> Any:
   return jax.tree.map(fix, abstract, mapped, is_leaf=_is_rule_state)
 
 
-def _rule_shardings(state, shardings, records, used, by_path, default) -> Any:
+def _rule_shardings(
+    state: Any, shardings: Any, records: list[layout_channel.LayoutRecord],
+    used: set[int], by_path: dict[str, Any], default: Any) -> Any:
   """Per-unit statistics of one rule state, sharded along the axes they keep."""
-  rule = engine.rule_of(state)
+  rule = rule_state.rule_of(state)
   # Per-leaf scalars (a rule's leaf statistics) are replicated.
   shardings = shardings._replace(**{
       name: jax.tree.map(lambda _: default, getattr(state, name))
@@ -120,27 +124,28 @@ def _rule_shardings(state, shardings, records, used, by_path, default) -> Any:
     return shardings
   first = getattr(state, rule.unit_stats[0])
   leaves = jax.tree_util.tree_flatten_with_path(first)[0]
-  signature = tuple((engine.units_lib.path_str(p), tuple(x.shape)) for p, x in leaves)
+  signature = tuple((paths.path_str(p), tuple(x.shape)) for p, x in leaves)
   record = None
-  for i, (cls, rows, is_global) in enumerate(records):
-    if i in used or cls is not type(state):
+  for i, candidate in enumerate(records):
+    if i in used or candidate.state_class is not type(state):
       continue
-    if is_global or tuple((p, u) for p, _, u, _ in rows) == signature:
-      record = (rows, is_global)
+    if candidate.is_global or tuple(
+        (row.path, row.unit_shape) for row in candidate.leaves) == signature:
+      record = candidate
       used.add(i)
       break
   replaced = {}
   for name in rule.unit_stats:
     tree = getattr(state, name)
-    if record is None or record[1]:
+    if record is None or record.is_global:
       replaced[name] = jax.tree.map(lambda _: default, tree)
       continue
-    table = {p: (shape, unit, keep) for p, shape, unit, keep in record[0]}
+    table = {row.path: row for row in record.leaves}
 
     def one(path, leaf):
-      key = engine.units_lib.path_str(path)
-      shape, unit, keep = table[key]
-      return _kept(by_path.get(key, default), shape, unit, keep)
+      row = table[paths.path_str(path)]
+      return _kept(by_path.get(row.path, default), row.shape, row.unit_shape,
+                   row.keep_axes)
 
     replaced[name] = jax.tree_util.tree_map_with_path(one, tree)
   return shardings._replace(**replaced)

@@ -571,8 +571,8 @@ def scale_by_adam_mini(
       ``"ignore"``. :func:`optax_neuronlr.optimizer_layout` shows every
       leaf's units either way.
     state_dtype: dtype of the per-block second moment ``v`` (and of the
-      first moment when ``mu_dtype`` is None); None: float32 for bf16/f16
-      params, else the params' dtype.
+      first moment when ``mu_dtype`` is None); the engine's shared argument,
+      see :func:`optax_neuronlr.scale_by_rule`.
     mu_dtype: dtype of the stored first moment $m$ (optax's ``mu_dtype``):
       the arithmetic stays in at least float32 and only the stored copy is
       rounded; None: as ``state_dtype``. ``"bfloat16"`` takes Adam-mini's
@@ -671,8 +671,8 @@ def adam_mini(
       or a callable ``params -> tree``; None (default):
       :func:`adam_mini_weight_decay_mask` (kernels and embeddings).
     state_dtype: dtype of the second moment (and of the first when
-      ``mu_dtype`` is None); None: float32 for bf16/f16 params, else the
-      params' dtype.
+      ``mu_dtype`` is None); the engine's shared argument, see
+      :func:`optax_neuronlr.scale_by_rule`.
     mu_dtype: dtype of the stored first moment (optax's ``mu_dtype``; the
       arithmetic stays in at least float32); None: as ``state_dtype``.
 

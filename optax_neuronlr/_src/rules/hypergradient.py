@@ -114,6 +114,10 @@ def scale_by_hypergradient_lr(
   $\eta_t / \eta_{t-1}$ before the hypergradient step. A non-finite $h_t$
   (gradients near the float range's end) leaves the rate unchanged.
 
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  and ``direction``: the engine's shared arguments, see
+  :func:`optax_neuronlr.scale_by_rule`.
+
   Args:
     learning_rate: the initial rate $\eta_0$, a number or an optax schedule
       (see above), ``>= 0``.
@@ -122,17 +126,11 @@ def scale_by_hypergradient_lr(
       $h_t$ is a *sum* over the unit, so the same ``hyper_lr`` moves a
       per-neuron or per-element rate far less than the global one; scale it
       up for finer units, or use ``multiplicative=True``.
-    min_lr: lower clamp of the rates, ``>= 0``.
-    max_lr: upper clamp, ``>= min_lr`` (``inf``: none).
     multiplicative: the multiplicative rule (a static option).
-    granularity: ``"global"`` (one rate for the whole model, the paper's
-      form, default), ``"tensor"``, ``"neuron"``, ``"element"`` or per-leaf
-      specs; see :func:`optax_neuronlr.scale_by_rule`.
-    neuron_axes: neuron axes for ``granularity="neuron"``.
-    state_dtype: dtype of the rates and the stored direction; None: float32
-      for bf16/f16 params, else the params' dtype.
-    direction: the optax transform giving the step direction; None: the
-      gradient (SGD-HD).
+    granularity: the units; ``"global"`` (one rate for the whole model, the
+      paper's form) by default.
+    state_dtype: dtype of the rates and of the stored direction.
+    direction: the step direction; None: the gradient (SGD-HD).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` returning ``+alpha * d``.

@@ -115,17 +115,15 @@ def scale_by_neuron_norm(
   reference does for embeddings), a 1-D leaf per element (sign descent: each
   element's $|d| / \rho = 1$).
 
+  ``granularity``, ``neuron_axes``, ``state_dtype`` and ``direction``: the
+  engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
+
   Args:
     learning_rate: $\eta$, a number or an optax schedule, first and required
       as in every ``scale_by_*`` of the package; 1.0 returns the normalised
       direction.
     eps: lower bound of $\rho$, ``> 0`` (guards all-zero units).
-    granularity: the units; see :func:`optax_neuronlr.scale_by_rule`.
-    neuron_axes: neuron axes for ``granularity="neuron"``; see
-      :func:`optax_neuronlr.scale_by_rule` (``(1, 2)`` for a
-      ``(d, heads, head_dim)`` attention kernel).
-    state_dtype: dtype of the stored RMS; None: float32 for bf16/f16
-      params, else the params' dtype.
+    state_dtype: dtype of the stored RMS.
     direction: the direction to normalise (e.g. a momentum,
       ``optax.ema(0.9, debias=False)``); None: the gradient.
 
@@ -155,11 +153,12 @@ def neuron_norm_sgd(
   (1-D leaves per element, i.e. sign descent, at the default units); for a
   transformer use :func:`scale_sgd`, which trains vectors with AdamW.
 
+  ``granularity``, ``neuron_axes``, ``state_dtype`` and ``direction``: the
+  engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
+
   Args:
     learning_rate: $\eta$, a number or an optax schedule, ``>= 0``.
     eps: lower bound of the RMS, ``> 0``.
-    granularity: the units; see :func:`optax_neuronlr.scale_by_rule`.
-    neuron_axes: neuron axes for ``granularity="neuron"``.
     state_dtype: dtype of the stored RMS.
     direction: the direction to normalise; None: the gradient.
 

@@ -138,8 +138,8 @@ def scale_by_normuon(
     ns_dtype: dtype of Newton-Schulz (None: the update's; ``"bfloat16"`` as
       the reference).
     mu_dtype: dtype of the stored momentum (None: the params').
-    state_dtype: dtype of ``v`` and ``gain`` (None: float32 for bf16/f16
-      params, else the params').
+    state_dtype: dtype of ``v`` and ``gain``; the engine's shared argument,
+      see :func:`optax_neuronlr.scale_by_rule`.
     matrices: each leaf's matrix view, as in :func:`scale_by_muon` (every
       leaf needs one); the output neurons are every axis but its fan-in.
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
@@ -234,8 +234,8 @@ def normuon(
     mu_dtype: dtype of the stored first moments, Muon's momentum and
       AdamW's $m$ (optax's ``mu_dtype``: the arithmetic stays in at least
       float32, only the stored copy is rounded); None: the params'.
-    state_dtype: dtype of the per-neuron statistics (None: float32 for
-      bf16/f16 params, else the params').
+    state_dtype: dtype of the per-neuron statistics; the engine's shared
+      argument, see :func:`optax_neuronlr.scale_by_rule`.
     adam_learning_rate: AdamW's rate; None: ``learning_rate``.
     b1: AdamW's first-moment decay, in ``[0, 1)``.
     b2: AdamW's second-moment decay, in ``[0, 1)``.

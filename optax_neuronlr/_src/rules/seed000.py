@@ -139,20 +139,15 @@ def scale_by_grad_magnitude_lr(
   code (a test pins that direction). Over a long run every unit drifts up to
   ``max_lr``: keep ``max_lr`` modest.
 
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  and ``direction``: the engine's shared arguments, see
+  :func:`optax_neuronlr.scale_by_rule`.
+
   Args:
     learning_rate: initial (base) rate $\eta$, a number or an optax schedule.
     alpha: growth per unit of mean absolute gradient, ``>= 0``.
-    min_lr: lower clamp of every unit's rate, ``>= 0``.
-    max_lr: upper clamp, ``>= min_lr`` (``inf`` disables it).
-    granularity: the units: ``"element"`` (the reference), ``"neuron"``,
-      ``"tensor"``, ``"global"`` or per-leaf specs; see
-      :func:`optax_neuronlr.scale_by_rule`.
-    neuron_axes: neuron axes for ``granularity="neuron"``; see
-      :func:`optax_neuronlr.scale_by_rule`.
-    state_dtype: dtype of the per-unit rates; None: the leaf's dtype
-      (float32 for bf16/f16 leaves).
-    direction: optax transform whose output the rates scale (e.g.
-      ``optax.scale_by_adam()``); None scales the gradient itself.
+    granularity: the units; ``"element"``, the default, is the reference's.
+    state_dtype: dtype of the per-unit rates.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` returning ``+lr * d``.
@@ -196,18 +191,17 @@ def scale_by_grad_history_lr(
   ``bias_correction=True`` and a ``max_lr`` suited to the model, and watch the
   clamp fractions of :func:`optax_neuronlr.rate_summary`.
 
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  and ``direction``: the engine's shared arguments, see
+  :func:`optax_neuronlr.scale_by_rule`.
+
   Args:
     learning_rate: base rate $\eta$, a number or an optax schedule.
     beta: EMA decay in ``[0, 1)``.
     eps: added to the EMA before inverting, ``> 0``.
-    min_lr: lower clamp of every unit's rate, ``>= 0``.
-    max_lr: upper clamp, ``>= min_lr`` (``inf`` disables it).
     bias_correction: divide the EMA by $1 - \beta^t$ (not in the reference);
       a static option.
-    granularity: the units; see :func:`optax_neuronlr.scale_by_rule`.
-    neuron_axes: neuron axes; see :func:`optax_neuronlr.scale_by_rule`.
-    state_dtype: dtype of the EMA; None keeps the leaf's (float32 for half).
-    direction: optax transform whose output the rates scale; None = gradient.
+    state_dtype: dtype of the EMA.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` returning ``+lr * d``.
@@ -256,19 +250,18 @@ def scale_by_sign_consistency_lr(
   it oscillated. At neuron granularity $s$ is the mean sign over the fan-in.
   The reference calls ``sign_beta`` ``sign_memory``.
 
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  and ``direction``: the engine's shared arguments, see
+  :func:`optax_neuronlr.scale_by_rule`.
+
   Args:
     learning_rate: base rate $\eta$, a number or an optax schedule.
     beta: decay of the magnitude EMA, in ``[0, 1)``.
     sign_beta: decay of the sign EMA, in ``[0, 1)``.
     eps: added to the magnitude EMA before inverting, ``> 0``.
-    min_lr: lower clamp of every unit's rate, ``>= 0``.
-    max_lr: upper clamp, ``>= min_lr`` (``inf`` disables it).
     bias_correction: debias both EMAs as Adam does (not in the reference); a
       static option.
-    granularity: the units; see :func:`optax_neuronlr.scale_by_rule`.
-    neuron_axes: neuron axes; see :func:`optax_neuronlr.scale_by_rule`.
-    state_dtype: dtype of the EMAs; None keeps the leaf's (float32 for half).
-    direction: optax transform whose output the rates scale; None = gradient.
+    state_dtype: dtype of the EMAs.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` returning ``+lr * d``.

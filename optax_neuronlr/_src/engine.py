@@ -66,12 +66,6 @@ from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rule_state import RuleState  # pylint: disable=unused-import
 
-# Readers of rule states, kept here for the modules that read them through the
-# engine (their home is rule_state).
-is_rule_state = rule_state.is_rule_state
-rule_of = rule_state.rule_of
-applied_scalars = rule_state.applied_scalars
-
 Hyper = Mapping[str, jax.Array]
 Stats = dict[str, jax.Array]
 ENGINE_SCALARS = rule_checks.ENGINE_SCALARS
@@ -356,8 +350,8 @@ def rates_of(state: Any) -> Any:
   A tree shaped like the parameters' units. Before the first update every unit
   shows ``clip(learning_rate, min_lr, max_lr)``.
   """
-  rule = rule_of(state)
-  hp = applied_scalars(state)
+  rule = rule_state.rule_of(state)
+  hp = rule_state.applied_scalars(state)
   count = state.count
   names = rule.unit_stats or rule.element_stats
   if not names:

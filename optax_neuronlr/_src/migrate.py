@@ -42,6 +42,7 @@ import optax
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import hyperparams as hyperparams_lib
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import rule_state
 from optax_neuronlr._src import validation
 
 
@@ -132,7 +133,7 @@ class _Walk:
     for key, child in old_children.values():
       self.drop(child, (*where, key), labels, resetting)
     merged = treedef.unflatten(out)
-    if not resetting and engine.is_rule_state(merged) and type(merged).is_global:
+    if not resetting and rule_state.is_rule_state(merged) and type(merged).is_global:
       merged = _keep_global(merged, old)
     return merged
 
@@ -159,7 +160,7 @@ def _keep_global(merged: Any, old: Any) -> Any:
   leaf starts from the rule's ``init``, so without this its fresh copy would
   replace the learned value whenever its path sorts first. Every leaf takes
   the old state's value instead."""
-  rule = engine.rule_of(merged)
+  rule = rule_state.rule_of(merged)
   fields = {}
   for name in rule.unit_stats:
     old_leaves = jax.tree.leaves(getattr(old, name))

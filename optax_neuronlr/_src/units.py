@@ -38,9 +38,6 @@ from optax_neuronlr._src import paths as paths_lib
 GRANULARITIES: tuple[str, ...] = ("element", "neuron", "tensor", "global")
 LEAF_UNITS: tuple[str, ...] = ("element", "neuron", "tensor")
 
-# Kept only for engine.py and sharding.py (``units_lib.path_str``) until they
-# import paths.path_str; everything else imports it from paths.
-path_str = paths_lib.path_str
 
 
 def _as_int(value: Any, what: str) -> int:

@@ -330,7 +330,8 @@ def test_python_float_leaves():
   grads = {"w": 0.5, "v": jnp.full((3, 2), 0.5)}
   for tx in (nlr.grad_history_lr(1e-2, granularity="neuron"),
              nlr.sign_consistency_lr(1e-2, direction=optax.scale_by_adam()),
-             nlr.adam_mini(1e-3, weight_decay=0.1), nlr.scale_sgd(1e-3, head=False),
+             nlr.adam_mini(1e-3, weight_decay=0.1, on_unrecognised="ignore"),
+             nlr.scale_sgd(1e-3, head=False),
              nlr.sgd_hd(0.1, 0.01), nlr.muon(1e-3), nlr.normuon(1e-3),
              nlr.rule_transform(InverseRMS)(1e-2),
              nlr.param_groups(optax.adam, [{"params": "w", "lr": 1e-2},

@@ -416,3 +416,22 @@ def test_scale_by_rule_fills_declared_defaults():
   jax.tree.map(np.testing.assert_array_equal, a, b)
   with pytest.raises(ValueError, match="unknown"):
     nlr.scale_by_rule(rule, 1e-3, {"betta": 0.9})
+
+
+def test_range_check_with_validation_helpers_runs_under_inject_and_jit():
+  """CONTRIBUTING's recipe: check_hyperparams with validation helpers and
+  allow_none (a traced value arrives as None)."""
+  from optax_neuronlr._src import validation
+
+  @dataclasses.dataclass(frozen=True)
+  class Checked(InverseRMS):
+    def check_hyperparams(self, values):
+      validation.check_beta("beta", values["beta"], allow_none=True)
+
+  with pytest.raises(ValueError, match="beta"):
+    nlr.rule_transform(Checked)(1e-3, beta=1.5)
+  tx = optax.inject_hyperparams(nlr.rule_transform(Checked))(1e-3, beta=0.9)
+  params = {"w": jnp.ones((4, 3))}
+  update = jax.jit(tx.update)
+  u, _ = update({"w": jnp.full((4, 3), 0.1)}, tx.init(params), params)
+  assert np.all(np.isfinite(u["w"]))

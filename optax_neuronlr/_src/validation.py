@@ -222,9 +222,11 @@ def check_rate(name: str, value: Any, *, allow_schedule: bool = True) -> Optiona
   return check_range(name, value, low=0.0, allow_schedule=allow_schedule)
 
 
-def check_beta(name: str, value: Any) -> Optional[Number]:
-  """An EMA decay in ``[0, 1)``."""
-  return check_range(name, value, low=0.0, high=1.0, high_open=True)
+def check_beta(name: str, value: Any, *, allow_none: bool = False) -> Optional[Number]:
+  """An EMA decay in ``[0, 1)`` (``allow_none``: None, a traced value in a
+  rule's ``check_hyperparams``, is left unchecked)."""
+  return check_range(name, value, low=0.0, high=1.0, high_open=True,
+                     allow_none=allow_none)
 
 
 def check_clamps(min_lr: Any, max_lr: Any) -> None:

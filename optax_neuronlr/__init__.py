@@ -57,6 +57,7 @@ from optax_neuronlr._src.rules.neuron_norm import scale_sgd
 from optax_neuronlr._src.rules.neuron_norm import scale_sgd_labels
 from optax_neuronlr._src.rules.neuron_norm import ScaleByNeuronNormState
 from optax_neuronlr._src.rules.normuon import NorMuon
+from optax_neuronlr._src.rules.normuon import ScaleByNorMuonState
 from optax_neuronlr._src.rules.normuon import normuon
 from optax_neuronlr._src.rules.normuon import scale_by_normuon
 from optax_neuronlr._src.rules.seed000 import grad_history_lr
@@ -112,6 +113,7 @@ __all__ = (
     "NeuronNorm",
     "Neurons",
     "NorMuon",
+    "ScaleByNorMuonState",
     "OptimizerLayout",
     "ParamGroups",
     "RateRecord",

@@ -90,6 +90,10 @@ class NorMuon(engine.Rule):
     return hp["learning_rate"] * stats["gain"] / (jnp.sqrt(stats["v"]) + hp["eps"])
 
 
+# The rule's state class, for isinstance checks (``nlr.ScaleByNorMuonState``).
+ScaleByNorMuonState = NorMuon().state_class()
+
+
 def scale_by_normuon(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float = 0.95,

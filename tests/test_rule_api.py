@@ -12,25 +12,15 @@ import optax
 import pytest
 
 import optax_neuronlr as nlr
+from tests import registry
 
 
 @dataclasses.dataclass(frozen=True)
-class InverseRMS(nlr.Rule):
-  """rate = lr / (sqrt(EMA of the unit's mean g^2) + eps)."""
+class InverseRMS(registry.InverseRMS):
+  """The registry's user rule with declared defaults and a static option."""
 
   centered: bool = False
-  unit_stats = ("ms",)
   hyperparams = {"beta": 0.9, "eps": 1e-8}
-
-  def observe(self, g, d, elements, hp):
-    return (g * g,)
-
-  def update(self, stats, observed, hp, prev_hp, count):
-    b = hp["beta"]
-    return {"ms": b * stats["ms"] + (1 - b) * observed[0]}
-
-  def rate(self, stats, hp, count):
-    return hp["learning_rate"] / (jnp.sqrt(stats["ms"]) + hp["eps"])
 
 
 HP = {"beta": 0.9, "eps": 1e-8}

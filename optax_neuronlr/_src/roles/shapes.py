@@ -139,8 +139,7 @@ def batch_of(keys: list[str], shape: tuple[int, ...], stacks: int) -> tuple[
   roles = (k.STACK,) * stacks
   note = None
   if stacks:
-    note = (f"stack axis {', '.join(map(str, batch))} found by shape (shared by every leaf "
-            "of its module); axis_names= says it for sure")
+    note = "stack axis by shape (axis_names= says it for sure)"
   if expert_axis(keys, len(shape) - stacks):
     batch += (stacks,)
     roles += (k.EXPERT,)

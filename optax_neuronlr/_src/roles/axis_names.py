@@ -24,7 +24,7 @@ low-rank dimensions), ``"heads"``, ``"head_dim"``, ``"joined_heads"``
 
 | axis roles | kind | fan-in; output |
 | --- | --- | --- |
-| ``(norm,)`` | ``norm_scale`` | - |
+| ``(norm,)``, or one axis of a leaf named ``scale`` [2] | ``norm_scale`` | - |
 | any other single axis; ``(heads, head_dim)`` | ``bias`` | - |
 | ``(vocab, embed)`` | ``embedding`` | - |
 | ``(..., vocab)`` | ``head`` | ``(...; vocab)`` |
@@ -38,6 +38,8 @@ low-rank dimensions), ``"heads"``, ``"head_dim"``, ``"joined_heads"``
 [1] Which of the three is read from the module's name (``query``, ``k_proj``,
 ``wv``, ...); failing that, a ``kv_heads`` axis makes a key and any other a
 query (units per head for both).
+[2] Axis names cannot tell a bias from a scale: a leaf named ``bias`` is a
+bias whatever its axis' name.
 
 A leaf whose names are all None (an unannotated ``LayerNorm``) or partly
 None is read from its path and shape instead, and the table says so.
@@ -104,16 +106,15 @@ def _is_names(x: Any) -> bool:
 
 
 def _entry(x: Any) -> Any:
-  while not _is_names(x) and hasattr(x, "value"):  # an nnx Variable left whole
-    x = x.value
+  """An entry of the names tree; a Variable object left whole gives its value."""
+  if not _is_names(x) and hasattr(x, "get_value"):
+    x = x.get_value()
   return x
 
 
 def names_by_path(axis_names: Any) -> dict[str, Any]:
   """``{path: per-axis names}`` of an ``axis_names`` tree."""
-  flat = jax.tree_util.tree_flatten_with_path(
-      axis_names, is_leaf=lambda x: _is_names(x) or hasattr(x, "value")
-      and not isinstance(x, jax.Array))[0]
+  flat = jax.tree_util.tree_flatten_with_path(axis_names, is_leaf=_is_names)[0]
   out = {}
   for path, x in flat:
     x = _entry(x)
@@ -194,7 +195,10 @@ def _core(keys, shape, roles, names, num_heads, num_kv_heads) -> Core:
     return Core(k.OTHER, (), source=src, decays=False, reason="a 0-d leaf")
   last = (n - 1,)
   if n == 1:
-    return Core(k.NORM_SCALE if roles == (NORM,) else k.BIAS, last, source=src)
+    # Axis names cannot tell a bias from a scale: the leaf's name does.
+    leaf = keys[-1].lower() if keys else ""
+    scale = leaf != "bias" and (roles == (NORM,) or leaf == "scale")
+    return Core(k.NORM_SCALE if scale else k.BIAS, last, source=src)
   if roles == (HEADS, HEAD_DIM):
     return Core(k.BIAS, (0, 1), source=src)
   if roles == (VOCAB, EMBED):

@@ -96,6 +96,7 @@ def scale_by_neuron_norm(
     *,
     granularity: Any = "neuron",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -118,7 +119,7 @@ def scale_by_neuron_norm(
   reference does for embeddings), a 1-D leaf per element (sign descent: each
   element's $|d| / \rho = 1$).
 
-  ``granularity``, ``neuron_axes``, ``state_dtype`` and ``direction``: the
+  ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype`` and ``direction``: the
   engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
 
   Args:
@@ -137,7 +138,7 @@ def scale_by_neuron_norm(
   validation.check_range("eps", eps, low=0.0, low_open=True)
   return engine.scale_by_rule(
       NeuronNorm(), learning_rate, {"eps": eps}, granularity=granularity,
-      neuron_axes=neuron_axes, state_dtype=state_dtype, direction=direction)
+      neuron_axes=neuron_axes, axis_names=axis_names, state_dtype=state_dtype, direction=direction)
 
 
 def neuron_norm_sgd(
@@ -146,6 +147,7 @@ def neuron_norm_sgd(
     *,
     granularity: Any = "neuron",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -156,7 +158,7 @@ def neuron_norm_sgd(
   (1-D leaves per element, i.e. sign descent, at the default units); for a
   transformer use :func:`scale_sgd`, which trains vectors with AdamW.
 
-  ``granularity``, ``neuron_axes``, ``state_dtype`` and ``direction``: the
+  ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype`` and ``direction``: the
   engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
 
   Args:
@@ -175,7 +177,7 @@ def neuron_norm_sgd(
   validation.check_rate("learning_rate", learning_rate)
   return optax.chain(
       scale_by_neuron_norm(learning_rate, eps, granularity=granularity,
-                           neuron_axes=neuron_axes, state_dtype=state_dtype,
+                           neuron_axes=neuron_axes, axis_names=axis_names, state_dtype=state_dtype,
                            direction=direction),
       optax.scale(-1.0))
 

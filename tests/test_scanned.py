@@ -169,3 +169,19 @@ def test_experts_by_module_name():
   assert wi.batch_axes == (0,) and wi.batch_roles == ("expert",)
   assert wi.kind == "mlp" and wi.matrix.shapes(wi.shape) == (4, 8, 16) and wi.hidden
   assert by["moe/gate/kernel"].batch_axes == () and by["moe/gate/kernel"].kind == "mlp"
+
+
+@pytest.mark.parametrize("make", sorted(OPTIMIZERS))
+def test_a_stack_found_by_shape_warns_once(linen_twins, make):
+  """Without axis names the stack axis is a guess: one warning per optimizer naming
+  the leaves and the fix; with names, none."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  params, names, _, _ = linen_twins
+  tx = OPTIMIZERS[make](None)
+  with pytest.warns(UserWarning, match=r"(?s)by their shapes.*blocks/fc/kernel.*axis_names="):
+    state = tx.init(params)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tx.update(params, state, params)
+    tx.init(params)
+    OPTIMIZERS[make](names).init(params)

@@ -63,6 +63,7 @@ from optax_neuronlr._src import paths
 from optax_neuronlr._src import rule_checks
 from optax_neuronlr._src import rule_state
 from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src import user_warnings
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.roles import kinds as roles_kinds
 from optax_neuronlr._src.roles import layout as roles_layout
@@ -456,7 +457,16 @@ def _default_neuron_axes(granularity: Any, neuron_axes: Any, axis_names: Any) ->
     return lambda tree: by_path
   if not neuron:
     return None
-  return lambda tree: roles_layout.default_neuron_axes(tree, axis_names=axis_names)
+  warner = user_warnings.OnceWarner()
+
+  def default_axes(tree):
+    layout = roles_layout.model_layout(tree, axis_names=axis_names)
+    guessed = [l for l in layout.leaves if l.source == "shape" and l.batch_axes]
+    warner.warn([l.path for l in guessed],
+                user_warnings.guess_message("granularity='neuron'", guessed))
+    return roles_layout.default_neuron_axes(tree, layout=layout)
+
+  return default_axes
 
 
 def scale_by_rule(

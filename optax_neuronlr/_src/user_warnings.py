@@ -56,3 +56,24 @@ class OnceWarner:
       return False
     warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
     return True
+
+
+GUESS_FIX = ("pass the model's axis names, axis_names=nn.get_partition_spec(variables)"
+             "['params'] (linen) or nnx.get_partition_spec(nnx.state(model, nnx.Param)) (NNX), "
+             "to read them from the model instead (nlr.model_layout(params).table() shows "
+             "every leaf)")
+
+
+def guess_message(who: str, roles: Iterable) -> str:
+  """A warning naming the leaves whose role a shape guess decided."""
+  roles = list(roles)
+  listing = "; ".join(f"'{r.path}' {r.shape}: {r.kind}" + (f" ({r.reason})" if r.reason else "")
+                      for r in roles)
+  return (f"{who} read {len(roles)} leaves by their shapes alone, and the guess changes "
+          f"its update: {listing}. If that is right, nothing to do; else {GUESS_FIX}.")
+
+
+def changed_by_guess(role) -> bool:
+  """Whether a shape guess changed a leaf's math beyond the plain reading: a stack
+  or expert axis found by shape, or the output head found by shape."""
+  return role.source == "shape" and (bool(role.batch_axes) or role.kind == "head")

@@ -371,21 +371,31 @@ class AutoBlocks:
       pass
     return result
 
+  def _layout_roles(self, tree: Any) -> tuple[k.LeafRole, ...]:
+    return layout_lib.model_layout(tree, num_heads=self.num_heads,
+                                   num_kv_heads=self.num_kv_heads,
+                                   axis_names=self.axis_names).leaves
+
   def __call__(self, tree: Any) -> Any:
     # A tree shaped like ``tree``: the engine then zips specs with leaves.
     specs = [l.spec for l in self.partition(tree).leaves]
     return jax.tree.structure(tree).unflatten(specs)
 
   def report(self, params: Any, on_unrecognised: str) -> None:
-    missing = self.partition(params).unrecognised
+    found = self.partition(params)
+    guessed = [l for l in self._layout_roles(params) if user_warnings.changed_by_guess(l)
+               and found.by_path()[l.path].recognised]
+    self._warner.warn([l.path for l in guessed],
+                      user_warnings.guess_message("adam_mini", guessed))
+    missing = found.unrecognised
     if on_unrecognised == "ignore" or not missing:
       return
     fix = ("a spec: blocks=functools.partial(nlr.adam_mini_blocks, overrides={path_regex: "
            "spec}); or on_unrecognised='ignore'")
     if on_unrecognised == "error":
       raise ValueError(unrecognised_message(missing, "adam_mini", fix))
-    new = self._warner.new(l.path for l in missing)
+    new = self._warner.new("unrecognised:" + l.path for l in missing)
     if new:
-      fresh = [l for l in missing if l.path in new]
+      fresh = [l for l in missing if "unrecognised:" + l.path in new]
       warnings.warn(unrecognised_message(fresh, "adam_mini", fix), UserWarning,
                     stacklevel=user_warnings.user_stacklevel())

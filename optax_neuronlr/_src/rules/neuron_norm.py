@@ -248,6 +248,7 @@ class _Partition:
     self._cache: dict = {}
     self._units: dict[str, Any] = {}
     self._warned = False
+    self._warner = user_warnings.OnceWarner()
 
   def _layout(self, tree: Any) -> tuple[Any, dict[str, Any]]:
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -278,6 +279,10 @@ class _Partition:
     return treedef.unflatten([self._units[p] for p in paths])
 
   def report(self, params: Any) -> None:
+    layout = layout_lib.model_layout(params, head=self.head, axis_names=self.axis_names)
+    guessed = [l for l in layout.leaves if user_warnings.changed_by_guess(l)]
+    self._warner.warn([l.path for l in guessed],
+                      user_warnings.guess_message("scale_sgd", guessed))
     if self.head is not None or self._warned:
       return
     if HEAD not in jax.tree.leaves(self.labels(params)):

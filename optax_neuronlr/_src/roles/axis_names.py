@@ -84,6 +84,11 @@ AXIS_ROLES: dict[str, str] = {
     "norm": NORM,
     "conv_window": SPATIAL, "kernel_size": SPATIAL,
 }
+"""Logical axis names and their roles: the names of Flax's examples (lm1b, wmt),
+MaxText and NNX's transforms (``layers``, ``stage``, ``exp``, ``vocab``,
+``embed``, ``mlp``, ``heads``, ``q_heads``, ``kv_heads``, ``kv``,
+``joined_kv``, ``norm``, ...). ``activation_<x>`` takes the role of ``<x>``.
+Extend it per call with ``model_layout(..., axis_roles={"my_axis": "stack"})``."""
 
 
 def check_axis_roles(axis_roles: Any) -> dict[str, str]:

@@ -179,7 +179,8 @@ def model_layout(
       continue
     batch, batch_roles, note = batches[i]
     core_shape = cores[i][1]
-    core = names_lib.classify(keys, core_shape, context, is_head, num_heads, num_kv_heads)
+    core = names_lib.classify(keys, core_shape, context, is_head, num_heads, num_kv_heads,
+                              expert=k.EXPERT in batch_roles)
     source = core.source
     if is_head:
       source = head_source

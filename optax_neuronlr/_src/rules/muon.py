@@ -47,17 +47,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_neuronlr._src import engine
 from optax_neuronlr._src import model_layout as layout_lib
 from optax_neuronlr._src import paths as paths_lib
-from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.model_layout import MatrixView
+from optax_neuronlr._src.newton_schulz import (  # noqa: F401  (old import paths)
+    NS_COEFFS,
+    check_ns_mesh,
+    newton_schulz,
+    orthogonalise,
+    orthogonalise_on_owners,
+)
 from optax_neuronlr._src.rules import moments
 
 HIDDEN = "hidden"
 ADAMW = "adamw"
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 class ScaleByMuonState(NamedTuple):
@@ -163,153 +167,6 @@ def shape_scale(view: MatrixView, shape: Sequence[int]) -> float:
   r"""Muon's factor $\sqrt{\max(1, n_{out} / n_{in})}$ of one matrix of the view."""
   _, fan_in, fan_out = view.shapes(tuple(shape))
   return math.sqrt(max(1.0, fan_out / fan_in))
-
-
-def _to_matrices(x: jax.Array, view: MatrixView):
-  """``x`` as a ``(matrices, fan_in, fan_out)`` stack, and the inverse map."""
-  shape = x.shape
-  red, out, axis_of_block = list(view.reduction_axes), list(view.output_axes), None
-  if view.blocks is not None:
-    a, n = view.blocks
-    x = x.reshape(shape[:a] + (n, shape[a] // n) + shape[a + 1:])
-    shift = lambda ax: ax if ax < a else ax + 1
-    red, out = [shift(ax) for ax in red], [shift(ax) for ax in out]
-    axis_of_block = a
-  split_shape = x.shape
-  used = set(red) | set(out) | ({axis_of_block} if axis_of_block is not None else set())
-  batch = [ax for ax in range(x.ndim) if ax not in used]
-  if axis_of_block is not None:
-    batch.append(axis_of_block)
-  perm = batch + red + out
-  fan_in = math.prod(split_shape[ax] for ax in red)
-  fan_out = math.prod(split_shape[ax] for ax in out)
-  moved = jnp.transpose(x, perm)
-  stack = moved.reshape(-1, fan_in, fan_out)
-  inverse = [perm.index(ax) for ax in range(len(perm))]
-
-  def back(y):
-    return jnp.transpose(y.reshape(moved.shape), inverse).reshape(shape)
-
-  return stack, back
-
-
-def newton_schulz(
-    x: jax.Array, ns_steps: Any = 5, ns_coeffs: Sequence[float] = NS_COEFFS,
-    eps: Any = 1e-7,
-) -> jax.Array:
-  r"""Quintic Newton-Schulz orthogonalisation of a stack of matrices.
-
-  ``x`` is ``(..., fan_in, fan_out)`` (Flax orientation; a PyTorch weight is
-  its transpose). Each matrix is divided by its Frobenius norm plus ``eps``
-  and iterated ``ns_steps`` times, $X \leftarrow a X + (b A + c A^2) X$ with
-  $A = X X^\top$ ($X X^H$ for complex matrices, whose polar factor it
-  then approaches), on the orientation with the smaller Gram matrix (as the
-  references: PyTorch's ``(out, in)`` weight, transposed when
-  ``out > in``). Computed in ``x``'s dtype; ``ns_steps`` may be traced.
-  """
-  a, b, c = (jnp.asarray(k, x.dtype) for k in ns_coeffs)
-  adjoint = lambda m: jnp.conj(jnp.swapaxes(m, -1, -2))
-  fan_in, fan_out = x.shape[-2:]
-  flip = fan_out <= fan_in  # the PyTorch weight (out, in) itself: rows = fan_out
-  if flip:
-    x = jnp.swapaxes(x, -1, -2)
-  norm = jnp.sqrt(jnp.sum(engine.abs_sq(x), axis=(-2, -1), keepdims=True))
-  x = x / (norm + jnp.asarray(eps, x.dtype))
-
-  def body(_, x):
-    gram = x @ adjoint(x)
-    poly = b * gram + c * (gram @ gram)
-    return a * x + poly @ x
-
-  x = jax.lax.fori_loop(0, ns_steps, body, x)
-  return jnp.swapaxes(x, -1, -2) if flip else x
-
-
-def orthogonalise(
-    x: jax.Array, view: MatrixView, *, ns_steps: Any = 5,
-    ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
-) -> jax.Array:
-  """Newton-Schulz of each matrix of ``x`` under ``view`` (batch axes and blocks
-  each a matrix), in ``ns_dtype`` (None: ``x``'s dtype); returns ``x``'s dtype."""
-  spec = units_lib.explicit_spec(x)
-  sharded = spec is not None and any(a is not None for a in spec)
-  if sharded:
-    # Newton-Schulz needs each whole matrix: on an explicit-sharding mesh the
-    # leaf is gathered (one all-gather of its size), orthogonalised on every
-    # device, and each device keeps its shard of the result.
-    replicated = units_lib.on_mesh_of(x, ())
-    x = jax.sharding.reshard(x, replicated)
-  stack, back = _to_matrices(x, view)
-  dtype = x.dtype if ns_dtype is None else engine.element_dtype(x.dtype, ns_dtype)
-  o = newton_schulz(stack.astype(dtype), ns_steps, ns_coeffs, eps)
-  out = back(o.astype(x.dtype))
-  if sharded:
-    out = jax.sharding.reshard(out, units_lib.on_mesh_of(out, spec))
-  return out
-
-
-def check_ns_mesh(ns_mesh: Any) -> None:
-  if ns_mesh is not None and not isinstance(
-      ns_mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
-    raise TypeError("ns_mesh must be None or a jax.sharding.Mesh (or AbstractMesh), got "
-                    f"{type(ns_mesh).__name__} {ns_mesh!r}.")
-
-
-def orthogonalise_on_owners(
-    xs: Sequence[jax.Array], views: Sequence[MatrixView], mesh: Any, *, ns_steps: Any = 5,
-    ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
-) -> list[jax.Array]:
-  r"""Newton-Schulz of every matrix of ``xs``, each whole matrix on one device.
-
-  The layout of distributed Muon implementations: instead of gathering each
-  sharded matrix onto every device and orthogonalising it everywhere, the
-  matrices of one shape (every leaf's matrices under its view, batch axes and
-  blocks included) are stacked, the stack is sharded over all of ``mesh``'s
-  devices along its matrix axis (whole matrices dealt round-robin to their
-  owners, zero matrices padding the stack to a multiple of the device
-  count), each device runs Newton-Schulz on the matrices it owns, and the
-  results go back to the leaves' own shardings. The communication is a
-  re-layout of the stack there and back (XLA: all-to-all or a gather to the
-  owner and a slice back) instead of one all-gather of each matrix onto every
-  device, and each device computes ``1 / devices`` of the Newton-Schulz work.
-  Equal to :func:`orthogonalise` of each leaf up to float rounding.
-
-  For automatic sharding (a mesh of ``AxisType.Auto`` axes, ``jax.jit``
-  with shardings): the placement is a ``with_sharding_constraint``.
-  """
-  if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types) or any(
-      units_lib.explicit_spec(x) is not None for x in xs):
-    raise ValueError(
-        "ns_mesh is for automatic sharding (a mesh of AxisType.Auto axes and jax.jit "
-        "with shardings); on an explicit-sharding mesh leave ns_mesh=None.")
-  stacks = [_to_matrices(x, view) for x, view in zip(xs, views)]
-  groups: dict[tuple, list[int]] = {}
-  for i, (stack, _) in enumerate(stacks):
-    dtype = stack.dtype if ns_dtype is None else jnp.dtype(ns_dtype)
-    groups.setdefault((stack.shape[1:], jnp.dtype(dtype).name), []).append(i)
-  owners = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names), None, None))
-  n = math.prod(mesh.axis_sizes)
-  out: list[Any] = [None] * len(xs)
-  for (_, dtype), members in groups.items():
-    parts = [stacks[i][0].astype(dtype) for i in members]
-    sizes = [p.shape[0] for p in parts]
-    total = sum(sizes)
-    pad = -total % n
-    if pad:
-      parts.append(jnp.zeros((pad,) + parts[0].shape[1:], dtype))
-    big = _place(jnp.concatenate(parts, axis=0), owners)
-    o = _place(newton_schulz(big, ns_steps, ns_coeffs, eps), owners)
-    start = 0
-    for i, size in zip(members, sizes):
-      back = stacks[i][1]
-      out[i] = back(o[start:start + size].astype(xs[i].dtype))
-      start += size
-  return out
-
-
-def _place(x: jax.Array, sharding: Any) -> jax.Array:
-  return jax.lax.with_sharding_constraint(x, sharding)
 
 
 # --------------------------------------------------------------------------

@@ -64,6 +64,8 @@ from optax_neuronlr._src import rule_checks
 from optax_neuronlr._src import rule_state
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.roles import kinds as roles_kinds
+from optax_neuronlr._src.roles import layout as roles_layout
 from optax_neuronlr._src.rule_state import RuleState  # pylint: disable=unused-import
 
 Hyper = Mapping[str, jax.Array]
@@ -436,6 +438,27 @@ class LeafStep(NamedTuple):
   observed: tuple[jax.Array, ...]
 
 
+def _default_neuron_axes(granularity: Any, neuron_axes: Any, axis_names: Any) -> Any:
+  """``tree -> {path: axes}``: the layout's neuron axes, the defaults of
+  ``granularity="neuron"`` (a ``ModelLayout`` as ``neuron_axes`` is read by path)."""
+  neuron = isinstance(granularity, str) and granularity == "neuron"
+  if axis_names is not None and not neuron:
+    raise ValueError(f"axis_names is given but granularity={granularity!r} ignores it; "
+                     "it sets the default neuron axes of granularity='neuron'.")
+  if isinstance(neuron_axes, roles_kinds.ModelLayout):
+    if not neuron:
+      raise ValueError(f"neuron_axes is given but granularity={granularity!r} ignores it; "
+                       "use granularity='neuron'.")
+    if axis_names is not None:
+      raise ValueError("axis_names and a ModelLayout as neuron_axes are both given; the "
+                       "layout already holds the names: pass one.")
+    by_path = {l.path: l.neuron_axes for l in neuron_axes.leaves}
+    return lambda tree: by_path
+  if not neuron:
+    return None
+  return lambda tree: roles_layout.default_neuron_axes(tree, axis_names=axis_names)
+
+
 def scale_by_rule(
     rule: Rule,
     learning_rate: optax.ScalarOrSchedule = 1.0,
@@ -449,6 +472,7 @@ def scale_by_rule(
     direction: Optional[optax.GradientTransformation] = None,
     leaf_info: Any = None,
     reduce: Optional[str] = None,
+    axis_names: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``rule`` per unit; returns ``+rate * d``.
 
@@ -485,7 +509,12 @@ def scale_by_rule(
       leaf's output axes as :func:`optax_neuronlr.model_layout` reads them:
       both head axes of a ``(d, heads, head_dim)`` query/key/value kernel
       and bias (``heads * head_dim`` neurons), else the last axis
-      (Flax ``(in, out)`` kernels); ``0`` for PyTorch ``(out, in)`` weights. Under ``optax.inject_hyperparams`` list a
+      (Flax ``(in, out)`` kernels), with the stack and expert axes of a
+      scanned or mixture-of-experts leaf (units per layer); ``0`` for PyTorch
+      ``(out, in)`` weights; or a :class:`~optax_neuronlr.ModelLayout`
+      (``nlr.model_layout(full_params, axis_names=...)``): its neuron axes,
+      read by path, so that a wrapper's masked tree (``multi_transform``)
+      keeps the full tree's layout. Under ``optax.inject_hyperparams`` list a
       callable here in ``static_args``.
     state_dtype: dtype of the statistics (a floating dtype), or None: float32
       for bf16/f16 leaves, else the leaf's own dtype.
@@ -494,6 +523,10 @@ def scale_by_rule(
     leaf_info: static per-leaf values for :meth:`Rule.update_leaf` (as
       :attr:`LeafContext.info`): None, a pytree with the structure of the
       params (one value per leaf), or a callable ``params -> pytree``.
+    axis_names: only with ``granularity="neuron"``: the model's logical axis
+      names (``nn.get_partition_spec`` / ``nnx.get_partition_spec``, see
+      :func:`optax_neuronlr.model_layout`), from which the default neuron
+      axes are read.
     reduce: how each quantity of :meth:`Rule.observe` is reduced over a unit,
       ``"mean"`` or ``"sum"``; None (default): the rule's ``reduce``. A static
       option (under ``optax.inject_hyperparams`` a string stays static).
@@ -524,6 +557,9 @@ def scale_by_rule(
   validation.check_dtype("state_dtype", state_dtype)
   for name, value in (("granularity", granularity), ("leaf_info", leaf_info)):
     validation.check_static(name, value, example="nlr.scale_by_rule")
+  default_axes = _default_neuron_axes(granularity, neuron_axes, axis_names)
+  if isinstance(neuron_axes, roles_kinds.ModelLayout):
+    neuron_axes = None
   units_lib.check_granularity(granularity, neuron_axes)
   is_global = isinstance(granularity, str) and granularity == "global"
   if is_global and rule.leaf_stats:
@@ -549,7 +585,8 @@ def scale_by_rule(
     )
 
   def init_fn(params):
-    layouts, treedef = units_lib.tree_layouts(params, granularity, neuron_axes)
+    layouts, treedef = units_lib.tree_layouts(params, granularity, neuron_axes,
+                                               default_axes)
     hp = step_scalars(lr_at(jnp.zeros([], jnp.int32)))
     leaves = [_as_array(leaf) for leaf in treedef.flatten_up_to(params)]
     dtypes = [stat_dtype(leaf.dtype, state_dtype) for leaf in leaves]
@@ -598,7 +635,8 @@ def scale_by_rule(
     count = optax.safe_increment(state.count)
     hp = step_scalars(lr_at(state.count))
     prev_hp = dict(zip(names, state.applied))
-    layouts, treedef = units_lib.tree_layouts(updates, granularity, neuron_axes)
+    layouts, treedef = units_lib.tree_layouts(updates, granularity, neuron_axes,
+                                               default_axes)
     _check_shapes(layouts, treedef, state, rule, is_global)
     grads = [_as_array(g) for g in treedef.flatten_up_to(updates)]
     leaf_paths = _paths(treedef)

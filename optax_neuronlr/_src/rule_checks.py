@@ -37,7 +37,8 @@ REDUCTIONS = ("mean", "sum")
 # Keyword arguments of scale_by_rule and of the transforms rule_transform
 # builds: a hyperparameter or option may not take these names.
 ENGINE_ARGS = ENGINE_SCALARS + (
-    "granularity", "neuron_axes", "state_dtype", "direction", "leaf_info", "reduce")
+    "granularity", "neuron_axes", "state_dtype", "direction", "leaf_info", "reduce",
+    "axis_names")
 _RESERVED_STATS = ("count", "applied", "direction_state")
 _DECLARED = ("unit_stats", "element_stats", "leaf_stats")
 

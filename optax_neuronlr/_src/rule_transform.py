@@ -79,6 +79,7 @@ def _signature(cls: type, options: dict[str, Any]) -> inspect.Signature:
       _P("state_dtype", _P.KEYWORD_ONLY, default=None),
       _P("direction", _P.KEYWORD_ONLY, default=None),
       _P("leaf_info", _P.KEYWORD_ONLY, default=None),
+      _P("axis_names", _P.KEYWORD_ONLY, default=None),
   ]
   return inspect.Signature(
       params, return_annotation="optax.GradientTransformationExtraArgs")
@@ -103,7 +104,7 @@ def _doc(cls: type, name: str, alias: bool) -> str:
       "be changed at run time through ``optax.inject_hyperparams``), ``min_lr`` and "
       "``max_lr`` (the clamp), the rule's static options (its dataclass fields), and "
       "the engine's ``reduce``, ``granularity``, ``neuron_axes``, ``state_dtype``, "
-      "``direction`` and ``leaf_info`` (see :func:`optax_neuronlr.scale_by_rule`).\n\n"
+      "``direction``, ``leaf_info`` and ``axis_names`` (see :func:`optax_neuronlr.scale_by_rule`).\n\n"
       f"{inspect.getdoc(cls) or ''}")
 
 
@@ -134,7 +135,7 @@ def rule_transform(
       scale_by_inverse_rms(learning_rate, beta=0.9, min_lr=0.0, max_lr=inf, *,
                            centered=False, reduce="mean", granularity="element",
                            neuron_axes=None, state_dtype=None, direction=None,
-                           leaf_info=None)
+                           leaf_info=None, axis_names=None)
 
   which builds ``nlr.scale_by_rule(InverseRMS(centered=...), learning_rate,
   {"beta": beta}, min_lr=..., ...)``. Hyperparameters declared without a

@@ -78,16 +78,21 @@ class Neurons:
 class Blocks:
   """``axis`` split into ``num_blocks`` equal contiguous blocks, one unit each.
 
-  Every other axis is reduced over, so each unit is a slab
-  ``x[..., b * size:(b + 1) * size, ...]`` of the leaf.
+  Every other axis but ``batch_axes`` is reduced over, so each unit is a slab
+  ``x[..., b * size:(b + 1) * size, ...]`` of the leaf (of one layer of a
+  stacked leaf: ``Blocks(2, heads, batch_axes=(0,))`` on a scanned
+  ``(layers, d, heads*head_dim)`` kernel is one unit per head per layer).
 
   Attributes:
     axis: the axis to split.
     num_blocks: how many blocks; must divide the axis' length.
+    batch_axes: axes kept whole, one set of blocks per index (the layers of
+      a scanned stack, experts); default none.
   """
 
   axis: int
   num_blocks: int
+  batch_axes: tuple[int, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "axis", _as_int(self.axis, "Blocks.axis"))
@@ -95,6 +100,9 @@ class Blocks:
     if n < 1:
       raise ValueError(f"Blocks.num_blocks must be >= 1, got {n}.")
     object.__setattr__(self, "num_blocks", n)
+    object.__setattr__(self, "batch_axes",
+                       _as_axes(self.batch_axes, "Blocks.batch_axes")
+                       if self.batch_axes != () else ())
 
 
 UnitSpec = Union[str, Neurons, Blocks]
@@ -278,10 +286,16 @@ def leaf_layout(shape: Sequence[int], spec: UnitSpec, where: str) -> Layout:
           f"Blocks({spec.axis}, {n}) for leaf '{where}' of shape {shape}: "
           f"axis {axis} of length {shape[axis]} does not split into {n} equal blocks."
       )
+    batch = _normalise_axes(spec.batch_axes, ndim, where) if spec.batch_axes else ()
+    if axis in batch:
+      raise ValueError(f"Blocks({spec.axis}, {n}) for leaf '{where}': the split axis is "
+                       f"also a batch axis {spec.batch_axes}.")
     view = shape[:axis] + (n, shape[axis] // n) + shape[axis + 1:]
-    reduce_axes = tuple(a for a in range(len(view)) if a != axis)
+    kept_view = sorted([axis] + [b if b < axis else b + 1 for b in batch])
+    reduce_axes = tuple(a for a in range(len(view)) if a not in kept_view)
     size = math.prod(view[a] for a in reduce_axes)
-    return Layout(shape, view, reduce_axes, (n,), max(size, 1), (axis,), (axis, n))
+    return Layout(shape, view, reduce_axes, tuple(view[a] for a in kept_view),
+                  max(size, 1), tuple(sorted((axis,) + batch)), (axis, n))
   raise TypeError(
       f"unit spec for leaf '{where}' must be a string, Neurons or Blocks, got "
       f"{type(spec).__name__} {spec!r}."
@@ -361,7 +375,8 @@ def _mirrored(specs: Any, treedef: Any) -> Optional[list]:
 
 
 def tree_layouts(
-    tree: Any, granularity: Any, neuron_axes: Any = None
+    tree: Any, granularity: Any, neuron_axes: Any = None,
+    default_axes: Optional[Callable[[Any], dict[str, tuple[int, ...]]]] = None,
 ) -> tuple[list[Layout], jax.tree_util.PyTreeDef]:
   """Layouts of the array leaves of ``tree`` and its treedef.
 
@@ -374,9 +389,7 @@ def tree_layouts(
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
   if granularity == "neuron" and isinstance(granularity, str):
     axes_of = _spec_lookup(neuron_axes, tree, _is_axes_spec, "neuron_axes")
-    # Imported here: the layout module builds its unit specs from this one.
-    from optax_neuronlr._src import model_layout  # pylint: disable=g-import-not-at-top
-    defaults = model_layout.default_neuron_axes(tree)
+    defaults = {} if default_axes is None else default_axes(tree)
     spec_of = lambda where: _axes_to_spec(axes_of(where), where, defaults.get(where) or None)
   elif isinstance(granularity, str):
     leaf_spec = "tensor" if granularity == "global" else granularity

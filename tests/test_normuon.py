@@ -199,14 +199,15 @@ class StateAndRatesTest(chex.TestCase):
     others = {n: x for n, x in flat(params).items() if n not in VIEWS}
     neurons = {"attn/query/kernel": 6, "attn/out/kernel": 6, "mlp/fc1/kernel": 12,
                "mlp/fc2/kernel": 6}
-    want = 4 * (sum(x.size for x in hidden.values()) + sum(neurons.values())
+    # Momentum per element, v and the matrix's gain per output neuron.
+    want = 4 * (sum(x.size for x in hidden.values()) + 2 * sum(neurons.values())
                 + 2 * sum(x.size for x in others.values()))
     arrays = [x for x in jax.tree.leaves(state) if x.ndim]
     self.assertEqual(sum(x.nbytes for x in arrays), want)
     inner = state.inner_states["hidden"].inner_state[0]
     self.assertEqual(type(inner).__name__, "ScaleByNorMuonState")
     self.assertEqual({n: x.shape for n, x in flat(inner.gain).items()},
-                     {n: () for n in VIEWS})
+                     {n: x.shape for n, x in flat(inner.v).items()})
     self.assertEqual(flat(inner.v)["attn/query/kernel"].shape, (2, 3))
     self.assertEqual(flat(inner.v)["attn/out/kernel"].shape, (6,))
     self.assertIsInstance(inner.direction_state, nlr.ScaleByMuonState)

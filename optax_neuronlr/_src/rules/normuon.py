@@ -22,16 +22,18 @@ $$
 with $\epsilon = 10^{-10}$ in both places, as the reference. Here it is the
 :class:`NorMuon` rule run by :func:`optax_neuronlr.scale_by_rule` with Muon's
 unscaled $O_t$ as the direction: the per-neuron rate
-$r_n = \eta_t g / (\sqrt{v_n} + \epsilon)$, with $g$ the leaf's shape factor
-times its norm ratio, is what :func:`optax_neuronlr.learning_rates` reads.
-The state is Muon's momentum, one $v$ per output neuron and one scalar $g$
-per leaf (the rescale depends on this step's $O_t$, which ``v`` alone cannot
-give, so it is kept to read the applied rates back exactly).
+$r_n = \eta_t g_n / (\sqrt{v_n} + \epsilon)$, with $g_n$ the shape factor
+times the norm ratio of neuron $n$'s matrix, is what
+:func:`optax_neuronlr.learning_rates` reads. The state is Muon's momentum and
+two floats per output neuron, $v_n$ and $g_n$ (the rescale depends on this
+step's $O_t$, which ``v`` alone cannot give, so it is kept to read the
+applied rates back exactly).
 
-For a leaf of several matrices (batch axes, or ``blocks`` such as the gates of
-a fused recurrent kernel) Newton-Schulz runs per matrix, and the
-norm-preserving rescale is over the whole leaf; for a one-matrix leaf (every
-attention and MLP kernel) it is exactly the reference's.
+For a leaf of several matrices (batch axes: the layers of a scanned stack,
+the experts of a mixture; or ``blocks`` such as the gates of a fused
+recurrent kernel) Newton-Schulz, the second moment and the norm-preserving
+rescale are each per matrix: a stacked ``(L, in, out)`` kernel gives exactly
+the L per-layer results of L separate ``(in, out)`` kernels.
 """
 
 from __future__ import annotations
@@ -53,19 +55,64 @@ from optax_neuronlr._src.units import Neurons
 
 
 @dataclasses.dataclass(frozen=True)
+class MatrixUnits:
+  r"""How a leaf's NorMuon units (its output neurons) group into matrices.
+
+  Attributes:
+    scale: Muon's shape factor $\sqrt{\max(1, n_{out}/n_{in})}$ of a matrix.
+    output_axes: the axes of the unit shape that index one matrix's output
+      neurons (the others are batch axes: one matrix per index).
+    blocks: ``(axis, n)``: unit axis ``axis`` holds ``n`` matrices side by
+      side (the view's blocks); None: one.
+  """
+
+  scale: float
+  output_axes: tuple[int, ...]
+  blocks: Optional[tuple[int, int]] = None
+
+
+def matrix_units(view: muon_lib.MatrixView, shape: Sequence[int]) -> MatrixUnits:
+  """The :class:`MatrixUnits` of a leaf of ``shape`` seen through ``view``
+  (units: every axis but the fan-in, in order)."""
+  unit_axes = [a for a in range(len(shape)) if a not in view.reduction_axes]
+  blocks = None
+  if view.blocks is not None:
+    blocks = (unit_axes.index(view.blocks[0]), view.blocks[1])
+  return MatrixUnits(muon_lib.shape_scale(view, shape),
+                     tuple(unit_axes.index(a) for a in view.output_axes), blocks)
+
+
+def per_matrix_sum(x: jax.Array, units: Optional[MatrixUnits]) -> jax.Array:
+  """Sums of ``x`` (shaped like the units) over each matrix's output neurons,
+  broadcast back to ``x``'s shape; the whole ``x`` for ``units=None``."""
+  if units is None:
+    return jnp.broadcast_to(jnp.sum(x), x.shape)
+  shape = x.shape
+  axes = list(units.output_axes)
+  if units.blocks is not None:
+    p, n = units.blocks
+    x = x.reshape(shape[:p] + (n, shape[p] // n) + shape[p + 1:])
+    axes = [a + 1 if a >= p else a for a in axes]  # the block index stays a batch axis
+  total = jnp.sum(x, axis=tuple(axes), keepdims=True)
+  return jnp.broadcast_to(total, x.shape).reshape(shape)
+
+
+@dataclasses.dataclass(frozen=True)
 class NorMuon(engine.Rule):
   r"""NorMuon's per-neuron rate on an orthogonalised direction $O$.
 
-  Unit statistic ``v`` (EMA of $\mathrm{mean}_{i \in n} O_i^2$ per neuron),
-  leaf statistic ``gain`` $= s\, \|O\|_F / (\|O / (\sqrt v + \epsilon)\|_F +
-  \epsilon)$ with $s$ the leaf's ``leaf_info`` (Muon's shape factor; 1 when
-  not given), and rate $\eta\, \mathrm{gain} / (\sqrt{v_n} + \epsilon)$.
+  Unit statistics ``v`` (EMA of $\mathrm{mean}_{i \in n} O_i^2$ per neuron)
+  and ``gain``, per matrix and kept on each of its neurons:
+  $s\, \|O\|_F / (\|O / (\sqrt v + \epsilon)\|_F + \epsilon)$ with $s$
+  Muon's shape factor, the norms over the matrix (one per layer of a stacked
+  leaf, per block of a fused one) as the leaf's ``leaf_info``
+  (:class:`MatrixUnits`) says; without it, over the whole leaf with
+  $s = 1$. Rate $\eta\, \mathrm{gain}_n / (\sqrt{v_n} + \epsilon)$.
   Needs units of one output neuron each (the fan-in reduced) and the
   direction to be $O$.
   """
 
-  unit_stats = ("v",)
-  leaf_stats = ("gain",)
+  unit_stats = ("v", "gain")
   hyperparams = ("beta2", "eps")
   state_name = "ScaleByNorMuonState"
   name = "normuon"
@@ -75,15 +122,16 @@ class NorMuon(engine.Rule):
 
   def update(self, stats, observed, hp, prev_hp, count):
     v = stats["v"]
-    return {"v": v + (1 - hp["beta2"]) * (observed[0] - v)}
+    return {"v": v + (1 - hp["beta2"]) * (observed[0] - v), "gain": stats["gain"]}
 
   def update_leaf(self, stats, observed, hp, count, leaf):
     eps = hp["eps"]
+    units = leaf.info if isinstance(leaf.info, MatrixUnits) else None
     mean_sq = observed[0]
     den = jnp.sqrt(stats["v"]) + eps
-    norm = jnp.sqrt(jnp.sum(mean_sq) * leaf.unit_size)
-    norm_new = jnp.sqrt(jnp.sum(mean_sq / (den * den)) * leaf.unit_size)
-    scale = 1.0 if leaf.info is None else leaf.info
+    norm = jnp.sqrt(per_matrix_sum(mean_sq, units) * leaf.unit_size)
+    norm_new = jnp.sqrt(per_matrix_sum(mean_sq / (den * den), units) * leaf.unit_size)
+    scale = 1.0 if units is None else units.scale
     return {"gain": scale * (norm / (norm_new + eps))}
 
   def rate(self, stats, hp, count):
@@ -172,7 +220,7 @@ def scale_by_normuon(
         views(tree), tree, is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
   def scales(tree):
-    return jax.tree.map(lambda v, x: muon_lib.shape_scale(v, jnp.shape(x)),
+    return jax.tree.map(lambda v, x: matrix_units(v, jnp.shape(x)),
                         views(tree), tree,
                         is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
@@ -218,8 +266,9 @@ def normuon(
   ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``,
   its decay on embeddings and the head only, never on norm scales or biases
   (:func:`optax_neuronlr.model_layout`'s ``weight_decay``).
-  The state is Muon's momentum on the hidden leaves, one float per output
-  neuron and one per hidden leaf, and AdamW's two moments on the rest.
+  The state is Muon's momentum on the hidden leaves, two floats per output
+  neuron (the second moment and its matrix's gain), and AdamW's two moments
+  on the rest.
   Agrees with the reference's ``normuon_update`` to float64 rounding
   (``python -m optax_neuronlr.parity --case normuon``).
 

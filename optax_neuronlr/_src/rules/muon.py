@@ -38,19 +38,15 @@ matrices with it (learning rate and decoupled weight decay as
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from optax_neuronlr._src import model_layout as layout_lib
-from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import model_layout as layout_lib  # noqa: F401  (old import paths)
 from optax_neuronlr._src import validation
-from optax_neuronlr._src.model_layout import MatrixView
 from optax_neuronlr._src.newton_schulz import (  # noqa: F401  (old import paths)
     NS_COEFFS,
     check_ns_mesh,
@@ -58,10 +54,30 @@ from optax_neuronlr._src.newton_schulz import (  # noqa: F401  (old import paths
     orthogonalise,
     orthogonalise_on_owners,
 )
+from optax_neuronlr._src.roles.matrix_views import shape_scale
+from optax_neuronlr._src.roles.views import MatrixView
 from optax_neuronlr._src.rules import moments
+from optax_neuronlr._src.rules import muon_partition as plan_lib
+from optax_neuronlr._src.rules.muon_partition import (  # noqa: F401  (old import paths)
+    ADAMW,
+    HIDDEN,
+    normuon_labels,
+)
 
-HIDDEN = "hidden"
-ADAMW = "adamw"
+
+def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon",
+               layout: Any = None, axis_names: Any = None, axis_roles: Any = None,
+               ) -> list[MatrixView]:
+  """The checked :class:`MatrixView` of every leaf of ``tree``, in order.
+
+  ``matrices=None`` (or a None entry) reads a leaf's view from
+  :func:`optax_neuronlr.model_layout` (or ``layout``). A leaf without a view
+  is an error: Muon orthogonalises matrices only.
+  """
+  plan = plan_lib.muon_plan(tree, matrices=matrices, layout=layout, axis_names=axis_names,
+                            axis_roles=axis_roles, every_leaf=True,
+                            who=what.removeprefix("scale_by_"))
+  return [l.view for l in plan.leaves]
 
 
 class ScaleByMuonState(NamedTuple):
@@ -72,101 +88,6 @@ class ScaleByMuonState(NamedTuple):
   """
 
   mu: Any
-
-
-# --------------------------------------------------------------------------
-# Matrix views.
-
-
-def _is_view(x: Any) -> bool:
-  return x is None or isinstance(x, MatrixView)
-
-
-def _check_view(view: MatrixView, shape: tuple[int, ...], where: str) -> MatrixView:
-  """``view`` with non-negative axes, checked against ``shape``."""
-  ndim = len(shape)
-
-  def norm(axes, what):
-    out = []
-    for a in axes:
-      if not -ndim <= a < ndim:
-        raise ValueError(f"matrices: {what} {a} is out of range for leaf '{where}' of "
-                         f"shape {shape}.")
-      out.append(a % ndim)
-    return tuple(out)
-
-  red = norm(view.reduction_axes, "reduction axis")
-  out = norm(view.output_axes, "output axis")
-  if not red or not out or set(red) & set(out) or len(set(red + out)) != len(red + out):
-    raise ValueError(
-        f"matrices: the view of leaf '{where}' (shape {shape}) needs distinct, non-empty "
-        f"reduction and output axes, got {view}.")
-  blocks = view.blocks
-  if blocks is not None:
-    (axis,) = norm((blocks[0],), "blocks axis")
-    if axis not in out or blocks[1] < 1 or shape[axis] % blocks[1]:
-      raise ValueError(
-          f"matrices: blocks={blocks} of leaf '{where}' (shape {shape}) must split an "
-          "output axis into equal blocks.")
-    blocks = (axis, int(blocks[1]))
-  return MatrixView(red, out, blocks)
-
-
-def _view_lookup(matrices: Any, tree: Any) -> Callable[[str], Any]:
-  """``path -> MatrixView or None`` from ``matrices`` (see scale_by_muon)."""
-  if callable(matrices) and not isinstance(matrices, MatrixView):
-    matrices = matrices(tree)
-  if isinstance(matrices, MatrixView):
-    return lambda path: matrices
-  flat = jax.tree_util.tree_flatten_with_path(matrices, is_leaf=_is_view)[0]
-  table = {}
-  for path, value in flat:
-    if not _is_view(value):
-      raise TypeError(
-          f"matrices: expected a MatrixView or None at '{paths_lib.path_str(path)}', "
-          f"got {type(value).__name__} {value!r}.")
-    table[paths_lib.path_str(path)] = value
-  def lookup(path):
-    if path not in table:
-      raise ValueError(f"matrices has no entry for leaf '{path}' (give a pytree shaped "
-                       "like the params, or a callable params -> pytree).")
-    return table[path]
-  return lookup
-
-
-def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon"
-               ) -> list[MatrixView]:
-  """The checked :class:`MatrixView` of every leaf of ``tree``, in order.
-
-  ``matrices=None`` reads the views from :func:`optax_neuronlr.model_layout`.
-  A leaf without a view is an error: Muon orthogonalises matrices only.
-  """
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  if matrices is None:
-    roles = layout_lib.model_layout(tree).leaves
-    views = [r.matrix for r in roles]
-  else:
-    lookup = _view_lookup(matrices, tree)
-    views = [lookup(paths_lib.path_str(p)) for p, _ in flat]
-  out, missing = [], []
-  for (path, leaf), view in zip(flat, views):
-    where = paths_lib.path_str(path)
-    if view is None:
-      missing.append(f"'{where}' {tuple(jnp.shape(leaf))}")
-      continue
-    out.append(_check_view(view, tuple(jnp.shape(leaf)), where))
-  if missing:
-    raise ValueError(
-        f"{what}: no matrix view for the leaves {', '.join(missing)}; Muon orthogonalises "
-        "matrices only. Use nlr.muon / nlr.normuon (AdamW on such leaves), select the "
-        "matrices with optax.partition or optax.masked, or give matrices=.")
-  return out
-
-
-def shape_scale(view: MatrixView, shape: Sequence[int]) -> float:
-  r"""Muon's factor $\sqrt{\max(1, n_{out} / n_{in})}$ of one matrix of the view."""
-  _, fan_in, fan_out = view.shapes(tuple(shape))
-  return math.sqrt(max(1.0, fan_out / fan_in))
 
 
 # --------------------------------------------------------------------------
@@ -189,26 +110,34 @@ def muon_direction(
     momentum: Any = 0.95, *, nesterov: bool = True, ns_steps: Any = 5,
     ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
     mu_dtype: Any = None, matrices: Any = None, scaled: bool = True,
-    what: str = "scale_by_muon", ns_mesh: Any = None,
+    what: str = "scale_by_muon", ns_mesh: Any = None, layout: Any = None,
+    axis_names: Any = None, axis_roles: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_muon`, with ``scaled=False`` leaving out the shape factor
   (NorMuon applies it in its rate)."""
   validation.check_flag("nesterov", nesterov)
   check_muon_args(momentum, ns_steps, ns_coeffs, eps, ns_dtype, mu_dtype)
   validation.check_static("matrices", matrices, example="nlr.scale_by_muon")
+  plan_lib.check_layout(layout, axis_names)
   ns_coeffs = tuple(ns_coeffs)
   mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
   check_ns_mesh(ns_mesh)
+  plans = plan_lib.PlanCache(what.removeprefix("scale_by_"), True, matrices=matrices,
+                             layout=layout, axis_names=axis_names, axis_roles=axis_roles,
+                             every_leaf=True)
+
+  def views_of(tree):
+    return [l.view for l in plans(tree).leaves]
 
   def init_fn(params):
-    leaf_views(params, matrices, what=what)  # a clear error at init
+    plans.report(params)  # a clear error, or the one warning, at init
     return ScaleByMuonState(mu=jax.tree.map(
         lambda p: jnp.zeros_like(p, dtype=p.dtype if mu_dtype is None else mu_dtype),
         params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    views = leaf_views(updates, matrices, what=what)
+    views = views_of(updates)
     grads, treedef = jax.tree_util.tree_flatten(updates)
     mus = treedef.flatten_up_to(state.mu)
     ds, new_mu = [], []
@@ -218,7 +147,7 @@ def muon_direction(
       mc = mc + (1 - momentum) * (gc - mc)
       ds.append(gc + momentum * (mc - gc) if nesterov else mc)
       new_mu.append(mc.astype(m.dtype))
-    ns = dict(ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype)
+    ns = {"ns_steps": ns_steps, "ns_coeffs": ns_coeffs, "eps": eps, "ns_dtype": ns_dtype}
     if ns_mesh is None:
       os_ = [orthogonalise(d, view, **ns) for d, view in zip(ds, views)]
     else:
@@ -244,6 +173,9 @@ def scale_by_muon(
     mu_dtype: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon's direction: orthogonalised (Nesterov) momentum of each matrix.
 
@@ -270,12 +202,16 @@ def scale_by_muon(
     mu_dtype: dtype of the stored momentum (as optax's ``mu_dtype``); None:
       the params' dtype. The arithmetic is in at least float32.
     matrices: the matrix view of each leaf: None (default) reads them from
-      :func:`optax_neuronlr.model_layout` (every leaf it sees as a matrix);
-      a :class:`~optax_neuronlr.MatrixView` for every leaf; a pytree of
-      views (or None) shaped like the params, matched by path; or a callable
-      ``params -> pytree``. A leaf without a view (a bias, a norm scale) is a
-      ``ValueError``: Muon is for matrices; select them with
-      ``optax.partition`` / ``optax.masked``, or use :func:`muon`.
+      :func:`optax_neuronlr.model_layout` (every leaf it sees as a matrix;
+      stack and expert axes are batch axes, one matrix per layer or expert);
+      a :class:`~optax_neuronlr.MatrixView` for every leaf (ints read as
+      1-tuples, as optax's ``MuonDimensionNumbers(0, 1)``, which is accepted
+      too); a pytree of views shaped like the params, matched by path, where
+      None means the layout's view; or a callable ``params -> pytree``. A
+      leaf without a view (a bias, a norm scale) is a ``ValueError``: Muon is
+      for matrices; select them with ``optax.partition`` / ``optax.masked``,
+      or use :func:`muon`. A zero-size matrix gets an empty (zero) update,
+      as in optax.
     ns_mesh: None (default): each matrix is orthogonalised where it lies
       (a sharded matrix is gathered onto every device, which all run its
       Newton-Schulz); or a ``jax.sharding.Mesh``: the matrices are dealt,
@@ -283,6 +219,18 @@ def scale_by_muon(
       (the layout of distributed Muon
       implementations). For automatic sharding (``AxisType.Auto``); see
       docs/scaling.md for what each layout communicates.
+    axis_names: the model's logical axis names, a pytree like the params
+      (what ``nn.get_partition_spec(variables)["params"]`` or
+      ``nnx.get_partition_spec(state)`` return): the layout reads each
+      named leaf's matrices from its names (``layers``/``stage`` stack axes
+      and ``exp``/``expert`` axes are batch axes); see
+      :func:`optax_neuronlr.model_layout`.
+    axis_roles: more axis names for the vocabulary, ``{name: role}`` (e.g.
+      ``{"my_layers": "stack"}``).
+    layout: the :class:`~optax_neuronlr.ModelLayout` to read the views from
+      by path (e.g. ``nlr.model_layout(full_params)`` when this transform
+      sees only a part of the tree, inside ``optax.partition``); None: the
+      layout of the tree it is given.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -290,112 +238,8 @@ def scale_by_muon(
   """
   return muon_direction(momentum, nesterov=nesterov, ns_steps=ns_steps,
                         ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype,
-                        mu_dtype=mu_dtype, matrices=matrices, ns_mesh=ns_mesh)
-
-
-# --------------------------------------------------------------------------
-# Hidden leaves and the partition shared by muon and normuon.
-
-
-def _hidden_mask(params: Any, hidden: Any) -> list[bool]:
-  """``hidden`` as one bool per leaf of ``params``, checked."""
-  treedef = jax.tree.structure(params)
-  if hidden is None:
-    return [r.hidden for r in layout_lib.model_layout(params).leaves]
-  if callable(hidden):
-    hidden = hidden(params)
-  if isinstance(hidden, (bool, np.bool_)):
-    raise TypeError(
-        f"hidden must be None, a pytree of bools with the structure of the params, or "
-        f"a callable params -> such a pytree; got the bare bool {hidden!r}. "
-        + validation._static_hint("hidden", "nlr.normuon"))  # pylint: disable=protected-access
-  try:
-    flat = treedef.flatten_up_to(hidden)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        "hidden must be None, a pytree of bools with the structure of the params, or a "
-        f"callable params -> such a pytree; its structure differs: {e}") from e
-  for path, value in zip(paths_lib.leaf_paths(params), flat):
-    if not isinstance(value, (bool, np.bool_)):
-      raise TypeError(f"hidden: expected a bool for leaf '{path}', got "
-                      f"{type(value).__name__} {value!r}.")
-  return [bool(v) for v in flat]
-
-
-def normuon_labels(params: Any, hidden: Any = None) -> Any:
-  """``"hidden"`` or ``"adamw"`` per leaf: who trains it in :func:`muon` and
-  :func:`~optax_neuronlr.normuon`.
-
-  Args:
-    params: the parameter tree (arrays, ``jax.ShapeDtypeStruct`` or an NNX state).
-    hidden: None: the hidden matrices of :func:`optax_neuronlr.model_layout`
-      (attention, MLP and recurrent kernels; not embeddings, the output head,
-      norm scales or biases); a pytree of bools shaped like the params; or a
-      callable ``params -> pytree of bools`` (``optax.masked``'s convention).
-
-  Returns:
-    A pytree of strings shaped like the params.
-  """
-  mask = _hidden_mask(params, hidden)
-  return jax.tree.structure(params).unflatten([HIDDEN if h else ADAMW for h in mask])
-
-
-def hidden_views(params: Any, hidden: Any, matrices: Any) -> dict[str, MatrixView]:
-  """The matrix view of every hidden leaf, by path (from the whole tree)."""
-  mask = _hidden_mask(params, hidden)
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  if matrices is None:
-    lookup = None
-    roles = layout_lib.model_layout(params).leaves
-  else:
-    lookup = _view_lookup(matrices, params)
-  out = {}
-  for i, ((path, leaf), h) in enumerate(zip(flat, mask)):
-    if not h:
-      continue
-    where = paths_lib.path_str(path)
-    shape = tuple(jnp.shape(leaf))
-    view = roles[i].matrix if lookup is None else lookup(where)
-    if view is None:
-      if len(shape) < 2:
-        raise ValueError(f"hidden: leaf '{where}' of shape {shape} is not a matrix; "
-                         "hidden leaves need two or more dimensions.")
-      view = MatrixView(tuple(range(len(shape) - 1)), (len(shape) - 1,))
-    out[where] = _check_view(view, shape, where)
-  return out
-
-
-def by_path(views: dict[str, MatrixView]) -> Callable[[Any], Any]:
-  """A ``matrices`` callable that reads ``views`` by each leaf's path (works on
-  the masked trees that ``optax.partition`` gives its inner transforms)."""
-  def matrices(tree):
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    return treedef.unflatten([views.get(paths_lib.path_str(p)) for p, _ in flat])
-  return matrices
-
-
-def partitioned(
-    hidden_tx: Callable[[Callable[[Any], Any]], optax.GradientTransformation],
-    adamw_tx: optax.GradientTransformation, hidden: Any, matrices: Any,
-) -> optax.GradientTransformationExtraArgs:
-  """``optax.partition`` of ``hidden_tx(matrices)`` on the hidden leaves and
-  ``adamw_tx`` elsewhere; the hidden leaves' views come from the whole tree."""
-  validation.check_static("hidden", hidden, example="nlr.normuon")
-  validation.check_static("matrices", matrices, example="nlr.normuon")
-
-  def inner(tree):
-    views = hidden_views(tree, hidden, matrices)
-    return optax.partition(
-        {HIDDEN: hidden_tx(by_path(views)), ADAMW: adamw_tx},
-        lambda t: normuon_labels(t, hidden))
-
-  def init_fn(params):
-    return inner(params).init(params)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    return inner(updates).update(updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+                        mu_dtype=mu_dtype, matrices=matrices, ns_mesh=ns_mesh,
+                        layout=layout, axis_names=axis_names, axis_roles=axis_roles)
 
 
 def check_adamw_args(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay) -> None:
@@ -426,6 +270,9 @@ def muon(
     hidden: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon on the hidden matrices, AdamW on every other leaf.
 
@@ -461,17 +308,41 @@ def muon(
     b2: AdamW's second-moment decay, in ``[0, 1)``.
     adam_eps: AdamW's $\epsilon$, ``>= 0``.
     adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
-    hidden: which leaves Muon trains; see :func:`normuon_labels`.
-    matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`);
-      None: from :func:`optax_neuronlr.model_layout`, else the last axis as
-      the output.
+    hidden: which leaves Muon trains; see :func:`normuon_labels` (a bool
+      for a bare array param).
+    matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`;
+      None entries: the layout's); None: from
+      :func:`optax_neuronlr.model_layout`, else the last axis as the output.
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`scale_by_muon`.
+    axis_names: the model's logical axis names (see :func:`scale_by_muon`):
+      which leaves are hidden matrices and their views come from the names.
+    axis_roles: more axis names for the vocabulary, ``{name: role}``.
+    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+      path. The layout is computed once, from the tree this optimizer is
+      given; inside ``optax.multi_transform`` / ``optax.masked`` that tree
+      is a part (the other leaves ``optax.MaskedNode``, skipped), whose
+      layout can differ from the whole model's (an output head found as the
+      embedding's transpose): pass ``layout=nlr.model_layout(full_params)``.
+
+  A layout guessed from shapes (leaves without Flax names, stack axes found
+  by shape) or one without any hidden matrix is reported by one warning at
+  ``init``, naming the leaves and these arguments.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
     with the inner states ``"hidden"`` and ``"adamw"``).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_neuronlr as nlr
+    >>> params = {"embed": {"embedding": jnp.zeros((10, 4))},
+    ...           "fc": {"kernel": jnp.zeros((4, 8))},
+    ...           "head": {"kernel": jnp.zeros((8, 10))}}
+    >>> tx = nlr.muon(0.02, weight_decay=0.1, adam_learning_rate=3e-4)
+    >>> state = tx.init(params)
+    >>> # Inside optax.multi_transform, give the full tree's layout:
+    >>> tx = nlr.muon(0.02, layout=nlr.model_layout(params))
   """
   validation.check_rate("learning_rate", learning_rate)
   check_ns_mesh(ns_mesh)
@@ -490,7 +361,11 @@ def muon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask)
-  return partitioned(hidden_tx, adamw, hidden, matrices)
+  def adamw_tx(decay_mask):
+    return optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                       weight_decay=adam_weight_decay, mask=decay_mask)
+
+  return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
+                              layout=layout, axis_names=axis_names,
+                              axis_roles=axis_roles, who="muon")
 

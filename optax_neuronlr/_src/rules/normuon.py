@@ -47,10 +47,10 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import model_layout
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.rules import muon as muon_lib
+from optax_neuronlr._src.rules import muon_partition as plan_lib
 from optax_neuronlr._src.units import Neurons
 
 
@@ -157,6 +157,9 @@ def scale_by_normuon(
     state_dtype: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon's scaling of each matrix: per-neuron normalised Muon.
 
@@ -197,6 +200,11 @@ def scale_by_normuon(
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`optax_neuronlr.scale_by_muon`.
+    axis_names: the model's logical axis names (see
+      :func:`optax_neuronlr.scale_by_muon`).
+    axis_roles: more axis names for the vocabulary, ``{name: role}``.
+    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+      path (see :func:`optax_neuronlr.scale_by_muon`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -208,11 +216,14 @@ def scale_by_normuon(
   direction = muon_lib.muon_direction(
       momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=ns_eps,
       ns_dtype=ns_dtype, mu_dtype=mu_dtype, matrices=matrices, scaled=False,
-      what="scale_by_normuon", ns_mesh=ns_mesh)
+      what="scale_by_normuon", ns_mesh=ns_mesh, layout=layout, axis_names=axis_names,
+      axis_roles=axis_roles)
+  plans = plan_lib.PlanCache("normuon", True, matrices=matrices, layout=layout,
+                             axis_names=axis_names, axis_roles=axis_roles,
+                             every_leaf=True)
 
   def views(tree):
-    return jax.tree.structure(tree).unflatten(
-        muon_lib.leaf_views(tree, matrices, what="scale_by_normuon"))
+    return jax.tree.structure(tree).unflatten([l.view for l in plans(tree).leaves])
 
   def units(tree):
     return jax.tree.map(lambda v, x: Neurons(tuple(
@@ -251,6 +262,9 @@ def normuon(
     hidden: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon (Li et al., 2025) on the hidden matrices, AdamW elsewhere.
 
@@ -296,13 +310,21 @@ def normuon(
     adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
     hidden: which leaves NorMuon trains: None (the hidden matrices of
       :func:`optax_neuronlr.model_layout`), a pytree of bools shaped like the
-      params, or a callable ``params -> pytree of bools``.
+      params (a bool for a bare array), or a callable ``params -> pytree of
+      bools``.
     matrices: the hidden leaves' matrix views (see
-      :func:`optax_neuronlr.scale_by_muon`); None: from the layout, else the
-      last axis as the output.
+      :func:`optax_neuronlr.scale_by_muon`; None entries: the layout's);
+      None: from the layout, else the last axis as the output.
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`optax_neuronlr.scale_by_muon`.
+    axis_names: the model's logical axis names (see
+      :func:`optax_neuronlr.scale_by_muon`).
+    axis_roles: more axis names for the vocabulary, ``{name: role}``.
+    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+      path; pass ``nlr.model_layout(full_params)`` inside
+      ``optax.multi_transform`` / ``optax.masked`` (see
+      :func:`optax_neuronlr.muon`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
@@ -333,7 +355,11 @@ def normuon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask)
-  return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
+  def adamw_tx(decay_mask):
+    return optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                       weight_decay=adam_weight_decay, mask=decay_mask)
+
+  return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
+                              layout=layout, axis_names=axis_names,
+                              axis_roles=axis_roles, who="normuon")
 

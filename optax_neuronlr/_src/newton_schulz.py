@@ -73,7 +73,7 @@ def to_matrices(x: jax.Array, view: Any) -> tuple[jax.Array, Callable[[jax.Array
   fan_in = math.prod(split_shape[ax] for ax in red)
   fan_out = math.prod(split_shape[ax] for ax in out)
   moved = jnp.transpose(x, perm)
-  stack = moved.reshape(-1, fan_in, fan_out)
+  stack = moved.reshape(math.prod(moved.shape[:len(batch)]), fan_in, fan_out)
   inverse = [perm.index(ax) for ax in range(len(perm))]
 
   def back(y):

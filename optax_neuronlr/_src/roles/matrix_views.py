@@ -100,7 +100,13 @@ def view_lookup(matrices: Any, tree: Any) -> Callable[[str], Optional[MatrixView
     matrices = matrices(tree)
   if is_view(matrices):
     view = as_view(matrices)
-    return lambda path: view
+
+    def single(path):
+      del path
+      return view
+
+    single.single = True  # one view for every leaf
+    return single
   flat = jax.tree_util.tree_flatten_with_path(matrices, is_leaf=is_view)[0]
   table = {}
   for path, value in flat:
@@ -112,11 +118,15 @@ def view_lookup(matrices: Any, tree: Any) -> Callable[[str], Optional[MatrixView
     table[where] = as_view(value, where)
 
   def lookup(path):
-    if path not in table:
-      raise ValueError(f"matrices has no entry for leaf '{path}' (give a pytree shaped "
-                       "like the params, None where the layout's view applies, or a "
-                       "callable params -> pytree).")
-    return table[path]
+    if path in table:
+      return table[path]
+    # A None (or a view) standing for a whole subtree, as optax's prefix masks.
+    for key, value in table.items():
+      if key == "" or path.startswith(key + "/"):
+        return value
+    raise ValueError(f"matrices has no entry for leaf '{path}' (give a pytree shaped "
+                     "like the params, None where the layout's view applies, or a "
+                     "callable params -> pytree).")
 
   return lookup
 

@@ -310,9 +310,11 @@ def muon(
     adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
     hidden: which leaves Muon trains; see :func:`normuon_labels` (a bool
       for a bare array param).
-    matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`;
-      None entries: the layout's); None: from
-      :func:`optax_neuronlr.model_layout`, else the last axis as the output.
+    matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`):
+      None: from :func:`optax_neuronlr.model_layout`, else the last axis as
+      the output; one view: for every hidden leaf; a pytree (or a callable
+      returning one): a leaf given a view is a hidden matrix (as optax's
+      dimension numbers), a None entry keeps the layout's choice and view.
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`scale_by_muon`.

@@ -209,6 +209,9 @@ def muon_plan(
   shapes = [_shape(x) for _, x in flat]
   lookup = None if matrices is None else matrix_views.view_lookup(matrices, tree)
   givens = [None if lookup is None else lookup(p) for p in paths]
+  # A view given for a leaf says it is a matrix (optax's convention); one view
+  # for every leaf only says how the hidden leaves are seen.
+  per_leaf = lookup is not None and not getattr(lookup, "single", False)
   if every_leaf and all(v is not None for v in givens):
     roles: list[Any] = [None] * len(paths)  # every view given: no layout to read
   else:
@@ -216,7 +219,7 @@ def muon_plan(
   if every_leaf:
     flags = [True] * len(paths)
   elif hidden is None:
-    flags = [r.hidden for r in roles]
+    flags = [r.hidden or (per_leaf and v is not None) for r, v in zip(roles, givens)]
   else:
     flags = _hidden_flags(tree, paths, hidden, who)
   leaves, missing = [], []
@@ -237,7 +240,8 @@ def muon_plan(
                            "hidden leaves need two or more dimensions.")
         view, fallback = matrix_views.fallback_view(shape), True
       view = matrix_views.check_view(view, shape, path)
-    guess = _guess(role, hidden is not None or every_leaf, is_hidden, given is not None,
+    stated = hidden is not None or every_leaf or (per_leaf and given is not None)
+    guess = _guess(role, stated, is_hidden, given is not None,
                    fallback)
     leaves.append(MuonLeaf(path, shape, is_hidden, view, role.weight_decay, guess))
   if missing:

@@ -312,9 +312,9 @@ def normuon(
       :func:`optax_neuronlr.model_layout`), a pytree of bools shaped like the
       params (a bool for a bare array), or a callable ``params -> pytree of
       bools``.
-    matrices: the hidden leaves' matrix views (see
-      :func:`optax_neuronlr.scale_by_muon`; None entries: the layout's);
-      None: from the layout, else the last axis as the output.
+    matrices: the hidden leaves' matrix views, as :func:`optax_neuronlr.muon`'s
+      (a leaf given a view in a pytree is a hidden matrix; None entries keep
+      the layout's choice and view).
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`optax_neuronlr.scale_by_muon`.

@@ -121,6 +121,10 @@ class Rule:
       the place for a per-leaf reduction that the rate needs (NorMuon's
       norm-preserving rescale), so that the rates read back from the state
       are still exactly the applied ones. Not with ``granularity="global"``.
+      :meth:`update_leaf` may also return unit statistics that need the
+      leaf's static facts (NorMuon's rescale, one per matrix of a stacked
+      leaf, kept per unit); it runs when the rule declares ``leaf_stats`` or
+      overrides it.
     hyperparams: names of the rule's numeric hyperparameters (besides
       ``learning_rate``, ``min_lr`` and ``max_lr``, which every rule gets and
       which no hyperparameter may be named), a tuple; or a dict ``{name:
@@ -262,7 +266,8 @@ class Rule:
   ) -> Stats:
     """New per-leaf statistics (``leaf_stats``; default: unchanged).
 
-    Called after :meth:`update`, once per leaf.
+    Called after :meth:`update`, once per leaf. The dict may also hold unit
+    statistics (shaped like the units), which replace :meth:`update`'s.
 
     Args:
       stats: the leaf's unit statistics after :meth:`update` and its leaf
@@ -572,10 +577,11 @@ def scale_by_rule(
     neuron_axes = None
   units_lib.check_granularity(granularity, neuron_axes)
   is_global = isinstance(granularity, str) and granularity == "global"
-  if is_global and rule.leaf_stats:
+  if is_global and _has_leaf_step(rule):
     raise ValueError(
-        f"{rule.name} keeps per-leaf statistics {rule.leaf_stats}; granularity="
-        "'global' (one unit for the tree) is not supported for it.")
+        f"{rule.name} keeps per-leaf statistics {rule.leaf_stats} or refines its unit "
+        "statistics per leaf (update_leaf); granularity='global' (one unit for the "
+        "tree) is not supported for it.")
   if direction is not None:
     if not isinstance(direction, optax.GradientTransformation):
       raise TypeError(
@@ -659,7 +665,8 @@ def scale_by_rule(
       dirs = [_as_array(x) for x in treedef.flatten_up_to(d)]
     unit_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.unit_stats}
     leaf_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.leaf_stats}
-    infos = _leaf_infos(leaf_info, updates, treedef) if rule.leaf_stats else None
+    leaf_step = _has_leaf_step(rule)
+    infos = _leaf_infos(leaf_info, updates, treedef) if leaf_step else None
     elem_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.element_stats}
 
     leaves: list[LeafStep] = []
@@ -695,14 +702,21 @@ def scale_by_rule(
       rule_checks.check_stats(rule, "update", new, rule.unit_stats, unit_shape, where,
                               kind="unit statistics")
       new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
-      if rule.leaf_stats:
+      if leaf_step:
         layout = leaves[i].layout
         context = LeafContext(leaves[i].path, layout.shape, layout.unit_shape,
                               layout.size, infos[i])
         merged = {**new, **{n: v[i] for n, v in leaf_old.items()}}
         new_leaf = rule.update_leaf(merged, observed, hp, count, context)
+        refined = {}
+        if isinstance(new_leaf, dict):
+          refined = {n: new_leaf[n] for n in rule.unit_stats if n in new_leaf}
+          new_leaf = {n: x for n, x in new_leaf.items() if n not in refined}
+          rule_checks.check_stats(rule, "update_leaf", {**new, **refined}, rule.unit_stats,
+                                  unit_shape, where, kind="unit statistics")
         rule_checks.check_stats(rule, "update_leaf", new_leaf, rule.leaf_stats, (),
                                 where, kind="leaf statistics")
+        new.update({n: jnp.asarray(x).astype(dtype) for n, x in refined.items()})
         new.update({n: jnp.asarray(new_leaf[n]).astype(dtype) for n in rule.leaf_stats})
       rate = rule.rate(new, hp, count)
       rule_checks.check_rate(rule, rate, unit_shape, where)
@@ -747,6 +761,12 @@ def scale_by_rule(
     return treedef.unflatten(outs), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _has_leaf_step(rule: Rule) -> bool:
+  """Whether :meth:`Rule.update_leaf` runs: the rule keeps leaf statistics or
+  refines its unit statistics there."""
+  return bool(rule.leaf_stats) or type(rule).update_leaf is not Rule.update_leaf
 
 
 def _leaf_infos(leaf_info: Any, tree: Any, treedef) -> list[Any]:

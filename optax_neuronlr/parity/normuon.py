@@ -25,8 +25,10 @@ after every step (:func:`optax_neuronlr.parity.harness.compare`), in float64.
   reference side of the comparison only: ``torch.optim.Muon`` casts its
   Newton-Schulz input to bfloat16 (``grad.bfloat16()``), which the row turns
   into a no-op while the optimizer steps (``torch.Tensor.bfloat16`` patched
-  to return the tensor itself; ``nlr.muon``'s ``ns_dtype="bfloat16"`` is the
-  equivalent there); and torch divides by ``max(norm, eps)`` where the NorMuon
+  to return a copy of the tensor, never the tensor itself: with
+  ``nesterov=False`` torch hands its momentum buffer to Newton-Schulz, which
+  divides its input in place; ``nlr.muon``'s ``ns_dtype="bfloat16"`` is the
+  equivalent of the cast); and torch divides by ``max(norm, eps)`` where the NorMuon
   and Keller Jordan references (and ``nlr``) divide by ``norm + eps``, so
   both sides use ``eps=1e-15``, below float64 resolution of the norm.
 * ``normuon``: :func:`normuon_update` (this module's own statement of the
@@ -83,6 +85,7 @@ class Settings:
   b2: float = 0.95
   adam_eps: float = 1e-8
   adam_weight_decay: float = 0.01
+  nesterov: bool = True
 
 
 # ---------------------------------------------------------------------------
@@ -181,10 +184,10 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
 
 
 def normuon_update(grad: torch.Tensor, momentum: torch.Tensor, second: torch.Tensor,
-                   beta: float, beta2: float) -> torch.Tensor:
+                   beta: float, beta2: float, nesterov: bool = True) -> torch.Tensor:
   """One NorMuon direction on an ``(out, in)`` matrix; updates the buffers in place."""
   momentum.lerp_(grad, 1 - beta)
-  o = newton_schulz(grad.lerp(momentum, beta))
+  o = newton_schulz(grad.lerp(momentum, beta) if nesterov else momentum)
   norm = o.norm()
   second.lerp_((o * o).mean(dim=-1, keepdim=True), 1 - beta2)
   hat = o / (second.sqrt() + 1e-10)
@@ -201,9 +204,11 @@ def adam_update(grad, m, v, step, b1, b2, eps) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _no_bfloat16_cast():
-  """``Tensor.bfloat16`` as the identity (torch.optim.Muon's NS input cast)."""
+  """``Tensor.bfloat16`` as a copy in the tensor's own dtype (torch.optim.Muon's
+  NS input cast, which Newton-Schulz then divides in place: returning the
+  tensor itself would divide Muon's momentum buffer when ``nesterov=False``)."""
   original = torch.Tensor.bfloat16
-  torch.Tensor.bfloat16 = lambda self, *args, **kwargs: self
+  torch.Tensor.bfloat16 = lambda self, *args, **kwargs: self.clone()
   try:
     yield
   finally:
@@ -224,7 +229,8 @@ def reference_trajectory(kind: str, prob: Problem, steps: int, s: Settings) -> T
   if kind == "muon":
     muon = torch.optim.Muon(
         _params(hidden), lr=s.lr,
-        weight_decay=s.weight_decay, momentum=s.momentum, nesterov=True, eps=MUON_EPS)
+        weight_decay=s.weight_decay, momentum=s.momentum, nesterov=s.nesterov,
+        eps=MUON_EPS)
     leaves = dict(zip([n for n in tensors if n in views], muon.param_groups[0]["params"]))
     leaves.update({n: torch.nn.Parameter(tensors[n]) for n in others})
     # Two AdamW groups: decay on embeddings and the head, none on norms and biases.
@@ -255,7 +261,7 @@ def reference_trajectory(kind: str, prob: Problem, steps: int, s: Settings) -> T
         for n, w in leaves.items():
           m, v = state[n]
           if n in views:
-            u = normuon_update(w.grad.clone(), m, v, s.momentum, s.beta2)
+            u = normuon_update(w.grad.clone(), m, v, s.momentum, s.beta2, s.nesterov)
             w.mul_(1 - s.lr * s.weight_decay).add_(u, alpha=-s.lr)
           else:
             u = adam_update(w.grad, m, v, k + 1, s.b1, s.b2, s.adam_eps)
@@ -271,7 +277,7 @@ def _params(tensors):
 
 def jax_tx(kind: str, s: Settings) -> optax.GradientTransformation:
   common = dict(adam_learning_rate=s.adam_lr, b1=s.b1, b2=s.b2, adam_eps=s.adam_eps,
-                adam_weight_decay=s.adam_weight_decay)
+                adam_weight_decay=s.adam_weight_decay, nesterov=s.nesterov)
   if kind == "muon":
     return nlr.muon(s.lr, s.momentum, s.weight_decay, eps=MUON_EPS, **common)
   return nlr.normuon(s.lr, s.momentum, s.beta2, s.weight_decay, **common)

@@ -38,26 +38,46 @@ matrices with it (learning rate and decoupled weight decay as
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from optax_neuronlr._src import engine
-from optax_neuronlr._src import model_layout as layout_lib
-from optax_neuronlr._src import paths as paths_lib
-from optax_neuronlr._src import units as units_lib
+from optax_neuronlr._src import model_layout as layout_lib  # noqa: F401  (old import paths)
 from optax_neuronlr._src import validation
-from optax_neuronlr._src.model_layout import MatrixView
+from optax_neuronlr._src.newton_schulz import (  # noqa: F401  (old import paths)
+    NS_COEFFS,
+    check_ns_mesh,
+    newton_schulz,
+    orthogonalise,
+    orthogonalise_on_owners,
+)
+from optax_neuronlr._src.roles.matrix_views import shape_scale
+from optax_neuronlr._src.roles.views import MatrixView
 from optax_neuronlr._src.rules import moments
+from optax_neuronlr._src.rules import muon_partition as plan_lib
+from optax_neuronlr._src.rules.muon_partition import (  # noqa: F401  (old import paths)
+    ADAMW,
+    HIDDEN,
+    normuon_labels,
+)
 
-HIDDEN = "hidden"
-ADAMW = "adamw"
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon",
+               layout: Any = None, axis_names: Any = None, axis_roles: Any = None,
+               ) -> list[MatrixView]:
+  """The checked :class:`MatrixView` of every leaf of ``tree``, in order.
+
+  ``matrices=None`` (or a None entry) reads a leaf's view from
+  :func:`optax_neuronlr.model_layout` (or ``layout``). A leaf without a view
+  is an error: Muon orthogonalises matrices only.
+  """
+  plan = plan_lib.muon_plan(tree, matrices=matrices, layout=layout, axis_names=axis_names,
+                            axis_roles=axis_roles, every_leaf=True,
+                            who=what.removeprefix("scale_by_"))
+  return [l.view for l in plan.leaves]
 
 
 class ScaleByMuonState(NamedTuple):
@@ -68,248 +88,6 @@ class ScaleByMuonState(NamedTuple):
   """
 
   mu: Any
-
-
-# --------------------------------------------------------------------------
-# Matrix views.
-
-
-def _is_view(x: Any) -> bool:
-  return x is None or isinstance(x, MatrixView)
-
-
-def _check_view(view: MatrixView, shape: tuple[int, ...], where: str) -> MatrixView:
-  """``view`` with non-negative axes, checked against ``shape``."""
-  ndim = len(shape)
-
-  def norm(axes, what):
-    out = []
-    for a in axes:
-      if not -ndim <= a < ndim:
-        raise ValueError(f"matrices: {what} {a} is out of range for leaf '{where}' of "
-                         f"shape {shape}.")
-      out.append(a % ndim)
-    return tuple(out)
-
-  red = norm(view.reduction_axes, "reduction axis")
-  out = norm(view.output_axes, "output axis")
-  if not red or not out or set(red) & set(out) or len(set(red + out)) != len(red + out):
-    raise ValueError(
-        f"matrices: the view of leaf '{where}' (shape {shape}) needs distinct, non-empty "
-        f"reduction and output axes, got {view}.")
-  blocks = view.blocks
-  if blocks is not None:
-    (axis,) = norm((blocks[0],), "blocks axis")
-    if axis not in out or blocks[1] < 1 or shape[axis] % blocks[1]:
-      raise ValueError(
-          f"matrices: blocks={blocks} of leaf '{where}' (shape {shape}) must split an "
-          "output axis into equal blocks.")
-    blocks = (axis, int(blocks[1]))
-  return MatrixView(red, out, blocks)
-
-
-def _view_lookup(matrices: Any, tree: Any) -> Callable[[str], Any]:
-  """``path -> MatrixView or None`` from ``matrices`` (see scale_by_muon)."""
-  if callable(matrices) and not isinstance(matrices, MatrixView):
-    matrices = matrices(tree)
-  if isinstance(matrices, MatrixView):
-    return lambda path: matrices
-  flat = jax.tree_util.tree_flatten_with_path(matrices, is_leaf=_is_view)[0]
-  table = {}
-  for path, value in flat:
-    if not _is_view(value):
-      raise TypeError(
-          f"matrices: expected a MatrixView or None at '{paths_lib.path_str(path)}', "
-          f"got {type(value).__name__} {value!r}.")
-    table[paths_lib.path_str(path)] = value
-  def lookup(path):
-    if path not in table:
-      raise ValueError(f"matrices has no entry for leaf '{path}' (give a pytree shaped "
-                       "like the params, or a callable params -> pytree).")
-    return table[path]
-  return lookup
-
-
-def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon"
-               ) -> list[MatrixView]:
-  """The checked :class:`MatrixView` of every leaf of ``tree``, in order.
-
-  ``matrices=None`` reads the views from :func:`optax_neuronlr.model_layout`.
-  A leaf without a view is an error: Muon orthogonalises matrices only.
-  """
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  if matrices is None:
-    roles = layout_lib.model_layout(tree).leaves
-    views = [r.matrix for r in roles]
-  else:
-    lookup = _view_lookup(matrices, tree)
-    views = [lookup(paths_lib.path_str(p)) for p, _ in flat]
-  out, missing = [], []
-  for (path, leaf), view in zip(flat, views):
-    where = paths_lib.path_str(path)
-    if view is None:
-      missing.append(f"'{where}' {tuple(jnp.shape(leaf))}")
-      continue
-    out.append(_check_view(view, tuple(jnp.shape(leaf)), where))
-  if missing:
-    raise ValueError(
-        f"{what}: no matrix view for the leaves {', '.join(missing)}; Muon orthogonalises "
-        "matrices only. Use nlr.muon / nlr.normuon (AdamW on such leaves), select the "
-        "matrices with optax.partition or optax.masked, or give matrices=.")
-  return out
-
-
-def shape_scale(view: MatrixView, shape: Sequence[int]) -> float:
-  r"""Muon's factor $\sqrt{\max(1, n_{out} / n_{in})}$ of one matrix of the view."""
-  _, fan_in, fan_out = view.shapes(tuple(shape))
-  return math.sqrt(max(1.0, fan_out / fan_in))
-
-
-def _to_matrices(x: jax.Array, view: MatrixView):
-  """``x`` as a ``(matrices, fan_in, fan_out)`` stack, and the inverse map."""
-  shape = x.shape
-  red, out, axis_of_block = list(view.reduction_axes), list(view.output_axes), None
-  if view.blocks is not None:
-    a, n = view.blocks
-    x = x.reshape(shape[:a] + (n, shape[a] // n) + shape[a + 1:])
-    shift = lambda ax: ax if ax < a else ax + 1
-    red, out = [shift(ax) for ax in red], [shift(ax) for ax in out]
-    axis_of_block = a
-  split_shape = x.shape
-  used = set(red) | set(out) | ({axis_of_block} if axis_of_block is not None else set())
-  batch = [ax for ax in range(x.ndim) if ax not in used]
-  if axis_of_block is not None:
-    batch.append(axis_of_block)
-  perm = batch + red + out
-  fan_in = math.prod(split_shape[ax] for ax in red)
-  fan_out = math.prod(split_shape[ax] for ax in out)
-  moved = jnp.transpose(x, perm)
-  stack = moved.reshape(-1, fan_in, fan_out)
-  inverse = [perm.index(ax) for ax in range(len(perm))]
-
-  def back(y):
-    return jnp.transpose(y.reshape(moved.shape), inverse).reshape(shape)
-
-  return stack, back
-
-
-def newton_schulz(
-    x: jax.Array, ns_steps: Any = 5, ns_coeffs: Sequence[float] = NS_COEFFS,
-    eps: Any = 1e-7,
-) -> jax.Array:
-  r"""Quintic Newton-Schulz orthogonalisation of a stack of matrices.
-
-  ``x`` is ``(..., fan_in, fan_out)`` (Flax orientation; a PyTorch weight is
-  its transpose). Each matrix is divided by its Frobenius norm plus ``eps``
-  and iterated ``ns_steps`` times, $X \leftarrow a X + (b A + c A^2) X$ with
-  $A = X X^\top$ ($X X^H$ for complex matrices, whose polar factor it
-  then approaches), on the orientation with the smaller Gram matrix (as the
-  references: PyTorch's ``(out, in)`` weight, transposed when
-  ``out > in``). Computed in ``x``'s dtype; ``ns_steps`` may be traced.
-  """
-  a, b, c = (jnp.asarray(k, x.dtype) for k in ns_coeffs)
-  adjoint = lambda m: jnp.conj(jnp.swapaxes(m, -1, -2))
-  fan_in, fan_out = x.shape[-2:]
-  flip = fan_out <= fan_in  # the PyTorch weight (out, in) itself: rows = fan_out
-  if flip:
-    x = jnp.swapaxes(x, -1, -2)
-  norm = jnp.sqrt(jnp.sum(engine.abs_sq(x), axis=(-2, -1), keepdims=True))
-  x = x / (norm + jnp.asarray(eps, x.dtype))
-
-  def body(_, x):
-    gram = x @ adjoint(x)
-    poly = b * gram + c * (gram @ gram)
-    return a * x + poly @ x
-
-  x = jax.lax.fori_loop(0, ns_steps, body, x)
-  return jnp.swapaxes(x, -1, -2) if flip else x
-
-
-def orthogonalise(
-    x: jax.Array, view: MatrixView, *, ns_steps: Any = 5,
-    ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
-) -> jax.Array:
-  """Newton-Schulz of each matrix of ``x`` under ``view`` (batch axes and blocks
-  each a matrix), in ``ns_dtype`` (None: ``x``'s dtype); returns ``x``'s dtype."""
-  spec = units_lib.explicit_spec(x)
-  sharded = spec is not None and any(a is not None for a in spec)
-  if sharded:
-    # Newton-Schulz needs each whole matrix: on an explicit-sharding mesh the
-    # leaf is gathered (one all-gather of its size), orthogonalised on every
-    # device, and each device keeps its shard of the result.
-    replicated = units_lib.on_mesh_of(x, ())
-    x = jax.sharding.reshard(x, replicated)
-  stack, back = _to_matrices(x, view)
-  dtype = x.dtype if ns_dtype is None else engine.element_dtype(x.dtype, ns_dtype)
-  o = newton_schulz(stack.astype(dtype), ns_steps, ns_coeffs, eps)
-  out = back(o.astype(x.dtype))
-  if sharded:
-    out = jax.sharding.reshard(out, units_lib.on_mesh_of(out, spec))
-  return out
-
-
-def check_ns_mesh(ns_mesh: Any) -> None:
-  if ns_mesh is not None and not isinstance(
-      ns_mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
-    raise TypeError("ns_mesh must be None or a jax.sharding.Mesh (or AbstractMesh), got "
-                    f"{type(ns_mesh).__name__} {ns_mesh!r}.")
-
-
-def orthogonalise_on_owners(
-    xs: Sequence[jax.Array], views: Sequence[MatrixView], mesh: Any, *, ns_steps: Any = 5,
-    ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
-) -> list[jax.Array]:
-  r"""Newton-Schulz of every matrix of ``xs``, each whole matrix on one device.
-
-  The layout of distributed Muon implementations: instead of gathering each
-  sharded matrix onto every device and orthogonalising it everywhere, the
-  matrices of one shape (every leaf's matrices under its view, batch axes and
-  blocks included) are stacked, the stack is sharded over all of ``mesh``'s
-  devices along its matrix axis (whole matrices dealt round-robin to their
-  owners, zero matrices padding the stack to a multiple of the device
-  count), each device runs Newton-Schulz on the matrices it owns, and the
-  results go back to the leaves' own shardings. The communication is a
-  re-layout of the stack there and back (XLA: all-to-all or a gather to the
-  owner and a slice back) instead of one all-gather of each matrix onto every
-  device, and each device computes ``1 / devices`` of the Newton-Schulz work.
-  Equal to :func:`orthogonalise` of each leaf up to float rounding.
-
-  For automatic sharding (a mesh of ``AxisType.Auto`` axes, ``jax.jit``
-  with shardings): the placement is a ``with_sharding_constraint``.
-  """
-  if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types) or any(
-      units_lib.explicit_spec(x) is not None for x in xs):
-    raise ValueError(
-        "ns_mesh is for automatic sharding (a mesh of AxisType.Auto axes and jax.jit "
-        "with shardings); on an explicit-sharding mesh leave ns_mesh=None.")
-  stacks = [_to_matrices(x, view) for x, view in zip(xs, views)]
-  groups: dict[tuple, list[int]] = {}
-  for i, (stack, _) in enumerate(stacks):
-    dtype = stack.dtype if ns_dtype is None else jnp.dtype(ns_dtype)
-    groups.setdefault((stack.shape[1:], jnp.dtype(dtype).name), []).append(i)
-  owners = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names), None, None))
-  n = math.prod(mesh.axis_sizes)
-  out: list[Any] = [None] * len(xs)
-  for (_, dtype), members in groups.items():
-    parts = [stacks[i][0].astype(dtype) for i in members]
-    sizes = [p.shape[0] for p in parts]
-    total = sum(sizes)
-    pad = -total % n
-    if pad:
-      parts.append(jnp.zeros((pad,) + parts[0].shape[1:], dtype))
-    big = _place(jnp.concatenate(parts, axis=0), owners)
-    o = _place(newton_schulz(big, ns_steps, ns_coeffs, eps), owners)
-    start = 0
-    for i, size in zip(members, sizes):
-      back = stacks[i][1]
-      out[i] = back(o[start:start + size].astype(xs[i].dtype))
-      start += size
-  return out
-
-
-def _place(x: jax.Array, sharding: Any) -> jax.Array:
-  return jax.lax.with_sharding_constraint(x, sharding)
 
 
 # --------------------------------------------------------------------------
@@ -332,26 +110,34 @@ def muon_direction(
     momentum: Any = 0.95, *, nesterov: bool = True, ns_steps: Any = 5,
     ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
     mu_dtype: Any = None, matrices: Any = None, scaled: bool = True,
-    what: str = "scale_by_muon", ns_mesh: Any = None,
+    what: str = "scale_by_muon", ns_mesh: Any = None, layout: Any = None,
+    axis_names: Any = None, axis_roles: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_muon`, with ``scaled=False`` leaving out the shape factor
   (NorMuon applies it in its rate)."""
   validation.check_flag("nesterov", nesterov)
   check_muon_args(momentum, ns_steps, ns_coeffs, eps, ns_dtype, mu_dtype)
   validation.check_static("matrices", matrices, example="nlr.scale_by_muon")
+  plan_lib.check_layout(layout, axis_names)
   ns_coeffs = tuple(ns_coeffs)
   mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
   check_ns_mesh(ns_mesh)
+  plans = plan_lib.PlanCache(what.removeprefix("scale_by_"), True, matrices=matrices,
+                             layout=layout, axis_names=axis_names, axis_roles=axis_roles,
+                             every_leaf=True)
+
+  def views_of(tree):
+    return [l.view for l in plans(tree).leaves]
 
   def init_fn(params):
-    leaf_views(params, matrices, what=what)  # a clear error at init
+    plans.report(params)  # a clear error, or the one warning, at init
     return ScaleByMuonState(mu=jax.tree.map(
         lambda p: jnp.zeros_like(p, dtype=p.dtype if mu_dtype is None else mu_dtype),
         params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    views = leaf_views(updates, matrices, what=what)
+    views = views_of(updates)
     grads, treedef = jax.tree_util.tree_flatten(updates)
     mus = treedef.flatten_up_to(state.mu)
     ds, new_mu = [], []
@@ -361,7 +147,7 @@ def muon_direction(
       mc = mc + (1 - momentum) * (gc - mc)
       ds.append(gc + momentum * (mc - gc) if nesterov else mc)
       new_mu.append(mc.astype(m.dtype))
-    ns = dict(ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype)
+    ns = {"ns_steps": ns_steps, "ns_coeffs": ns_coeffs, "eps": eps, "ns_dtype": ns_dtype}
     if ns_mesh is None:
       os_ = [orthogonalise(d, view, **ns) for d, view in zip(ds, views)]
     else:
@@ -387,6 +173,9 @@ def scale_by_muon(
     mu_dtype: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon's direction: orthogonalised (Nesterov) momentum of each matrix.
 
@@ -413,12 +202,16 @@ def scale_by_muon(
     mu_dtype: dtype of the stored momentum (as optax's ``mu_dtype``); None:
       the params' dtype. The arithmetic is in at least float32.
     matrices: the matrix view of each leaf: None (default) reads them from
-      :func:`optax_neuronlr.model_layout` (every leaf it sees as a matrix);
-      a :class:`~optax_neuronlr.MatrixView` for every leaf; a pytree of
-      views (or None) shaped like the params, matched by path; or a callable
-      ``params -> pytree``. A leaf without a view (a bias, a norm scale) is a
-      ``ValueError``: Muon is for matrices; select them with
-      ``optax.partition`` / ``optax.masked``, or use :func:`muon`.
+      :func:`optax_neuronlr.model_layout` (every leaf it sees as a matrix;
+      stack and expert axes are batch axes, one matrix per layer or expert);
+      a :class:`~optax_neuronlr.MatrixView` for every leaf (ints read as
+      1-tuples, as optax's ``MuonDimensionNumbers(0, 1)``, which is accepted
+      too); a pytree of views shaped like the params, matched by path, where
+      None means the layout's view; or a callable ``params -> pytree``. A
+      leaf without a view (a bias, a norm scale) is a ``ValueError``: Muon is
+      for matrices; select them with ``optax.partition`` / ``optax.masked``,
+      or use :func:`muon`. A zero-size matrix gets an empty (zero) update,
+      as in optax.
     ns_mesh: None (default): each matrix is orthogonalised where it lies
       (a sharded matrix is gathered onto every device, which all run its
       Newton-Schulz); or a ``jax.sharding.Mesh``: the matrices are dealt,
@@ -426,6 +219,18 @@ def scale_by_muon(
       (the layout of distributed Muon
       implementations). For automatic sharding (``AxisType.Auto``); see
       docs/scaling.md for what each layout communicates.
+    axis_names: the model's logical axis names, a pytree like the params
+      (what ``nn.get_partition_spec(variables)["params"]`` or
+      ``nnx.get_partition_spec(state)`` return): the layout reads each
+      named leaf's matrices from its names (``layers``/``stage`` stack axes
+      and ``exp``/``expert`` axes are batch axes); see
+      :func:`optax_neuronlr.model_layout`.
+    axis_roles: more axis names for the vocabulary, ``{name: role}`` (e.g.
+      ``{"my_layers": "stack"}``).
+    layout: the :class:`~optax_neuronlr.ModelLayout` to read the views from
+      by path (e.g. ``nlr.model_layout(full_params)`` when this transform
+      sees only a part of the tree, inside ``optax.partition``); None: the
+      layout of the tree it is given.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -433,112 +238,8 @@ def scale_by_muon(
   """
   return muon_direction(momentum, nesterov=nesterov, ns_steps=ns_steps,
                         ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype,
-                        mu_dtype=mu_dtype, matrices=matrices, ns_mesh=ns_mesh)
-
-
-# --------------------------------------------------------------------------
-# Hidden leaves and the partition shared by muon and normuon.
-
-
-def _hidden_mask(params: Any, hidden: Any) -> list[bool]:
-  """``hidden`` as one bool per leaf of ``params``, checked."""
-  treedef = jax.tree.structure(params)
-  if hidden is None:
-    return [r.hidden for r in layout_lib.model_layout(params).leaves]
-  if callable(hidden):
-    hidden = hidden(params)
-  if isinstance(hidden, (bool, np.bool_)):
-    raise TypeError(
-        f"hidden must be None, a pytree of bools with the structure of the params, or "
-        f"a callable params -> such a pytree; got the bare bool {hidden!r}. "
-        + validation._static_hint("hidden", "nlr.normuon"))  # pylint: disable=protected-access
-  try:
-    flat = treedef.flatten_up_to(hidden)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        "hidden must be None, a pytree of bools with the structure of the params, or a "
-        f"callable params -> such a pytree; its structure differs: {e}") from e
-  for path, value in zip(paths_lib.leaf_paths(params), flat):
-    if not isinstance(value, (bool, np.bool_)):
-      raise TypeError(f"hidden: expected a bool for leaf '{path}', got "
-                      f"{type(value).__name__} {value!r}.")
-  return [bool(v) for v in flat]
-
-
-def normuon_labels(params: Any, hidden: Any = None) -> Any:
-  """``"hidden"`` or ``"adamw"`` per leaf: who trains it in :func:`muon` and
-  :func:`~optax_neuronlr.normuon`.
-
-  Args:
-    params: the parameter tree (arrays, ``jax.ShapeDtypeStruct`` or an NNX state).
-    hidden: None: the hidden matrices of :func:`optax_neuronlr.model_layout`
-      (attention, MLP and recurrent kernels; not embeddings, the output head,
-      norm scales or biases); a pytree of bools shaped like the params; or a
-      callable ``params -> pytree of bools`` (``optax.masked``'s convention).
-
-  Returns:
-    A pytree of strings shaped like the params.
-  """
-  mask = _hidden_mask(params, hidden)
-  return jax.tree.structure(params).unflatten([HIDDEN if h else ADAMW for h in mask])
-
-
-def hidden_views(params: Any, hidden: Any, matrices: Any) -> dict[str, MatrixView]:
-  """The matrix view of every hidden leaf, by path (from the whole tree)."""
-  mask = _hidden_mask(params, hidden)
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  if matrices is None:
-    lookup = None
-    roles = layout_lib.model_layout(params).leaves
-  else:
-    lookup = _view_lookup(matrices, params)
-  out = {}
-  for i, ((path, leaf), h) in enumerate(zip(flat, mask)):
-    if not h:
-      continue
-    where = paths_lib.path_str(path)
-    shape = tuple(jnp.shape(leaf))
-    view = roles[i].matrix if lookup is None else lookup(where)
-    if view is None:
-      if len(shape) < 2:
-        raise ValueError(f"hidden: leaf '{where}' of shape {shape} is not a matrix; "
-                         "hidden leaves need two or more dimensions.")
-      view = MatrixView(tuple(range(len(shape) - 1)), (len(shape) - 1,))
-    out[where] = _check_view(view, shape, where)
-  return out
-
-
-def by_path(views: dict[str, MatrixView]) -> Callable[[Any], Any]:
-  """A ``matrices`` callable that reads ``views`` by each leaf's path (works on
-  the masked trees that ``optax.partition`` gives its inner transforms)."""
-  def matrices(tree):
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    return treedef.unflatten([views.get(paths_lib.path_str(p)) for p, _ in flat])
-  return matrices
-
-
-def partitioned(
-    hidden_tx: Callable[[Callable[[Any], Any]], optax.GradientTransformation],
-    adamw_tx: optax.GradientTransformation, hidden: Any, matrices: Any,
-) -> optax.GradientTransformationExtraArgs:
-  """``optax.partition`` of ``hidden_tx(matrices)`` on the hidden leaves and
-  ``adamw_tx`` elsewhere; the hidden leaves' views come from the whole tree."""
-  validation.check_static("hidden", hidden, example="nlr.normuon")
-  validation.check_static("matrices", matrices, example="nlr.normuon")
-
-  def inner(tree):
-    views = hidden_views(tree, hidden, matrices)
-    return optax.partition(
-        {HIDDEN: hidden_tx(by_path(views)), ADAMW: adamw_tx},
-        lambda t: normuon_labels(t, hidden))
-
-  def init_fn(params):
-    return inner(params).init(params)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    return inner(updates).update(updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+                        mu_dtype=mu_dtype, matrices=matrices, ns_mesh=ns_mesh,
+                        layout=layout, axis_names=axis_names, axis_roles=axis_roles)
 
 
 def check_adamw_args(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay) -> None:
@@ -569,6 +270,9 @@ def muon(
     hidden: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon on the hidden matrices, AdamW on every other leaf.
 
@@ -604,17 +308,43 @@ def muon(
     b2: AdamW's second-moment decay, in ``[0, 1)``.
     adam_eps: AdamW's $\epsilon$, ``>= 0``.
     adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
-    hidden: which leaves Muon trains; see :func:`normuon_labels`.
-    matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`);
+    hidden: which leaves Muon trains; see :func:`normuon_labels` (a bool
+      for a bare array param).
+    matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`):
       None: from :func:`optax_neuronlr.model_layout`, else the last axis as
-      the output.
+      the output; one view: for every hidden leaf; a pytree (or a callable
+      returning one): a leaf given a view is a hidden matrix (as optax's
+      dimension numbers), a None entry keeps the layout's choice and view.
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`scale_by_muon`.
+    axis_names: the model's logical axis names (see :func:`scale_by_muon`):
+      which leaves are hidden matrices and their views come from the names.
+    axis_roles: more axis names for the vocabulary, ``{name: role}``.
+    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+      path. The layout is computed once, from the tree this optimizer is
+      given; inside ``optax.multi_transform`` / ``optax.masked`` that tree
+      is a part (the other leaves ``optax.MaskedNode``, skipped), whose
+      layout can differ from the whole model's (an output head found as the
+      embedding's transpose): pass ``layout=nlr.model_layout(full_params)``.
+
+  A layout guessed from shapes (leaves without Flax names, stack axes found
+  by shape) or one without any hidden matrix is reported by one warning at
+  ``init``, naming the leaves and these arguments.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
     with the inner states ``"hidden"`` and ``"adamw"``).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_neuronlr as nlr
+    >>> params = {"embed": {"embedding": jnp.zeros((10, 4))},
+    ...           "fc": {"kernel": jnp.zeros((4, 8))},
+    ...           "head": {"kernel": jnp.zeros((8, 10))}}
+    >>> tx = nlr.muon(0.02, weight_decay=0.1, adam_learning_rate=3e-4)
+    >>> state = tx.init(params)
+    >>> # Inside optax.multi_transform, give the full tree's layout:
+    >>> tx = nlr.muon(0.02, layout=nlr.model_layout(params))
   """
   validation.check_rate("learning_rate", learning_rate)
   check_ns_mesh(ns_mesh)
@@ -633,7 +363,11 @@ def muon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask)
-  return partitioned(hidden_tx, adamw, hidden, matrices)
+  def adamw_tx(decay_mask):
+    return optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                       weight_decay=adam_weight_decay, mask=decay_mask)
+
+  return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
+                              layout=layout, axis_names=axis_names,
+                              axis_roles=axis_roles, who="muon")
 

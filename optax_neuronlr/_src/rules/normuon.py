@@ -22,16 +22,18 @@ $$
 with $\epsilon = 10^{-10}$ in both places, as the reference. Here it is the
 :class:`NorMuon` rule run by :func:`optax_neuronlr.scale_by_rule` with Muon's
 unscaled $O_t$ as the direction: the per-neuron rate
-$r_n = \eta_t g / (\sqrt{v_n} + \epsilon)$, with $g$ the leaf's shape factor
-times its norm ratio, is what :func:`optax_neuronlr.learning_rates` reads.
-The state is Muon's momentum, one $v$ per output neuron and one scalar $g$
-per leaf (the rescale depends on this step's $O_t$, which ``v`` alone cannot
-give, so it is kept to read the applied rates back exactly).
+$r_n = \eta_t g_n / (\sqrt{v_n} + \epsilon)$, with $g_n$ the shape factor
+times the norm ratio of neuron $n$'s matrix, is what
+:func:`optax_neuronlr.learning_rates` reads. The state is Muon's momentum and
+two floats per output neuron, $v_n$ and $g_n$ (the rescale depends on this
+step's $O_t$, which ``v`` alone cannot give, so it is kept to read the
+applied rates back exactly).
 
-For a leaf of several matrices (batch axes, or ``blocks`` such as the gates of
-a fused recurrent kernel) Newton-Schulz runs per matrix, and the
-norm-preserving rescale is over the whole leaf; for a one-matrix leaf (every
-attention and MLP kernel) it is exactly the reference's.
+For a leaf of several matrices (batch axes: the layers of a scanned stack,
+the experts of a mixture; or ``blocks`` such as the gates of a fused
+recurrent kernel) Newton-Schulz, the second moment and the norm-preserving
+rescale are each per matrix: a stacked ``(L, in, out)`` kernel gives exactly
+the L per-layer results of L separate ``(in, out)`` kernels.
 """
 
 from __future__ import annotations
@@ -45,27 +47,72 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import model_layout
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.rules import muon as muon_lib
+from optax_neuronlr._src.rules import muon_partition as plan_lib
 from optax_neuronlr._src.units import Neurons
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixUnits:
+  r"""How a leaf's NorMuon units (its output neurons) group into matrices.
+
+  Attributes:
+    scale: Muon's shape factor $\sqrt{\max(1, n_{out}/n_{in})}$ of a matrix.
+    output_axes: the axes of the unit shape that index one matrix's output
+      neurons (the others are batch axes: one matrix per index).
+    blocks: ``(axis, n)``: unit axis ``axis`` holds ``n`` matrices side by
+      side (the view's blocks); None: one.
+  """
+
+  scale: float
+  output_axes: tuple[int, ...]
+  blocks: Optional[tuple[int, int]] = None
+
+
+def matrix_units(view: muon_lib.MatrixView, shape: Sequence[int]) -> MatrixUnits:
+  """The :class:`MatrixUnits` of a leaf of ``shape`` seen through ``view``
+  (units: every axis but the fan-in, in order)."""
+  unit_axes = [a for a in range(len(shape)) if a not in view.reduction_axes]
+  blocks = None
+  if view.blocks is not None:
+    blocks = (unit_axes.index(view.blocks[0]), view.blocks[1])
+  return MatrixUnits(muon_lib.shape_scale(view, shape),
+                     tuple(unit_axes.index(a) for a in view.output_axes), blocks)
+
+
+def per_matrix_sum(x: jax.Array, units: Optional[MatrixUnits]) -> jax.Array:
+  """Sums of ``x`` (shaped like the units) over each matrix's output neurons,
+  broadcast back to ``x``'s shape; the whole ``x`` for ``units=None``."""
+  if units is None:
+    return jnp.broadcast_to(jnp.sum(x), x.shape)
+  shape = x.shape
+  axes = list(units.output_axes)
+  if units.blocks is not None:
+    p, n = units.blocks
+    x = x.reshape(shape[:p] + (n, shape[p] // n) + shape[p + 1:])
+    axes = [a + 1 if a >= p else a for a in axes]  # the block index stays a batch axis
+  total = jnp.sum(x, axis=tuple(axes), keepdims=True)
+  return jnp.broadcast_to(total, x.shape).reshape(shape)
 
 
 @dataclasses.dataclass(frozen=True)
 class NorMuon(engine.Rule):
   r"""NorMuon's per-neuron rate on an orthogonalised direction $O$.
 
-  Unit statistic ``v`` (EMA of $\mathrm{mean}_{i \in n} O_i^2$ per neuron),
-  leaf statistic ``gain`` $= s\, \|O\|_F / (\|O / (\sqrt v + \epsilon)\|_F +
-  \epsilon)$ with $s$ the leaf's ``leaf_info`` (Muon's shape factor; 1 when
-  not given), and rate $\eta\, \mathrm{gain} / (\sqrt{v_n} + \epsilon)$.
+  Unit statistics ``v`` (EMA of $\mathrm{mean}_{i \in n} O_i^2$ per neuron)
+  and ``gain``, per matrix and kept on each of its neurons:
+  $s\, \|O\|_F / (\|O / (\sqrt v + \epsilon)\|_F + \epsilon)$ with $s$
+  Muon's shape factor, the norms over the matrix (one per layer of a stacked
+  leaf, per block of a fused one) as the leaf's ``leaf_info``
+  (:class:`MatrixUnits`) says; without it, over the whole leaf with
+  $s = 1$. Rate $\eta\, \mathrm{gain}_n / (\sqrt{v_n} + \epsilon)$.
   Needs units of one output neuron each (the fan-in reduced) and the
   direction to be $O$.
   """
 
-  unit_stats = ("v",)
-  leaf_stats = ("gain",)
+  unit_stats = ("v", "gain")
   hyperparams = ("beta2", "eps")
   state_name = "ScaleByNorMuonState"
   name = "normuon"
@@ -75,15 +122,16 @@ class NorMuon(engine.Rule):
 
   def update(self, stats, observed, hp, prev_hp, count):
     v = stats["v"]
-    return {"v": v + (1 - hp["beta2"]) * (observed[0] - v)}
+    return {"v": v + (1 - hp["beta2"]) * (observed[0] - v), "gain": stats["gain"]}
 
   def update_leaf(self, stats, observed, hp, count, leaf):
     eps = hp["eps"]
+    units = leaf.info if isinstance(leaf.info, MatrixUnits) else None
     mean_sq = observed[0]
     den = jnp.sqrt(stats["v"]) + eps
-    norm = jnp.sqrt(jnp.sum(mean_sq) * leaf.unit_size)
-    norm_new = jnp.sqrt(jnp.sum(mean_sq / (den * den)) * leaf.unit_size)
-    scale = 1.0 if leaf.info is None else leaf.info
+    norm = jnp.sqrt(per_matrix_sum(mean_sq, units) * leaf.unit_size)
+    norm_new = jnp.sqrt(per_matrix_sum(mean_sq / (den * den), units) * leaf.unit_size)
+    scale = 1.0 if units is None else units.scale
     return {"gain": scale * (norm / (norm_new + eps))}
 
   def rate(self, stats, hp, count):
@@ -109,6 +157,9 @@ def scale_by_normuon(
     state_dtype: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon's scaling of each matrix: per-neuron normalised Muon.
 
@@ -149,6 +200,11 @@ def scale_by_normuon(
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`optax_neuronlr.scale_by_muon`.
+    axis_names: the model's logical axis names (see
+      :func:`optax_neuronlr.scale_by_muon`).
+    axis_roles: more axis names for the vocabulary, ``{name: role}``.
+    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+      path (see :func:`optax_neuronlr.scale_by_muon`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -160,11 +216,14 @@ def scale_by_normuon(
   direction = muon_lib.muon_direction(
       momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=ns_eps,
       ns_dtype=ns_dtype, mu_dtype=mu_dtype, matrices=matrices, scaled=False,
-      what="scale_by_normuon", ns_mesh=ns_mesh)
+      what="scale_by_normuon", ns_mesh=ns_mesh, layout=layout, axis_names=axis_names,
+      axis_roles=axis_roles)
+  plans = plan_lib.PlanCache("normuon", True, matrices=matrices, layout=layout,
+                             axis_names=axis_names, axis_roles=axis_roles,
+                             every_leaf=True)
 
   def views(tree):
-    return jax.tree.structure(tree).unflatten(
-        muon_lib.leaf_views(tree, matrices, what="scale_by_normuon"))
+    return jax.tree.structure(tree).unflatten([l.view for l in plans(tree).leaves])
 
   def units(tree):
     return jax.tree.map(lambda v, x: Neurons(tuple(
@@ -172,7 +231,7 @@ def scale_by_normuon(
         views(tree), tree, is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
   def scales(tree):
-    return jax.tree.map(lambda v, x: muon_lib.shape_scale(v, jnp.shape(x)),
+    return jax.tree.map(lambda v, x: matrix_units(v, jnp.shape(x)),
                         views(tree), tree,
                         is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
@@ -203,6 +262,9 @@ def normuon(
     hidden: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    axis_names: Any = None,
+    axis_roles: Any = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon (Li et al., 2025) on the hidden matrices, AdamW elsewhere.
 
@@ -218,8 +280,9 @@ def normuon(
   ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``,
   its decay on embeddings and the head only, never on norm scales or biases
   (:func:`optax_neuronlr.model_layout`'s ``weight_decay``).
-  The state is Muon's momentum on the hidden leaves, one float per output
-  neuron and one per hidden leaf, and AdamW's two moments on the rest.
+  The state is Muon's momentum on the hidden leaves, two floats per output
+  neuron (the second moment and its matrix's gain), and AdamW's two moments
+  on the rest.
   Agrees with the reference's ``normuon_update`` to float64 rounding
   (``python -m optax_neuronlr.parity --case normuon``).
 
@@ -247,13 +310,21 @@ def normuon(
     adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
     hidden: which leaves NorMuon trains: None (the hidden matrices of
       :func:`optax_neuronlr.model_layout`), a pytree of bools shaped like the
-      params, or a callable ``params -> pytree of bools``.
-    matrices: the hidden leaves' matrix views (see
-      :func:`optax_neuronlr.scale_by_muon`); None: from the layout, else the
-      last axis as the output.
+      params (a bool for a bare array), or a callable ``params -> pytree of
+      bools``.
+    matrices: the hidden leaves' matrix views, as :func:`optax_neuronlr.muon`'s
+      (a leaf given a view in a pytree is a hidden matrix; None entries keep
+      the layout's choice and view).
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`optax_neuronlr.scale_by_muon`.
+    axis_names: the model's logical axis names (see
+      :func:`optax_neuronlr.scale_by_muon`).
+    axis_roles: more axis names for the vocabulary, ``{name: role}``.
+    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+      path; pass ``nlr.model_layout(full_params)`` inside
+      ``optax.multi_transform`` / ``optax.masked`` (see
+      :func:`optax_neuronlr.muon`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
@@ -284,7 +355,11 @@ def normuon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask)
-  return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
+  def adamw_tx(decay_mask):
+    return optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                       weight_decay=adam_weight_decay, mask=decay_mask)
+
+  return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
+                              layout=layout, axis_names=axis_names,
+                              axis_roles=axis_roles, who="normuon")
 

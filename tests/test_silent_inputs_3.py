@@ -1,0 +1,140 @@
+"""Inputs that used to train silently wrong or fail without a hint, third
+round: a rule's integer statistics and missing rates, the plateau rate that
+PyTorch's ``get_last_lr()`` reports, group edits that move parameters,
+warnings once per optimizer, dtype classes and half-precision
+hyperparameters under ``optax.inject_hyperparams``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_neuronlr as nlr
+
+# ---------------------------------------------------------------------------
+# A rule's statistics built from integers or bools.
+
+
+@dataclasses.dataclass(frozen=True)
+class _IntInit(nlr.Rule):
+  """An EMA of g^2 whose init is an int array of ones (``jnp.full(shape, 1)``)."""
+
+  unit_stats = ("ms",)
+  element_stats = ("last",)
+  leaf_stats = ("peak",)
+
+  def init(self, zeros, hp):
+    return {"ms": jnp.full(zeros.shape, 1)}
+
+  def init_elements(self, zeros, hp):
+    return {"last": jnp.zeros(zeros.shape, bool)}
+
+  def observe(self, g, d, elements, hp):
+    return (g * g,)
+
+  def update(self, stats, observed, hp, prev_hp, count):
+    return {"ms": 0.9 * stats["ms"] + 0.1 * observed[0]}
+
+  def update_leaf(self, stats, observed, hp, count, leaf):
+    return {"peak": jnp.maximum(stats["peak"], jnp.max(stats["ms"]))}
+
+  def update_elements(self, elements, g, d, hp, count):
+    return {"last": g > 0}
+
+  def rate(self, stats, hp, count):
+    return hp["learning_rate"] / jnp.sqrt(stats["ms"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_integer_and_bool_statistics_keep_the_statistics_dtype(dtype):
+  """Kept int32, ``0.9 * 1 + 0.1 * 4`` truncated to 1 and then to 0 (rate
+  inf / every update wrong); now float32, the EMA of a NumPy restatement."""
+  params = {"w": jnp.ones((2, 3), dtype)}
+  tx = nlr.scale_by_rule(_IntInit(), 0.1, granularity="neuron")
+  state = tx.init(params)
+  assert state.ms["w"].dtype == jnp.float32
+  assert state.last["w"].dtype == jnp.float32
+  assert state.peak["w"].dtype == jnp.float32
+  g = {"w": jnp.full((2, 3), 2.0, dtype)}
+  ms = 1.0
+  for _ in range(3):
+    updates, state = jax.jit(tx.update)(g, state)
+    ms = 0.9 * ms + 0.1 * 4.0
+  np.testing.assert_allclose(state.ms["w"], np.full(3, ms), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(updates["w"], np.float32),
+                             np.full((2, 3), 0.1 / np.sqrt(ms) * 2.0), rtol=1e-2)
+  assert float(state.peak["w"]) == pytest.approx(ms, rel=1e-6)
+  np.testing.assert_array_equal(state.last["w"], np.ones((2, 3)))
+
+
+def test_integer_init_of_a_global_rule():
+  params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+
+  @dataclasses.dataclass(frozen=True)
+  class Global(nlr.Rule):
+    unit_stats = ("ms",)
+
+    def init(self, zeros, hp):
+      return {"ms": 1}
+
+    def observe(self, g, d, elements, hp):
+      return (g * g,)
+
+    def update(self, stats, observed, hp, prev_hp, count):
+      return {"ms": 0.5 * stats["ms"] + 0.5 * observed[0]}
+
+    def rate(self, stats, hp, count):
+      return hp["learning_rate"] * stats["ms"]
+
+  tx = nlr.scale_by_rule(Global(), 1.0, granularity="global")
+  state = tx.init(params)
+  _, state = tx.update(jax.tree.map(lambda x: 0.5 * x, params), state)
+  np.testing.assert_allclose(state.ms["a"], 0.5 + 0.5 * 0.25, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# rate() that returns no rate.
+
+
+def _rule_returning(value):
+  @dataclasses.dataclass(frozen=True)
+  class BadRate(nlr.Rule):
+    unit_stats = ("ms",)
+
+    def rate(self, stats, hp, count):
+      return value
+
+  return BadRate()
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, r"BadRate.rate\(\) returned None for leaf 'layer/w' \(a missing `return`\?\)"),
+    ([0.1, 0.2], r"BadRate.rate\(\) returned \[0.1, 0.2\] \(list\) for leaf 'layer/w'"),
+    ("0.1", r"BadRate.rate\(\) returned '0.1' \(str\) for leaf 'layer/w'"),
+    (True, r"BadRate.rate\(\) returned True \(bool\) for leaf 'layer/w'"),
+    (1j, r"BadRate.rate\(\) returned a complex rate for leaf 'layer/w'"),
+    (np.ones(2, bool), r"BadRate.rate\(\) returned .*bool.* for leaf 'layer/w'"),
+])
+def test_rate_that_is_not_a_rate_is_named(value, message):
+  params = {"layer": {"w": jnp.ones(2)}}
+  tx = nlr.scale_by_rule(_rule_returning(value), 0.1)
+  state = tx.init(params)
+  with pytest.raises(TypeError, match=message):
+    tx.update(params, state)
+  with pytest.raises(TypeError, match=message):
+    nlr.learning_rates(state)  # before any update: the reader calls rate() too
+
+
+def test_rate_python_number_still_works():
+  params = {"w": jnp.ones(2)}
+  tx = nlr.scale_by_rule(_rule_returning(0.5), 0.1)
+  updates, state = tx.update(params, tx.init(params))
+  np.testing.assert_allclose(updates["w"], [0.5, 0.5])
+  np.testing.assert_allclose(nlr.learning_rates(state)["w"], [0.5, 0.5])

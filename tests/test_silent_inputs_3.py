@@ -138,3 +138,59 @@ def test_rate_python_number_still_works():
   updates, state = tx.update(params, tx.init(params))
   np.testing.assert_allclose(updates["w"], [0.5, 0.5])
   np.testing.assert_allclose(nlr.learning_rates(state)["w"], [0.5, 0.5])
+
+
+# ---------------------------------------------------------------------------
+# plateau_learning_rate is PyTorch's get_last_lr().
+
+_LOSSES = [1.0, 0.9, 0.95, 0.96, 0.97, 0.5, 0.6, 0.61, 0.62, 0.63, 0.64, 0.65]
+
+
+def _torch_last_lrs(losses, kwargs, edit_every=None):
+  torch = pytest.importorskip("torch")
+  p = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.SGD([p], lr=0.1)
+  scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kwargs)
+  out = [scheduler.get_last_lr()[0]]
+  for k, v in enumerate(losses):
+    if edit_every and k % edit_every == 0:
+      for group in opt.param_groups:
+        group["lr"] *= 0.9
+    opt.step()
+    scheduler.step(v)
+    out.append(scheduler.get_last_lr()[0])
+  return out
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(patience=1, factor=0.5),
+    dict(patience=0, factor=0.5, cooldown=1, min_lr=0.02),
+])
+def test_plateau_learning_rate_is_get_last_lr(kwargs):
+  """Was the rate the last update applied: one step behind get_last_lr()
+  after each reduction."""
+  want = _torch_last_lrs(_LOSSES, kwargs)
+  with jax.enable_x64(True):
+    tx = optax.chain(optax.scale_by_adam(), nlr.reduce_lr_on_plateau(0.1, **kwargs))
+    state = tx.init({"w": jnp.zeros(1)})
+    got = [float(nlr.plateau_learning_rate(state))]
+    for v in _LOSSES:
+      _, state = tx.update({"w": jnp.ones(1)}, state, value=v)
+      got.append(float(nlr.plateau_learning_rate(state)))
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  assert len(set(want)) > 2
+
+
+def test_plateau_learning_rate_with_manual_edits_is_get_last_lr():
+  kwargs = dict(patience=1, factor=0.5)
+  want = _torch_last_lrs(_LOSSES, kwargs, edit_every=4)
+  with jax.enable_x64(True):
+    tx = optax.inject_hyperparams(nlr.reduce_lr_on_plateau)(learning_rate=0.1, **kwargs)
+    state = tx.init({"w": jnp.zeros(1)})
+    got = [float(nlr.plateau_learning_rate(state))]
+    for k, v in enumerate(_LOSSES):
+      if k % 4 == 0:
+        state = nlr.set_hyperparams(state, learning_rate=lambda lr: lr * 0.9)
+      _, state = tx.update({"w": jnp.ones(1)}, state, value=v)
+      got.append(float(nlr.plateau_learning_rate(state)))
+  np.testing.assert_allclose(got, want, rtol=1e-12)

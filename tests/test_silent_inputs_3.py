@@ -194,3 +194,83 @@ def test_plateau_learning_rate_with_manual_edits_is_get_last_lr():
       _, state = tx.update({"w": jnp.ones(1)}, state, value=v)
       got.append(float(nlr.plateau_learning_rate(state)))
   np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# add_param_group: parameters that would move, default names.
+
+_GROUP_PARAMS = {"body": {"kernel": jnp.ones((3, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+
+
+@pytest.mark.parametrize("optimizer", [optax.adam, functools.partial(optax.sgd, momentum=0.9)])
+@pytest.mark.parametrize("claims", ["head", ".*"])
+def test_add_param_group_claiming_the_rest_groups_leaves(optimizer, claims):
+  """Every leaf of the rest= group: was 'param group 1 ('base', params=[])
+  claims no parameter ... Pass allow_empty=True' (an argument add_param_group
+  does not take)."""
+  params = {**_GROUP_PARAMS, "bias": jnp.ones(2)}
+  tx = nlr.param_groups(optimizer, [{"params": "body"}, {"name": "base"}], rest="base",
+                        learning_rate=0.1)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"parameters already in a group would move.*'base': "
+                                       r"\['bias', 'head/kernel'\]\} \(to \['group_2'\].*"
+                                       r"more than one parameter group"):
+    nlr.add_param_group(tx, state, params, {"params": "head|bias", "lr": 0.01})
+  with pytest.raises(ValueError, match=r"would move.*'head/kernel'.*\(to \['group_2'\]"):
+    nlr.add_param_group(tx, state, params, {"params": claims, "lr": 0.01})
+
+
+def test_add_param_group_emptying_a_stateless_rest_group_says_so():
+  """Plain SGD keeps no statistics: nothing is lost by moving, but the rest=
+  group left empty is named as such."""
+  params = {**_GROUP_PARAMS, "bias": jnp.ones(2)}
+  tx = nlr.param_groups(optax.sgd, [{"params": "body"}, {"name": "base"}], rest="base",
+                        learning_rate=0.1)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"'base'.*it is the rest= group: the other groups "
+                                       r"claim every leaf"):
+    nlr.add_param_group(tx, state, params, {"params": "head|bias", "lr": 0.01})
+  new_tx, _ = nlr.add_param_group(tx, state, params, {"params": "head", "lr": 0.01})
+  assert new_tx.labels(params) == {"body": {"kernel": "group_0"}, "head": {"kernel": "group_2"},
+                                   "bias": "base"}
+
+
+def test_add_param_group_of_new_or_frozen_leaves_still_works():
+  tx = nlr.param_groups(optax.adam, [{"params": "body"}], rest="freeze", learning_rate=0.1)
+  state = tx.init(_GROUP_PARAMS)
+  new_tx, new_state = nlr.add_param_group(tx, state, _GROUP_PARAMS, {"params": "head"})
+  assert new_tx.names == ("group_0", "group_1")
+  grown = {**_GROUP_PARAMS, "extra": jnp.ones(3)}
+  new_tx, _ = nlr.add_param_group(new_tx, new_state, grown, {"params": "extra"})
+  assert new_tx.names == ("group_0", "group_1", "group_2")
+
+
+def test_add_param_group_picks_a_free_default_name():
+  """Was group_1 beside a group already named group_1: 'used twice'."""
+  tx = nlr.param_groups(optax.adam, [{"params": "body", "name": "group_1"}], rest="freeze",
+                        learning_rate=0.1)
+  state = tx.init(_GROUP_PARAMS)
+  new_tx, new_state = nlr.add_param_group(tx, state, _GROUP_PARAMS, {"params": "head"})
+  assert new_tx.names == ("group_1", "group_2")
+  assert set(nlr.get_hyperparams(new_state)) == {"group_1", "group_2"}
+  # The same in param_groups itself: an unnamed group beside one named like its default.
+  tx = nlr.param_groups(optax.adam, [{"params": "body", "name": "group_1"}, {"params": "head"}],
+                        learning_rate=0.1)
+  assert tx.names == ("group_1", "group_2")
+  tx.init(_GROUP_PARAMS)
+
+
+def test_drop_param_group_keeps_the_names_of_unnamed_groups():
+  """Dropping group_0 renamed the unnamed group_1 to group_0 (its position):
+  its statistics were reported lost."""
+  params = {**_GROUP_PARAMS, "bias": jnp.ones(2)}
+  tx = nlr.param_groups(optax.adam, [{"params": "body"}, {"params": "head"}, {"params": "bias"}],
+                        learning_rate=0.1)
+  state = tx.init(params)
+  _, state = tx.update(params, state, params)
+  kept = {k: v for k, v in params.items() if k != "body"}
+  new_tx, new_state = nlr.drop_param_group(tx, state, kept, "group_0")
+  assert new_tx.names == ("group_1", "group_2")
+  old_mu = state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
+  new_mu = new_state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
+  np.testing.assert_array_equal(new_mu, old_mu)

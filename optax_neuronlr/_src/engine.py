@@ -365,19 +365,21 @@ def rates_of(state: Any) -> Any:
   if not names:
     raise ValueError(f"{rule.name} keeps no statistics to read rates from.")
 
-  def leaf_rate(*stats):
+  def leaf_rate(path, *stats):
     dtype = stats[0].dtype
-    r = rule.rate(dict(zip(rule.unit_stats + rule.leaf_stats, stats)), hp, count)
+    r = rule_checks.check_rate(
+        rule, rule.rate(dict(zip(rule.unit_stats + rule.leaf_stats, stats)), hp, count),
+        stats[0].shape, paths.path_str(path))
     rate = clamp(jnp.broadcast_to(r, stats[0].shape), hp).astype(dtype)
     start = clamp(hp["learning_rate"], hp).astype(dtype)
     return jnp.where(count == 0, start, rate)
 
   if not rule.unit_stats:
-    r = rule.rate({}, hp, count)
-    return jax.tree.map(
-        lambda e: leaf_rate(jnp.zeros(jnp.shape(r), e.dtype)),
+    r = rule_checks.check_rate(rule, rule.rate({}, hp, count), None, "(every leaf)")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, e: leaf_rate(path, jnp.zeros(jnp.shape(r), e.dtype)),
         getattr(state, names[0]))
-  return jax.tree.map(
+  return jax.tree_util.tree_map_with_path(
       leaf_rate, *(getattr(state, n) for n in rule.unit_stats + rule.leaf_stats))
 
 
@@ -611,14 +613,17 @@ def scale_by_rule(
     for layout, leaf, dtype, path in zip(layouts, leaves, dtypes, leaf_paths):
       zeros = jnp.zeros_like(leaf, dtype=dtype)
       unit_zeros = jnp.zeros([], dtype) if is_global else layout.sum(zeros, dtype)
-      unit.append(rule.init(unit_zeros, hp))
-      rule_checks.check_stats(rule, "init", unit[-1], rule.unit_stats,
+      got = rule.init(unit_zeros, hp)
+      rule_checks.check_stats(rule, "init", got, rule.unit_stats,
                               unit_zeros.shape, path, kind="unit statistics")
+      unit.append(rule_checks.in_dtype(got, rule.unit_stats, dtype))
       if rule.element_stats:
-        elem.append(rule.init_elements(
-            jnp.zeros_like(leaf, dtype=_element_dtype(leaf.dtype, dtype)), hp))
-        rule_checks.check_stats(rule, "init_elements", elem[-1], rule.element_stats,
+        got = rule.init_elements(
+            jnp.zeros_like(leaf, dtype=_element_dtype(leaf.dtype, dtype)), hp)
+        rule_checks.check_stats(rule, "init_elements", got, rule.element_stats,
                                 leaf.shape, path, kind="element statistics", real=False)
+        elem.append(rule_checks.in_dtype(got, rule.element_stats,
+                                         _element_dtype(leaf.dtype, dtype)))
       else:
         elem.append({})
     stats = {
@@ -718,8 +723,7 @@ def scale_by_rule(
                                 where, kind="leaf statistics")
         new.update({n: jnp.asarray(x).astype(dtype) for n, x in refined.items()})
         new.update({n: jnp.asarray(new_leaf[n]).astype(dtype) for n in rule.leaf_stats})
-      rate = rule.rate(new, hp, count)
-      rule_checks.check_rate(rule, rate, unit_shape, where)
+      rate = rule_checks.check_rate(rule, rule.rate(new, hp, count), unit_shape, where)
       return new, clamp(rate, hp).astype(dtype)
 
     if is_global and leaves:

@@ -61,12 +61,44 @@ def add_param_group(
   Raises:
     TypeError: if ``tx`` is not a :func:`param_groups` transformation.
     ValueError: for an invalid group (as :func:`param_groups`), a group that
-      claims no parameter, or one that claims parameters of another group,
-      or parameters that left the model (their statistics would be lost).
+      claims no parameter, or one that claims parameters of another group
+      (PyTorch raises too; also when it would take every parameter of the
+      ``rest=`` group), or parameters that left the model (their statistics
+      would be lost).
   """
   tx = _as_param_groups(tx, "add_param_group")
   new_tx = tx.with_group(group)
+  check_no_move(tx, new_tx, state, params, "add_param_group")
   return new_tx, migrate.rebuild(new_tx, state, params, strict=True, what="add_param_group")
+
+
+def check_no_move(tx: param_groups_lib.ParamGroups, new_tx: param_groups_lib.ParamGroups,
+                  state: Any, params: Any, what: str) -> None:
+  """Raises if a leaf that a group of ``tx`` holds statistics for in
+  ``state`` goes to another group in ``new_tx``, as PyTorch's
+  ``add_param_group`` raises "some parameters appear in more than one
+  parameter group". New leaves (no statistics yet) may go to any group, also
+  where the pattern of an old group would select them, and so may the leaves
+  of a frozen group (unfreezing).
+  """
+  old, new = tx.owners(params), new_tx.owners(params)
+  present = migrate.state_param_paths(state)
+  moved: dict[str, list[str]] = {}
+  to = set()
+  for path, owner in old.items():
+    if owner is not None and path in present and new.get(path) != owner:
+      moved.setdefault(owner, []).append(path)
+      to.add(str(new.get(path)))
+  if moved:
+    raise ValueError(
+        f"{what}: parameters already in a group would move to another one: "
+        f"{moved} (to {sorted(to)}; a parameter belongs to one group: PyTorch's "
+        "add_param_group raises 'some parameters appear in more than one parameter "
+        "group'). "
+        "Narrow the new group's 'params' to new parameters or frozen ones; to move "
+        "parameters on purpose, build the new nlr.param_groups and carry the state "
+        "over with nlr.rebuild_state(new_tx, state, params) (their statistics "
+        "start fresh).")
 
 
 def drop_param_group(

@@ -235,6 +235,13 @@ def _param_path(where: tuple) -> str:
   return paths_lib.path_str(tuple(reversed(tail)))
 
 
+def state_param_paths(state: Any) -> set[str]:
+  """The parameter paths that ``state`` holds statistics for (its
+  params-shaped entries: moments, per-unit statistics, ...)."""
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  return {p for p in (_param_path(tuple(where)) for where, _ in flat) if p}
+
+
 def _describe_lost(walk: _Walk, params: Any) -> str:
   """Which statistics would be lost: whole groups, or parameters by group."""
   present = {paths_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}

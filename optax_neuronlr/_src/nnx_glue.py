@@ -13,7 +13,9 @@ from typing import Any, Optional, Union
 
 import optax
 
+from optax_neuronlr._src import group_edits
 from optax_neuronlr._src import migrate
+from optax_neuronlr._src import param_groups
 from optax_neuronlr._src import validation
 
 
@@ -42,7 +44,9 @@ def rebuild_nnx_optimizer(
     model: the model it optimizes, as it is now.
     tx: the new transformation (default: the optimizer's own).
     reset: groups whose statistics start fresh, as in :func:`rebuild_state`.
-    strict: as in :func:`rebuild_state`.
+    strict: as in :func:`rebuild_state`; for ``nlr.param_groups``
+      transformations also an error for parameters that would move from one
+      group to another (as :func:`add_param_group`).
 
   Returns:
     ``optimizer``, rebuilt.
@@ -54,9 +58,11 @@ def rebuild_nnx_optimizer(
   tx = optimizer.tx if tx is None else tx
   graph = getattr(optimizer, "graph", None)
   kwargs = {} if graph is None else {"graph": graph}
-  fresh = nnx.Optimizer(model, tx, wrt=optimizer.wrt, **kwargs)
   params = nnx.as_pure(nnx.state(model, optimizer.wrt, **kwargs))
   old = nnx.as_pure(optimizer.opt_state)
+  if strict and all(isinstance(t, param_groups.ParamGroups) for t in (optimizer.tx, tx)):
+    group_edits.check_no_move(optimizer.tx, tx, old, params, "rebuild_nnx_optimizer")
+  fresh = nnx.Optimizer(model, tx, wrt=optimizer.wrt, **kwargs)
   new = migrate.rebuild(tx, old, params, reset=reset, strict=strict,
                  what="rebuild_nnx_optimizer", fresh=nnx.as_pure(fresh.opt_state))
   nnx.update(fresh.opt_state, nnx.state(new, **kwargs))

@@ -33,7 +33,7 @@ FROZEN = "frozen"
 _GROUP_KEYS = ("params", "name", "frozen")
 # Arguments of optimizer factories that are never schedules, although they may
 # be callables (a dtype class, a callable of params).
-_STATIC_ARGS = ("neuron_axes", "state_dtype", "mu_dtype", "accumulator_dtype")
+_STATIC_ARGS = ("neuron_axes", "state_dtype", "mu_dtype", "ns_dtype", "accumulator_dtype")
 
 
 def _masked_paths(tree: Any) -> list[str]:
@@ -156,7 +156,9 @@ def param_groups(
     groups: dicts with ``"params"`` (a regular expression on the
       ``"/"``-joined path, as a str or a compiled ``re.Pattern``, a list of
       them, or ``callable(path, leaf) -> bool``), an optional ``"name"``
-      (default ``"group_<i>"``) and overrides of the factory's arguments
+      (default ``"group_<i>"``, ``i`` its position; the next free
+      ``"group_<k>"`` where another group has that name) and overrides of
+      the factory's arguments
       (``"lr"`` is accepted for ``"learning_rate"``); ``"frozen": True``
       makes a group of parameters that get zero updates and keep no state
       (PyTorch: leaving them out of the optimizer).
@@ -194,12 +196,13 @@ def param_groups(
   defaults = _hyperparams_of(defaults, "defaults", signature)
   names, selectors, described, transforms = [], [], [], {}
   static = tuple(a for a in _STATIC_ARGS if a in signature.parameters)
+  default_names = _default_names(groups)
   for i, group in enumerate(groups):
     if not isinstance(group, Mapping):
       raise TypeError(
           f"param group {i} must be a dict with a 'params' entry, got {group!r}."
       )
-    name = _group_name(group.get("name", f"group_{i}"), i)
+    name = _group_name(group.get("name", default_names[i]), i)
     if "params" not in group:
       if name != rest:
         raise ValueError(
@@ -238,6 +241,22 @@ def param_groups(
     )
 
   selection = paths_lib.Selection(list(zip(selectors, names)), "param_groups")
+  frozen_groups = {n for n, g in zip(names, groups) if g.get("frozen", False)}
+
+  def owners(params: Any) -> dict[str, Any]:
+    held: dict[str, Any] = {}
+
+    def owner_of(path: str, leaf: Any) -> Any:
+      found = selection.match(path, leaf)
+      if found.depth is None:
+        name = rest if rest in names else None
+      else:
+        name = names[found.winners[0]]
+      held[path] = None if name in frozen_groups else name
+      return leaf
+
+    paths_lib.map_with_paths(owner_of, params)
+    return held
 
   def labels(params: Any) -> Any:
     unclaimed, doubly, paths = [], [], []
@@ -279,7 +298,10 @@ def param_groups(
         counts[i] = 1
     empty = [
         d + (" (a more specific group takes every leaf it selects)" if o else "")
-        for d, n, o in zip(described, counts, outranked) if not n
+        + (" (it is the rest= group: the other groups claim every leaf; a group "
+           "added with with_group or add_param_group may not take them all)"
+           if name == rest else "")
+        for d, n, o, name in zip(described, counts, outranked, names) if not n
     ]
     if empty and not allow_empty:
       raise ValueError(
@@ -304,7 +326,8 @@ def param_groups(
   return ParamGroups(
       tx.init, tx.update, optimizer=optimizer,
       groups=tuple(dict(g) for g in groups), defaults=dict(defaults),
-      rest=rest, allow_empty=allow_empty, names=tuple(names), labels=labels)
+      rest=rest, allow_empty=allow_empty, names=tuple(names), labels=labels,
+      owners=owners)
 
 
 class ParamGroups(optax.GradientTransformationExtraArgs):
@@ -328,10 +351,15 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
     labels: ``params -> `` a tree of group names shaped like ``params`` (the
       group each leaf goes to; ``"frozen"`` for leaves ``rest="freeze"``
       freezes).
+    owners: ``params -> {path: group name or None}``: the group that holds
+      each leaf (None for leaves no group holds: frozen, or unclaimed under
+      ``rest="error"``), without the checks of ``labels``; what
+      :func:`~optax_neuronlr.add_param_group` compares to find parameters
+      that would move.
   """
 
   def __new__(cls, init, update, *, optimizer=None, groups=(), defaults=None,
-              rest="error", allow_empty=False, names=(), labels=None):
+              rest="error", allow_empty=False, names=(), labels=None, owners=None):
     # Keyword defaults let copy.copy, deepcopy and pickle rebuild the tuple
     # first and restore the attributes from ``__dict__`` after.
     self = super().__new__(cls, init, update)
@@ -342,6 +370,7 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
     self.allow_empty = allow_empty
     self.names = names
     self.labels = labels
+    self.owners = owners
     return self
 
   def _rebuilt(self, groups: Sequence[Mapping[str, Any]], rest: str) -> "ParamGroups":
@@ -350,14 +379,16 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
 
   def with_group(self, group: Mapping[str, Any]) -> "ParamGroups":
     """The same groups plus ``group`` (a dict as in :func:`param_groups`; its
-    default name is ``"group_<i>"``, ``i`` its position). Hyperparameters it
+    default name is ``"group_<i>"``, ``i`` its position, or the next free
+    ``"group_<k>"`` where a group already has that name). Hyperparameters it
     does not set take this optimizer's ``defaults``, as PyTorch's
     ``add_param_group`` fills them from the optimizer's defaults. A group of
     the name of a frozen group replaces it (unfreezes it)."""
     if not isinstance(group, Mapping):
       raise TypeError(f"group must be a dict with a 'params' entry, got {group!r}.")
     group = dict(group)
-    group.setdefault("name", f"group_{len(self.groups)}")
+    if "name" not in group:
+      group["name"] = _free_name(set(self.names), len(self.groups))
     name = _group_name(group["name"], len(self.groups))
     groups = list(self.groups)
     if name in self.names and groups[self.names.index(name)].get("frozen", False):
@@ -379,11 +410,37 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
     groups = []
     for group, group_name in zip(self.groups, self.names):
       if group_name != name:
-        groups.append(group)
+        # Named as now: a default "group_<i>" follows the position, which moves.
+        groups.append({**group, "name": group_name})
       elif freeze:
         groups.append({"params": group.get("params", []), "name": name, "frozen": True})
     rest = "freeze" if name == self.rest and not freeze else self.rest
     return self._rebuilt(groups, rest)
+
+
+def _free_name(taken: set, start: int) -> str:
+  """The first of ``group_<start>``, ``group_<start + 1>``, ... not in ``taken``."""
+  k = start
+  while f"group_{k}" in taken:
+    k += 1
+  return f"group_{k}"
+
+
+def _default_names(groups: Sequence[Any]) -> list[Any]:
+  """The name of each unnamed group: ``group_<i>``, ``i`` its position, or,
+  where another group is named so, the next free ``group_<k>`` (``k`` from
+  the number of groups on); None for the groups that have a name."""
+  named = {g["name"] for g in groups if isinstance(g, Mapping) and "name" in g
+           and isinstance(g["name"], str)}
+  unnamed = [i for i, g in enumerate(groups) if isinstance(g, Mapping) and "name" not in g]
+  taken = named | {f"group_{i}" for i in unnamed}
+  out: list[Any] = [None] * len(groups)
+  for i in unnamed:
+    out[i] = f"group_{i}"
+    if out[i] in named:
+      out[i] = _free_name(taken, len(groups))
+      taken.add(out[i])
+  return out
 
 
 def _group_name(name: Any, i: int) -> str:

@@ -28,6 +28,11 @@ class ReduceLROnPlateauState(NamedTuple):
     count: number of updates.
     applied_lr: the rate the last update applied (``learning_rate`` before the
       first), recorded for logging only: changing it changes nothing.
+    last_lr: the rate after the last update's plateau step, the one the next
+      update applies (unless ``learning_rate`` is changed in between):
+      PyTorch's ``scheduler.get_last_lr()``, which
+      :func:`~optax_neuronlr.plateau_learning_rate` reads (``learning_rate``
+      before the first update). Recorded for logging only.
   """
 
   scale: jax.Array
@@ -36,6 +41,7 @@ class ReduceLROnPlateauState(NamedTuple):
   cooldown_counter: jax.Array
   count: jax.Array
   applied_lr: jax.Array
+  last_lr: jax.Array
 
 
 def _is_better(value, best, mode: str, threshold_mode: str, threshold) -> jax.Array:
@@ -169,6 +175,7 @@ def scale_by_reduce_lr_on_plateau(
         # A copy: under inject_hyperparams, learning_rate is the injected
         # state's own buffer, and no two fields may share one.
         applied_lr=jnp.array(learning_rate, dtype, copy=True),
+        last_lr=jnp.array(learning_rate, dtype, copy=True),
     )
 
   def update_fn(updates, state, params=None, *, value: Any = None, **extra_args):
@@ -187,14 +194,15 @@ def scale_by_reduce_lr_on_plateau(
     reduce = bad > patience
     reduced = jnp.maximum(lr * factor, min_lr)
     apply = reduce & (lr - reduced > eps)
+    scale = jnp.where(apply, state.scale * factor, state.scale).astype(state.scale.dtype)
     new_state = ReduceLROnPlateauState(
-        scale=jnp.where(apply, state.scale * factor, state.scale).astype(
-            state.scale.dtype),
+        scale=scale,
         best=best,
         num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
         cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32),
         count=optax.safe_increment(state.count),
         applied_lr=lr,
+        last_lr=rate(scale),
     )
     return updates, new_state
 

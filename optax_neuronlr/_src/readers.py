@@ -356,15 +356,21 @@ def rate_summary(opt_state: optax.OptState) -> dict[str, jax.Array]:
 
 
 def plateau_learning_rate(opt_state: optax.OptState) -> Union[jax.Array, dict[str, jax.Array]]:
-  """The rate of :func:`reduce_lr_on_plateau` (PyTorch's ``get_last_lr()``).
+  """The rate of :func:`reduce_lr_on_plateau`: PyTorch's ``get_last_lr()``.
 
-  The rate the last update applied, ``ReduceLROnPlateauState.applied_lr``
-  (``learning_rate`` before the first update), found wherever the plateau
-  transform sits in ``opt_state`` (a chain, a group, an ``nnx.Optimizer``).
   One ``update(..., value=loss)`` steps with the current rate and then
   decides on a reduction, as PyTorch's ``optimizer.step()`` followed by
-  ``scheduler.step(loss)``: a reduction decided from the value passed to
-  update ``t`` shows here after update ``t + 1``, the first it applies to.
+  ``scheduler.step(loss)``. This is the rate after that decision,
+  ``ReduceLROnPlateauState.last_lr``: a reduction decided from the value
+  passed to update ``t`` shows here right after update ``t``, as
+  ``scheduler.get_last_lr()`` shows it after ``scheduler.step(loss)``, and it
+  is the rate update ``t + 1`` applies (``learning_rate`` before the first
+  update; a ``learning_rate`` changed by :func:`set_hyperparams` in between
+  shows after the next update, as a ``param_groups[i]["lr"]`` edit shows in
+  ``get_last_lr()`` after the next ``scheduler.step``). The rate the last
+  update applied is ``ReduceLROnPlateauState.applied_lr``. Found wherever
+  the plateau transform sits in ``opt_state`` (a chain, a group, an
+  ``nnx.Optimizer``).
 
   Args:
     opt_state: any optax state holding a ``scale_by_reduce_lr_on_plateau``.
@@ -385,7 +391,7 @@ def plateau_learning_rate(opt_state: optax.OptState) -> Union[jax.Array, dict[st
   is_plateau = lambda x: isinstance(x, plateau.ReduceLROnPlateauState)
   flat = jax.tree_util.tree_flatten_with_path(
       unwrap_variables(opt_state), is_leaf=is_plateau)[0]
-  found = {paths_lib.path_str(p): s.applied_lr for p, s in flat if is_plateau(s)}
+  found = {paths_lib.path_str(p): s.last_lr for p, s in flat if is_plateau(s)}
   if not found:
     raise ValueError(
         "opt_state holds no reduce_lr_on_plateau state "

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optax_neuronlr._src import validation
 
@@ -190,10 +191,50 @@ def check_observed(rule: Any, got: Any, shape: tuple[int, ...], where: str) -> t
   return tuple(got)
 
 
-def check_rate(rule: Any, rate: Any, unit_shape: tuple[int, ...], where: str) -> None:
-  """``rate`` is real and broadcasts to the units' shape without growing it."""
+def in_dtype(got: Any, names: tuple[str, ...], dtype: Any) -> dict[str, jax.Array]:
+  """The statistics ``names`` of ``got`` (checked by :func:`check_stats`) in
+  the statistics' ``dtype``.
+
+  ``init`` may build a statistic from a Python number or an integer or bool
+  array (``jnp.full(shape, 1)``); kept as such, the state would stay integer
+  and every later update, cast back to the state's dtype, would truncate (an
+  EMA of 0.9 * 1 stays 0). A complex element statistic (of a real leaf) stays
+  complex, in the complex dtype of ``dtype``'s precision.
+  """
+  out = {}
+  for name in names:
+    value = jnp.asarray(got[name])
+    target = jnp.dtype(dtype)
+    if jnp.iscomplexobj(value) and not jnp.issubdtype(target, jnp.complexfloating):
+      target = jnp.promote_types(target, jnp.complex64)
+    out[name] = value.astype(target)
+  return out
+
+
+def check_rate(rule: Any, rate: Any, unit_shape: Optional[tuple[int, ...]],
+               where: str) -> jax.Array:
+  """``rate`` is a real array or number that broadcasts to the units' shape
+  without growing it (``unit_shape`` None: any shape); returns it as an array."""
   who = f"{rule.name}.rate()"
+  if rate is None:
+    raise TypeError(
+        f"{who} returned None for leaf '{where}' (a missing `return`?); it must "
+        "return the rate, an array of one value per unit or a scalar.")
+  if isinstance(rate, (bool, np.bool_)) or not (
+      isinstance(rate, (jax.Array, np.ndarray, np.generic, int, float, complex))):
+    raise TypeError(
+        f"{who} returned {validation._describe(rate)} for leaf '{where}'; it must "
+        "return the rate, an array of one value per unit or a scalar.")
+  if jnp.iscomplexobj(rate):
+    raise TypeError(f"{who} returned a complex rate for leaf '{where}'; rates are real.")
+  dtype = jnp.result_type(rate)
+  if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+    raise TypeError(
+        f"{who} returned a rate of dtype {dtype} for leaf '{where}'; rates are real "
+        "numbers (a float array).")
   shape = tuple(jnp.shape(rate))
+  if unit_shape is None:
+    return jnp.asarray(rate)
   try:
     fits = jnp.broadcast_shapes(shape, tuple(unit_shape)) == tuple(unit_shape)
   except ValueError:
@@ -203,5 +244,4 @@ def check_rate(rule: Any, rate: Any, unit_shape: tuple[int, ...], where: str) ->
         f"{who} returned shape {shape} for leaf '{where}', whose units have shape "
         f"{tuple(unit_shape)}: a rate is one value per unit (that shape, or one "
         "that broadcasts to it, such as a scalar).")
-  if jnp.iscomplexobj(rate):
-    raise TypeError(f"{who} returned a complex rate for leaf '{where}'; rates are real.")
+  return jnp.asarray(rate)

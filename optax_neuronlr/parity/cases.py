@@ -282,13 +282,17 @@ _003 = [
                     f"cosine_annealing_lr({_LR}, 25)"),
     Case("003-plateau",
          f"{SEED_003} ReduceLROnPlateau (modelled: torch 2.13 rejects its verbose=False)",
-         f"chain(scale_by_adam(), nlr.reduce_lr_on_plateau({_LR}, ...)), value=val_loss", "exact",
+         f"chain(scale_by_adam(), nlr.reduce_lr_on_plateau({_LR}, ...)), value=val_loss",
+         "exact",
          TorchSide(lambda m: torch.optim.Adam(m.parameters(), lr=_LR),
-                   scheduler=lambda o: _LRS.ReduceLROnPlateau(o, **_PLATEAU), monitor=True),
+                   scheduler=lambda o: _LRS.ReduceLROnPlateau(o, **_PLATEAU), monitor=True,
+                   report=lambda o, s: {"last_lr": s.get_last_lr()[0]}),
          JaxSide(lambda p: optax.chain(optax.scale_by_adam(),
                                        nlr.reduce_lr_on_plateau(_LR, **_PLATEAU)),
-                 monitor=True),
-         note="monitors a validation loss, as the document's scheduler.step(val_loss)"),
+                 monitor=True,
+                 report=lambda state: {"last_lr": nlr.plateau_learning_rate(state)}),
+         note=("monitors a validation loss, as the document's scheduler.step(val_loss); "
+               "nlr.plateau_learning_rate is compared with get_last_lr() after every step")),
 ]
 
 

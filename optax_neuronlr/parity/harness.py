@@ -148,12 +148,16 @@ class TorchSide:
       of the parameters the step starts from.
     edit: optional ``(step, optimizer) -> None`` run before each step (manual
       ``param_groups[i]['lr']`` changes).
+    report: optional ``(optimizer, scheduler) -> {name: number}`` read after
+      each step (e.g. ``scheduler.get_last_lr()``); compared, like a tensor,
+      with what the JAX side's ``report`` gives under the same names.
   """
 
   optimizer: Callable[[torch.nn.Sequential], Any]
   scheduler: Optional[Callable[[Any], Any]] = None
   monitor: bool = False
   edit: Optional[Callable[[int, Any], None]] = None
+  report: Optional[Callable[[Any, Any], Mapping[str, Any]]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,11 +170,14 @@ class JaxSide:
     monitor: pass the validation loss as ``tx.update(..., value=...)``, as
       :class:`TorchSide` does.
     edit: optional ``(step, opt_state) -> opt_state`` run before each step.
+    report: optional ``opt_state -> {name: number}`` read after each step
+      (e.g. ``nlr.plateau_learning_rate``), as :class:`TorchSide`'s.
   """
 
   tx: Callable[[Any], optax.GradientTransformation]
   monitor: bool = False
   edit: Optional[Callable[[int, Any], Any]] = None
+  report: Optional[Callable[[Any], Mapping[str, Any]]] = None
 
 
 Side = Union[TorchSide, JaxSide]
@@ -222,7 +229,8 @@ class Case:
 
 def trajectory(side: Side, problem: Problem, steps: int, dtype: str) -> Trajectory:
   """The parameters (Flax layout, flattened to ``"0/kernel"`` etc., as float64
-  NumPy arrays) after each of ``steps`` training steps of ``side``."""
+  NumPy arrays) after each of ``steps`` training steps of ``side``, and what
+  the side's ``report`` reads (``"report:<name>"``)."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
   if isinstance(side, TorchSide):
@@ -261,8 +269,14 @@ def _torch_trajectory(side: TorchSide, problem: Problem, steps: int, dtype: str)
     optimizer.step()
     if scheduler is not None:
       scheduler.step(monitored) if side.monitor else scheduler.step()
-    out.append(flat_params(to_flax(model)))
+    readings = {} if side.report is None else side.report(optimizer, scheduler)
+    out.append({**flat_params(to_flax(model)), **_readings(readings)})
   return out
+
+
+def _readings(readings: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """A side's reported numbers, as float64 arrays under ``report:<name>``."""
+  return {f"report:{k}": np.asarray(v, np.float64).reshape(-1) for k, v in readings.items()}
 
 
 def _jax_step(tx: optax.GradientTransformation, problem: Problem, monitor: bool) -> Callable:
@@ -289,7 +303,8 @@ def _jax_trajectory(side: JaxSide, problem: Problem, steps: int, dtype: str) -> 
       if side.edit is not None:
         state = side.edit(k, state)
       params, state = step(params, state, batch, validation)
-      out.append(flat_params(params))
+      readings = {} if side.report is None else side.report(state)
+      out.append({**flat_params(params), **_readings(readings)})
   return out
 
 

@@ -1,0 +1,276 @@
+"""Inputs that used to train silently wrong or fail without a hint, third
+round: a rule's integer statistics and missing rates, the plateau rate that
+PyTorch's ``get_last_lr()`` reports, group edits that move parameters,
+warnings once per optimizer, dtype classes and half-precision
+hyperparameters under ``optax.inject_hyperparams``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_neuronlr as nlr
+
+# ---------------------------------------------------------------------------
+# A rule's statistics built from integers or bools.
+
+
+@dataclasses.dataclass(frozen=True)
+class _IntInit(nlr.Rule):
+  """An EMA of g^2 whose init is an int array of ones (``jnp.full(shape, 1)``)."""
+
+  unit_stats = ("ms",)
+  element_stats = ("last",)
+  leaf_stats = ("peak",)
+
+  def init(self, zeros, hp):
+    return {"ms": jnp.full(zeros.shape, 1)}
+
+  def init_elements(self, zeros, hp):
+    return {"last": jnp.zeros(zeros.shape, bool)}
+
+  def observe(self, g, d, elements, hp):
+    return (g * g,)
+
+  def update(self, stats, observed, hp, prev_hp, count):
+    return {"ms": 0.9 * stats["ms"] + 0.1 * observed[0]}
+
+  def update_leaf(self, stats, observed, hp, count, leaf):
+    return {"peak": jnp.maximum(stats["peak"], jnp.max(stats["ms"]))}
+
+  def update_elements(self, elements, g, d, hp, count):
+    return {"last": g > 0}
+
+  def rate(self, stats, hp, count):
+    return hp["learning_rate"] / jnp.sqrt(stats["ms"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_integer_and_bool_statistics_keep_the_statistics_dtype(dtype):
+  """Kept int32, ``0.9 * 1 + 0.1 * 4`` truncated to 1 and then to 0 (rate
+  inf / every update wrong); now float32, the EMA of a NumPy restatement."""
+  params = {"w": jnp.ones((2, 3), dtype)}
+  tx = nlr.scale_by_rule(_IntInit(), 0.1, granularity="neuron")
+  state = tx.init(params)
+  assert state.ms["w"].dtype == jnp.float32
+  assert state.last["w"].dtype == jnp.float32
+  assert state.peak["w"].dtype == jnp.float32
+  g = {"w": jnp.full((2, 3), 2.0, dtype)}
+  ms = 1.0
+  for _ in range(3):
+    updates, state = jax.jit(tx.update)(g, state)
+    ms = 0.9 * ms + 0.1 * 4.0
+  np.testing.assert_allclose(state.ms["w"], np.full(3, ms), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(updates["w"], np.float32),
+                             np.full((2, 3), 0.1 / np.sqrt(ms) * 2.0), rtol=1e-2)
+  assert float(state.peak["w"]) == pytest.approx(ms, rel=1e-6)
+  np.testing.assert_array_equal(state.last["w"], np.ones((2, 3)))
+
+
+def test_integer_init_of_a_global_rule():
+  params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+
+  @dataclasses.dataclass(frozen=True)
+  class Global(nlr.Rule):
+    unit_stats = ("ms",)
+
+    def init(self, zeros, hp):
+      return {"ms": 1}
+
+    def observe(self, g, d, elements, hp):
+      return (g * g,)
+
+    def update(self, stats, observed, hp, prev_hp, count):
+      return {"ms": 0.5 * stats["ms"] + 0.5 * observed[0]}
+
+    def rate(self, stats, hp, count):
+      return hp["learning_rate"] * stats["ms"]
+
+  tx = nlr.scale_by_rule(Global(), 1.0, granularity="global")
+  state = tx.init(params)
+  _, state = tx.update(jax.tree.map(lambda x: 0.5 * x, params), state)
+  np.testing.assert_allclose(state.ms["a"], 0.5 + 0.5 * 0.25, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# rate() that returns no rate.
+
+
+def _rule_returning(value):
+  @dataclasses.dataclass(frozen=True)
+  class BadRate(nlr.Rule):
+    unit_stats = ("ms",)
+
+    def rate(self, stats, hp, count):
+      return value
+
+  return BadRate()
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, r"BadRate.rate\(\) returned None for leaf 'layer/w' \(a missing `return`\?\)"),
+    ([0.1, 0.2], r"BadRate.rate\(\) returned \[0.1, 0.2\] \(list\) for leaf 'layer/w'"),
+    ("0.1", r"BadRate.rate\(\) returned '0.1' \(str\) for leaf 'layer/w'"),
+    (True, r"BadRate.rate\(\) returned True \(bool\) for leaf 'layer/w'"),
+    (1j, r"BadRate.rate\(\) returned a complex rate for leaf 'layer/w'"),
+    (np.ones(2, bool), r"BadRate.rate\(\) returned .*bool.* for leaf 'layer/w'"),
+])
+def test_rate_that_is_not_a_rate_is_named(value, message):
+  params = {"layer": {"w": jnp.ones(2)}}
+  tx = nlr.scale_by_rule(_rule_returning(value), 0.1)
+  state = tx.init(params)
+  with pytest.raises(TypeError, match=message):
+    tx.update(params, state)
+  with pytest.raises(TypeError, match=message):
+    nlr.learning_rates(state)  # before any update: the reader calls rate() too
+
+
+def test_rate_python_number_still_works():
+  params = {"w": jnp.ones(2)}
+  tx = nlr.scale_by_rule(_rule_returning(0.5), 0.1)
+  updates, state = tx.update(params, tx.init(params))
+  np.testing.assert_allclose(updates["w"], [0.5, 0.5])
+  np.testing.assert_allclose(nlr.learning_rates(state)["w"], [0.5, 0.5])
+
+
+# ---------------------------------------------------------------------------
+# plateau_learning_rate is PyTorch's get_last_lr().
+
+_LOSSES = [1.0, 0.9, 0.95, 0.96, 0.97, 0.5, 0.6, 0.61, 0.62, 0.63, 0.64, 0.65]
+
+
+def _torch_last_lrs(losses, kwargs, edit_every=None):
+  torch = pytest.importorskip("torch")
+  p = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.SGD([p], lr=0.1)
+  scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kwargs)
+  out = [scheduler.get_last_lr()[0]]
+  for k, v in enumerate(losses):
+    if edit_every and k % edit_every == 0:
+      for group in opt.param_groups:
+        group["lr"] *= 0.9
+    opt.step()
+    scheduler.step(v)
+    out.append(scheduler.get_last_lr()[0])
+  return out
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(patience=1, factor=0.5),
+    dict(patience=0, factor=0.5, cooldown=1, min_lr=0.02),
+])
+def test_plateau_learning_rate_is_get_last_lr(kwargs):
+  """Was the rate the last update applied: one step behind get_last_lr()
+  after each reduction."""
+  want = _torch_last_lrs(_LOSSES, kwargs)
+  with jax.enable_x64(True):
+    tx = optax.chain(optax.scale_by_adam(), nlr.reduce_lr_on_plateau(0.1, **kwargs))
+    state = tx.init({"w": jnp.zeros(1)})
+    got = [float(nlr.plateau_learning_rate(state))]
+    for v in _LOSSES:
+      _, state = tx.update({"w": jnp.ones(1)}, state, value=v)
+      got.append(float(nlr.plateau_learning_rate(state)))
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  assert len(set(want)) > 2
+
+
+def test_plateau_learning_rate_with_manual_edits_is_get_last_lr():
+  kwargs = dict(patience=1, factor=0.5)
+  want = _torch_last_lrs(_LOSSES, kwargs, edit_every=4)
+  with jax.enable_x64(True):
+    tx = optax.inject_hyperparams(nlr.reduce_lr_on_plateau)(learning_rate=0.1, **kwargs)
+    state = tx.init({"w": jnp.zeros(1)})
+    got = [float(nlr.plateau_learning_rate(state))]
+    for k, v in enumerate(_LOSSES):
+      if k % 4 == 0:
+        state = nlr.set_hyperparams(state, learning_rate=lambda lr: lr * 0.9)
+      _, state = tx.update({"w": jnp.ones(1)}, state, value=v)
+      got.append(float(nlr.plateau_learning_rate(state)))
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# add_param_group: parameters that would move, default names.
+
+_GROUP_PARAMS = {"body": {"kernel": jnp.ones((3, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+
+
+@pytest.mark.parametrize("optimizer", [optax.adam, functools.partial(optax.sgd, momentum=0.9)])
+@pytest.mark.parametrize("claims", ["head", ".*"])
+def test_add_param_group_claiming_the_rest_groups_leaves(optimizer, claims):
+  """Every leaf of the rest= group: was 'param group 1 ('base', params=[])
+  claims no parameter ... Pass allow_empty=True' (an argument add_param_group
+  does not take)."""
+  params = {**_GROUP_PARAMS, "bias": jnp.ones(2)}
+  tx = nlr.param_groups(optimizer, [{"params": "body"}, {"name": "base"}], rest="base",
+                        learning_rate=0.1)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"parameters already in a group would move.*'base': "
+                                       r"\['bias', 'head/kernel'\]\} \(to \['group_2'\].*"
+                                       r"more than one parameter group"):
+    nlr.add_param_group(tx, state, params, {"params": "head|bias", "lr": 0.01})
+  with pytest.raises(ValueError, match=r"would move.*'head/kernel'.*\(to \['group_2'\]"):
+    nlr.add_param_group(tx, state, params, {"params": claims, "lr": 0.01})
+
+
+def test_add_param_group_emptying_a_stateless_rest_group_says_so():
+  """Plain SGD keeps no statistics: nothing is lost by moving, but the rest=
+  group left empty is named as such."""
+  params = {**_GROUP_PARAMS, "bias": jnp.ones(2)}
+  tx = nlr.param_groups(optax.sgd, [{"params": "body"}, {"name": "base"}], rest="base",
+                        learning_rate=0.1)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"'base'.*it is the rest= group: the other groups "
+                                       r"claim every leaf"):
+    nlr.add_param_group(tx, state, params, {"params": "head|bias", "lr": 0.01})
+  new_tx, _ = nlr.add_param_group(tx, state, params, {"params": "head", "lr": 0.01})
+  assert new_tx.labels(params) == {"body": {"kernel": "group_0"}, "head": {"kernel": "group_2"},
+                                   "bias": "base"}
+
+
+def test_add_param_group_of_new_or_frozen_leaves_still_works():
+  tx = nlr.param_groups(optax.adam, [{"params": "body"}], rest="freeze", learning_rate=0.1)
+  state = tx.init(_GROUP_PARAMS)
+  new_tx, new_state = nlr.add_param_group(tx, state, _GROUP_PARAMS, {"params": "head"})
+  assert new_tx.names == ("group_0", "group_1")
+  grown = {**_GROUP_PARAMS, "extra": jnp.ones(3)}
+  new_tx, _ = nlr.add_param_group(new_tx, new_state, grown, {"params": "extra"})
+  assert new_tx.names == ("group_0", "group_1", "group_2")
+
+
+def test_add_param_group_picks_a_free_default_name():
+  """Was group_1 beside a group already named group_1: 'used twice'."""
+  tx = nlr.param_groups(optax.adam, [{"params": "body", "name": "group_1"}], rest="freeze",
+                        learning_rate=0.1)
+  state = tx.init(_GROUP_PARAMS)
+  new_tx, new_state = nlr.add_param_group(tx, state, _GROUP_PARAMS, {"params": "head"})
+  assert new_tx.names == ("group_1", "group_2")
+  assert set(nlr.get_hyperparams(new_state)) == {"group_1", "group_2"}
+  # The same in param_groups itself: an unnamed group beside one named like its default.
+  tx = nlr.param_groups(optax.adam, [{"params": "body", "name": "group_1"}, {"params": "head"}],
+                        learning_rate=0.1)
+  assert tx.names == ("group_1", "group_2")
+  tx.init(_GROUP_PARAMS)
+
+
+def test_drop_param_group_keeps_the_names_of_unnamed_groups():
+  """Dropping group_0 renamed the unnamed group_1 to group_0 (its position):
+  its statistics were reported lost."""
+  params = {**_GROUP_PARAMS, "bias": jnp.ones(2)}
+  tx = nlr.param_groups(optax.adam, [{"params": "body"}, {"params": "head"}, {"params": "bias"}],
+                        learning_rate=0.1)
+  state = tx.init(params)
+  _, state = tx.update(params, state, params)
+  kept = {k: v for k, v in params.items() if k != "body"}
+  new_tx, new_state = nlr.drop_param_group(tx, state, kept, "group_0")
+  assert new_tx.names == ("group_1", "group_2")
+  old_mu = state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
+  new_mu = new_state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
+  np.testing.assert_array_equal(new_mu, old_mu)

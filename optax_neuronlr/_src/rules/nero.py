@@ -106,7 +106,7 @@ class ProjectNeuronsState(NamedTuple):
 
 
 def _project(layout: units_lib.Layout, x: jax.Array, eps: Any) -> jax.Array:
-  """$P(x)$ per unit: zero mean, norm $\|x - \bar x\| / (\|x - \bar x\| + \epsilon)$."""
+  r"""$P(x)$ per unit: zero mean, norm $\|x - \bar x\| / (\|x - \bar x\| + \epsilon)$."""
   real = jnp.finfo(x.dtype).dtype
   centred = x - layout.expand(layout.mean(x, x.dtype))
   norm = jnp.sqrt(layout.sum(engine.abs_sq(centred), real))

@@ -175,3 +175,26 @@ def test_inject_hyperparams_changes_the_rate():
   # First step: sqrt(v / (1 - beta)) is the neuron's gradient norm, 2.
   scale = state.inner_state[0].scale["w"]
   np.testing.assert_allclose(rates, 0.02 * scale / (2 + 1e-8), rtol=1e-5)
+
+
+def test_jit_with_donated_state_reuses_every_buffer():
+  import warnings  # pylint: disable=g-import-not-at-top
+  p = {"w": jnp.asarray(np.random.default_rng(5).normal(size=(4, 3)), jnp.float32),
+       "b": jnp.zeros(3)}
+  tx = nlr.nero()
+
+  @jax.jit
+  def step(params, state):
+    u, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    return optax.apply_updates(params, u), state
+
+  step = jax.jit(step, donate_argnums=(1,))
+  state = tx.init(p)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for _ in range(3):
+      old = state
+      p, state = step(p, state)
+      kept = [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_flatten_with_path(old)[0]
+              if x.ndim and not x.is_deleted()]
+      assert not kept

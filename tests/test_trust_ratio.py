@@ -17,10 +17,10 @@ def _params(rng):
 
 def _neuron_ratio(w, d, tc=1.0, eps=0.0):
   """Per output neuron (last axis) ``tc * ||w_n|| / (||d_n|| + eps)``, 1 where a
-  norm is 0; vectors: one per element."""
-  axes = tuple(range(w.ndim - 1))
-  wn = np.sqrt((w * w).sum(axis=axes)) if axes else np.abs(w)
-  dn = np.sqrt((d * d).sum(axis=axes)) if axes else np.abs(d)
+  norm is 0; vectors: one per leaf."""
+  axes = tuple(range(w.ndim - 1)) if w.ndim > 1 else None
+  wn = np.sqrt((w * w).sum(axis=axes))
+  dn = np.sqrt((d * d).sum(axis=axes))
   with np.errstate(divide="ignore", invalid="ignore"):
     r = tc * wn / (dn + eps)
   return np.where((wn == 0) | (dn == 0), 1.0, r)
@@ -56,6 +56,7 @@ def test_lars_per_neuron_matches_numpy():
   with jax.enable_x64(True):
     rates = nlr.learning_rates(state)
   assert rates["k"].shape == (3,) and rates["q"].shape == (4,)
+  assert rates["b"].shape == ()  # vectors: one ratio per leaf
   assert len(np.unique(np.asarray(rates["k"]))) == 3  # one ratio per neuron
 
 

@@ -21,7 +21,10 @@ $$
 ``granularity="tensor"`` is optax's ``lars`` / ``lamb`` exactly (one ratio
 per leaf); ``"neuron"`` gives every output neuron its own ratio, so a neuron
 whose weights are small relative to its gradient moves by a correspondingly
-small step whatever its layer's other neurons do. :class:`TrustRatio` is a
+small step whatever its layer's other neurons do; vectors (biases, norm
+scales: leaves whose neurons hold one element) keep one ratio per leaf there,
+since a ratio per element stalls any element that crosses zero (its own norm
+is the numerator). :class:`TrustRatio` is a
 :class:`~optax_neuronlr.Rule` that reads the weights' norms
 (``weights=("norm",)``), so :func:`optax_neuronlr.learning_rates` shows the
 applied $r_U$ per unit.
@@ -39,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import engine
+from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 
 MaskOrFn = Union[Any, Callable[[Any], Any]]
@@ -47,7 +51,7 @@ MaskOrFn = Union[Any, Callable[[Any], Any]]
 @dataclasses.dataclass(frozen=True)
 class TrustRatio(engine.Rule):
   r"""The rate $\eta\, \tau_U$, $\tau_U = c \|w_U\| / (\|d_U\| + \epsilon)$
-  (1 where either norm is 0).
+  (1 where either norm is 0; a non-finite ratio keeps the last one).
 
   Unit statistic ``trust_ratio`` ($\tau_U$ of the last update, 1 at
   ``init``); the direction's squared norm is observed with ``reduce="sum"``
@@ -81,13 +85,33 @@ class TrustRatio(engine.Rule):
     d_norm = jnp.where(d_norm <= floor, floor, d_norm).astype(d_norm.dtype)
     ratio = hp["trust_coefficient"] * w_norm / (d_norm + hp["eps"])
     zero = jnp.logical_or(w_norm == 0, d_norm == 0)
-    return {"trust_ratio": jnp.where(zero, jnp.ones([], ratio.dtype), ratio)}
+    ratio = jnp.where(zero, jnp.ones([], ratio.dtype), ratio)
+    # A non-finite ratio (overflowing weights) keeps the last one; this also
+    # makes the update read the old statistic, so that a donated state buffer
+    # is reused (jit drops unused inputs, and their donation with them).
+    return {"trust_ratio": jnp.where(jnp.isfinite(ratio), ratio, stats["trust_ratio"])}
 
   def rate(self, stats, hp, count):
     return hp["learning_rate"] * stats["trust_ratio"]
 
 
 ScaleByTrustRatioState = TrustRatio().state_class()
+
+
+def neuron_units(neuron_axes: Any = None) -> Callable[[Any], Any]:
+  """``granularity="neuron"`` of the trust ratio: a callable ``params ->
+  unit specs``, one unit per output neuron of each leaf whose neurons hold
+  more than one element (``neuron_axes``, else the model layout's output
+  axes), one per leaf for the others (vectors, 0-d leaves)."""
+  units_lib.check_granularity("neuron", neuron_axes)
+
+  def specs(tree):
+    layouts, treedef = units_lib.tree_layouts(tree, "neuron", neuron_axes)
+    return treedef.unflatten([
+        units_lib.Neurons(layout.keep_axes) if layout.size > 1 and layout.keep_axes
+        else "tensor" for layout in layouts])
+
+  return specs
 
 
 def scale_by_trust_ratio(
@@ -110,7 +134,8 @@ def scale_by_trust_ratio(
   engine's arguments (``min_lr``, ``max_lr``, ``granularity``,
   ``neuron_axes``, ``state_dtype``, ``direction``) are
   :func:`optax_neuronlr.scale_by_rule`'s; the default granularity here is
-  one ratio per output neuron.
+  one ratio per output neuron of each matrix (one per leaf for vectors,
+  see :func:`neuron_units`).
 
   Args:
     learning_rate: $\eta$, a number ``>= 0`` or a schedule.
@@ -119,7 +144,8 @@ def scale_by_trust_ratio(
     min_norm: floor of both norms, ``>= 0``.
     min_lr: lower clamp of $r_U$.
     max_lr: upper clamp of $r_U$.
-    granularity: the units (see :func:`optax_neuronlr.scale_by_rule`).
+    granularity: the units (see :func:`optax_neuronlr.scale_by_rule`);
+      ``"neuron"`` is :func:`neuron_units`.
     neuron_axes: the neurons with ``granularity="neuron"``.
     state_dtype: dtype of ``trust_ratio``.
     direction: an optax transform whose output is scaled (None: the updates).
@@ -128,6 +154,8 @@ def scale_by_trust_ratio(
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     ``ScaleByTrustRatioState``; its ``update`` needs ``params``.
   """
+  if isinstance(granularity, str) and granularity == "neuron":
+    granularity, neuron_axes = neuron_units(neuron_axes), None
   return engine.scale_by_rule(
       TrustRatio(), learning_rate,
       {"trust_coefficient": trust_coefficient, "eps": eps, "min_norm": min_norm},

@@ -36,6 +36,7 @@ $P$ is :func:`project_neurons`, the last transform of :func:`nero`, so that
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -172,6 +173,8 @@ def scale_by_nero(
     *,
     constraints: bool = True,
     eps: float = 1e-8,
+    min_lr: float = 0.0,
+    max_lr: float = math.inf,
     neuron_axes: Any = None,
     state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -190,6 +193,9 @@ def scale_by_nero(
       chooses the weight scale $s$: the projected neurons' norm (True) or the
       initial weights' (False).
     eps: $\epsilon$ of the denominator, ``> 0``.
+    min_lr: lower clamp of $r_n$ (the engine's; see
+      :func:`optax_neuronlr.scale_by_rule`).
+    max_lr: upper clamp of $r_n$.
     neuron_axes: the neurons of each leaf, as in
       :func:`optax_neuronlr.scale_by_rule` (None: the model layout's output axes).
     state_dtype: dtype of ``exp_avg_sq`` and ``scale``; see
@@ -202,7 +208,7 @@ def scale_by_nero(
   validation.check_flag("constraints", constraints)
   return engine.scale_by_rule(
       Nero(constraints=constraints), learning_rate, {"beta": beta, "eps": eps},
-      granularity="neuron", neuron_axes=neuron_axes, state_dtype=state_dtype)
+      min_lr=min_lr, max_lr=max_lr, granularity="neuron", neuron_axes=neuron_axes, state_dtype=state_dtype)
 
 
 def nero(

@@ -122,20 +122,20 @@ def scale_by_trust_ratio(
     min_lr: float = 0.0,
     max_lr: float = math.inf,
     *,
-    granularity: Any = "neuron",
+    granularity: Any = "tensor",
     neuron_axes: Any = None,
     state_dtype: Any = None,
     direction: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales the direction by $\eta_t \tau_U$, one trust ratio per unit.
 
-  ``granularity="tensor"`` with ``learning_rate=1.0`` is
+  With the default ``granularity="tensor"`` and ``learning_rate=1.0`` it is
   ``optax.scale_by_trust_ratio(min_norm, trust_coefficient, eps)``. The
   engine's arguments (``min_lr``, ``max_lr``, ``granularity``,
   ``neuron_axes``, ``state_dtype``, ``direction``) are
-  :func:`optax_neuronlr.scale_by_rule`'s; the default granularity here is
-  one ratio per output neuron of each matrix (one per leaf for vectors,
-  see :func:`neuron_units`).
+  :func:`optax_neuronlr.scale_by_rule`'s, with the engine's units:
+  ``"neuron"`` gives vectors one ratio per element (:func:`lars` and
+  :func:`lamb` pass :func:`neuron_units` instead, one per leaf for vectors).
 
   Args:
     learning_rate: $\eta$, a number ``>= 0`` or a schedule.
@@ -144,8 +144,7 @@ def scale_by_trust_ratio(
     min_norm: floor of both norms, ``>= 0``.
     min_lr: lower clamp of $r_U$.
     max_lr: upper clamp of $r_U$.
-    granularity: the units (see :func:`optax_neuronlr.scale_by_rule`);
-      ``"neuron"`` is :func:`neuron_units`.
+    granularity: the units (see :func:`optax_neuronlr.scale_by_rule`).
     neuron_axes: the neurons with ``granularity="neuron"``.
     state_dtype: dtype of ``trust_ratio``.
     direction: an optax transform whose output is scaled (None: the updates).
@@ -154,13 +153,18 @@ def scale_by_trust_ratio(
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     ``ScaleByTrustRatioState``; its ``update`` needs ``params``.
   """
-  if isinstance(granularity, str) and granularity == "neuron":
-    granularity, neuron_axes = neuron_units(neuron_axes), None
   return engine.scale_by_rule(
       TrustRatio(), learning_rate,
       {"trust_coefficient": trust_coefficient, "eps": eps, "min_norm": min_norm},
       min_lr=min_lr, max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes,
       state_dtype=state_dtype, direction=direction)
+
+
+def _alias_units(granularity: Any, neuron_axes: Any) -> tuple[Any, Any]:
+  """LARS/LAMB's ``granularity="neuron"``: :func:`neuron_units`."""
+  if isinstance(granularity, str) and granularity == "neuron":
+    return neuron_units(neuron_axes), None
+  return granularity, neuron_axes
 
 
 def _complement(mask: MaskOrFn) -> MaskOrFn:
@@ -212,7 +216,9 @@ def lars(
       step at $\eta_t$.
     momentum: $\mu$, in ``[0, 1)``.
     nesterov: Nesterov momentum.
-    granularity: the units of the trust ratio (see
+    granularity: the units of the trust ratio: ``"neuron"`` (one per output
+      neuron of each matrix, one per leaf for vectors: :func:`neuron_units`),
+      ``"tensor"`` (optax's), ``"element"``, ``"global"`` or unit specs (see
       :func:`optax_neuronlr.scale_by_rule`).
     neuron_axes: the neurons with ``granularity="neuron"``.
     state_dtype: dtype of the per-unit trust ratios.
@@ -224,6 +230,7 @@ def lars(
   validation.check_rate("weight_decay", weight_decay)
   validation.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
   validation.check_flag("nesterov", nesterov)
+  granularity, neuron_axes = _alias_units(granularity, neuron_axes)
   trust = scale_by_trust_ratio(
       learning_rate, trust_coefficient, eps, granularity=granularity,
       neuron_axes=neuron_axes, state_dtype=state_dtype)
@@ -277,7 +284,9 @@ def lamb(
     eps_root: Adam's $\epsilon_{root}$, ``>= 0``.
     weight_decay: $\lambda$, ``>= 0``, or a schedule.
     mask: the leaves that decay: None (all), a pytree of bools or a callable.
-    granularity: the units of the trust ratio (see
+    granularity: the units of the trust ratio: ``"neuron"`` (one per output
+      neuron of each matrix, one per leaf for vectors: :func:`neuron_units`),
+      ``"tensor"`` (optax's), ``"element"``, ``"global"`` or unit specs (see
       :func:`optax_neuronlr.scale_by_rule`).
     neuron_axes: the neurons with ``granularity="neuron"``.
     state_dtype: dtype of the per-unit trust ratios.
@@ -291,6 +300,7 @@ def lamb(
   validation.check_range("eps", eps, low=0.0)
   validation.check_range("eps_root", eps_root, low=0.0)
   validation.check_rate("weight_decay", weight_decay)
+  granularity, neuron_axes = _alias_units(granularity, neuron_axes)
   return optax.chain(
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
       optax.add_decayed_weights(weight_decay, mask=mask),

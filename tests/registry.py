@@ -239,6 +239,42 @@ def trace_hd(
       neuron_axes=neuron_axes, min_lr=min_lr, max_lr=max_lr, state_dtype=state_dtype)
 
 
+def nero_rule(
+    learning_rate: optax.ScalarOrSchedule,
+    beta: float = 0.999,
+    min_lr: float = 0.0,
+    max_lr: float = 1.0,
+    granularity: Any = "neuron",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+  """The :class:`nlr.Nero` rule on the engine at any leaf granularity, with
+  clamps, then Nero's projection (what ``nlr.nero`` is at ``"neuron"``)."""
+  return optax.chain(
+      nlr.scale_by_rule(nlr.Nero(), learning_rate, {"beta": beta}, min_lr=min_lr,
+                        max_lr=max_lr, granularity=granularity,
+                        neuron_axes=neuron_axes, state_dtype=state_dtype),
+      optax.scale(-1.0),
+      nlr.project_neurons(neuron_axes=neuron_axes if granularity == "neuron" else None))
+
+
+def trust_ratio_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    trust_coefficient: float = 1.0,
+    min_lr: float = 0.0,
+    max_lr: float = 1.0,
+    granularity: Any = "tensor",
+    neuron_axes: Any = None,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+  """``nlr.scale_by_trust_ratio`` (LARS without momentum) at any granularity."""
+  return optax.chain(
+      nlr.scale_by_trust_ratio(learning_rate, trust_coefficient, min_lr=min_lr,
+                               max_lr=max_lr, granularity=granularity,
+                               neuron_axes=neuron_axes, state_dtype=state_dtype),
+      optax.scale(-1.0))
+
+
 def _first_group(path: str, leaf: Any) -> bool:
   """Group ``a``: the first layer of each tree the suites use: ``w``
   (quadratic), ``x`` (Rosenbrock), ``l1`` and ``layers_0`` (test_flax's NNX
@@ -313,6 +349,13 @@ def _matrices_hidden(params):
   return jax.tree.map(lambda x: jnp.ndim(x) == 2, params)
 
 
+_NERO_SKIP = ("Nero keeps every matrix's neurons zero-mean and unit-norm: the "
+              "quadratic's optimum 'w' is not on that set (nero_unconstrained "
+              "runs the contract)")
+_NERO_DONATION = (
+    "the contract compares jit and eager updates to 1e-7 absolute; Nero's update "
+    "is a difference of unit-norm neurons, P(w + u) - w, whose float32 rounding "
+    "is ~1e-7 (the buffer reuse is checked in test_nero.py)")
 _Q_MUON = (2_000, dict(learning_rate=optax.cosine_decay_schedule(0.1, 2_000),
                        weight_decay=0.0, adam_learning_rate=0.05))
 
@@ -356,6 +399,16 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("muon", nlr.muon, dict(learning_rate=0.05, weight_decay=0.01, adam_learning_rate=0.01, hidden=_matrices_hidden), static_args=("hidden",), quadratic=_Q_MUON, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("normuon", nlr.normuon, dict(learning_rate=0.05, weight_decay=0.01, adam_learning_rate=0.01, hidden=_matrices_hidden), static_args=("hidden",), state_dtype=True, quadratic=_Q_MUON, rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("neuron_norm_sgd", nlr.neuron_norm_sgd, dict(learning_rate=0.05), state_dtype=True, granularities=ALL_GRANULARITIES, rosenbrock=(_R, dict(learning_rate=optax.exponential_decay(1e-2, 2000, 0.5)))),
+    # Rules that see the weights: Nero (its constraint set holds no optimum of the
+    # quadratic; Rosenbrock's vectors are unconstrained), per-neuron LARS and LAMB.
+    Entry("nero", nlr.nero, dict(learning_rate=0.01), state_dtype=True, skip={"converges_quadratic": _NERO_SKIP, "donation": _NERO_DONATION}, rosenbrock=(_R, dict(learning_rate=optax.exponential_decay(1e-2, 5_000, 0.5)))),
+    Entry("nero_unconstrained", nlr.nero, dict(learning_rate=0.01, constraints=False), state_dtype=True, quadratic=(2_000, dict(learning_rate=optax.exponential_decay(0.05, 500, 0.5))), rosenbrock=(_R, dict(learning_rate=optax.exponential_decay(1e-2, 5_000, 0.5)))),
+    Entry("lars_neuron", nlr.lars, dict(learning_rate=0.05, weight_decay=1e-4, trust_coefficient=0.1), state_dtype=True, granularities=ALL_GRANULARITIES, quadratic=(2_000, dict(learning_rate=optax.cosine_decay_schedule(0.05, 2_000), weight_decay=0.0)), rosenbrock=(_R, dict(learning_rate=optax.cosine_decay_schedule(1e-3, _R), trust_coefficient=1.0, momentum=0.5, weight_decay=0.0))),
+    Entry("lars_tensor", nlr.lars, dict(learning_rate=0.05, trust_coefficient=0.1, granularity="tensor"), state_dtype=True, granularities=ALL_GRANULARITIES, quadratic=(2_000, dict(learning_rate=optax.cosine_decay_schedule(0.05, 2_000))), rosenbrock=(_R, dict(learning_rate=optax.cosine_decay_schedule(1e-3, _R), trust_coefficient=1.0, momentum=0.5))),
+    Entry("lamb_neuron", nlr.lamb, dict(learning_rate=0.05, weight_decay=1e-4), state_dtype=True, granularities=ALL_GRANULARITIES, quadratic=(2_000, dict(learning_rate=optax.cosine_decay_schedule(0.05, 2_000), weight_decay=0.0)), rosenbrock=(_R, dict(learning_rate=1e-3, weight_decay=0.0)), fuzz_avoid=_ADAM),
+    Entry("lamb_tensor", nlr.lamb, dict(learning_rate=0.05, granularity="tensor"), state_dtype=True, granularities=ALL_GRANULARITIES, quadratic=(2_000, dict(learning_rate=optax.cosine_decay_schedule(0.05, 2_000))), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
+    Entry("nero_rule", nero_rule, dict(learning_rate=0.01), state_dtype=True, per_unit=True, granularities=LEAF_GRANULARITIES, skip={"converges_quadratic": _NERO_SKIP, "donation": _NERO_DONATION}, rosenbrock=(_R, dict(learning_rate=optax.exponential_decay(1e-2, 5_000, 0.5)))),
+    Entry("trust_ratio_sgd", trust_ratio_sgd, dict(learning_rate=0.05, granularity="neuron"), state_dtype=True, per_unit=True, granularities=ALL_GRANULARITIES, quadratic=(2_000, dict(learning_rate=optax.cosine_decay_schedule(0.05, 2_000), granularity="tensor")), rosenbrock=(_R, dict(learning_rate=optax.cosine_decay_schedule(2e-3, _R), granularity="tensor"))),
     Entry("param_groups_sgd", groups_sgd, dict(learning_rate=0.05), linear=True, rosenbrock=(_R, dict(learning_rate=1e-3)), skip=_GROUPS_SKIP),
     Entry("adam_scale_by_leaf", adam_scale_by_leaf, dict(learning_rate=0.05), static_args=("multipliers",), rosenbrock=(_R, dict(learning_rate=1e-3)), fuzz_avoid=_ADAM),
     Entry("reduce_lr_on_plateau", nlr.reduce_lr_on_plateau, dict(learning_rate=0.05, patience=5), needs_value=True, linear=True, rosenbrock=(_R, dict(learning_rate=1e-3))),

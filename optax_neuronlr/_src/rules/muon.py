@@ -50,6 +50,7 @@ import optax
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import model_layout as layout_lib
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import rate_record
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.model_layout import MatrixView
@@ -631,9 +632,12 @@ def muon(
                        mu_dtype=mu_dtype, matrices=views, ns_mesh=ns_mesh),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
-        optax.scale(-1.0))
+        optax.scale(-1.0),
+        rate_record.record_learning_rate(learning_rate))  # for the readers
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask)
+  adamw = rate_record.with_recorded_rate(
+      optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                  weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask),
+      adam_lr)
   return partitioned(hidden_tx, adamw, hidden, matrices)
 

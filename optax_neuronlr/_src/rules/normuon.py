@@ -46,6 +46,7 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import model_layout
+from optax_neuronlr._src import rate_record
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.rules import muon as muon_lib
@@ -284,7 +285,9 @@ def normuon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask)
+  adamw = rate_record.with_recorded_rate(
+      optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                  weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask),
+      adam_lr)
   return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
 

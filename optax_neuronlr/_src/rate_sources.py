@@ -204,17 +204,23 @@ def _scaled(source: Source, multipliers: Any, where: str) -> Source:
   """``source`` with each leaf's rates (and clamps) times its multiplier."""
   is_none = lambda x: x is None
   rates, treedef = jax.tree.flatten(source.rates, is_leaf=is_none)
-  mults, mdef = jax.tree.flatten(_masked_to_none(multipliers), is_leaf=is_none)
+  mults = jax.tree.leaves(_masked_to_none(multipliers), is_leaf=is_none)
   if len(rates) != len(mults):
     raise ValueError(
         f"the scale_by_leaf multipliers at {where!r} cover {len(mults)} leaves, "
         f"the rates beside them {len(rates)}; the readers cannot tell which "
         "multiplier scales which rate.")
+  def per_leaf(bound):
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(bound)):
+      return [bound] * len(rates)
+    return jax.tree.leaves(bound, is_leaf=is_none)
+
   out = [None if r is None or c is None else r * jnp.asarray(c, r.dtype)
          for r, c in zip(rates, mults)]
-  lo = [None if c is None else source.min_lr * c for c in mults]
-  hi = [None if c is None else jnp.where(jnp.isinf(source.max_lr), source.max_lr,
-                                          source.max_lr * c) for c in mults]
+  lo = [None if b is None or c is None else b * c
+        for b, c in zip(per_leaf(source.min_lr), mults)]
+  hi = [None if b is None or c is None else jnp.where(jnp.isinf(b), b, b * c)
+        for b, c in zip(per_leaf(source.max_lr), mults)]
   return dataclasses.replace(
       source, rates=treedef.unflatten(out), min_lr=treedef.unflatten(lo),
       max_lr=treedef.unflatten(hi))
@@ -225,26 +231,33 @@ def rate_sources(opt_state: Any) -> list[Source]:
   found = list(_walk(unwrap_variables(opt_state), (), ()))
   dtype = jnp.result_type(float)
   zero, inf = jnp.zeros([], dtype), jnp.asarray(_INF, dtype)
-  sources, multipliers = [], []
-  for kind, keys, node, ancestors in found:
+  sources, multipliers, injected = {}, [], []
+  for order, (kind, keys, node, ancestors) in enumerate(found):
     if kind == "rule":
       hp = rule_state.applied_scalars(node)
-      sources.append(Source(keys, kind, _masked_to_none(engine.rates_of(node)),
-                            hp["min_lr"], hp["max_lr"]))
+      sources[order] = Source(keys, kind, _masked_to_none(engine.rates_of(node)),
+                              hp["min_lr"], hp["max_lr"])
     elif kind == "recorded":
       template = _covered(ancestors)
       if template is not None:
-        sources.append(Source(keys, kind, _broadcast(template, node.applied_lr), zero, inf))
+        sources[order] = Source(keys, kind, _broadcast(template, node.applied_lr),
+                                zero, inf)
     elif kind == "injected":
-      inside = any(k in ("rule", "recorded") and len(k2) > len(keys)
-                   and _starts_with(k2, keys) for k, k2, _, _ in found)
-      template = None if inside else params_like(node.inner_state)
-      if template is not None and "learning_rate" in node.hyperparams:
-        rate = jnp.asarray(node.hyperparams["learning_rate"])
-        sources.append(Source(keys, kind, _broadcast(template, rate),
-                              zero.astype(rate.dtype), inf.astype(rate.dtype)))
+      injected.append((order, keys, node))
     else:
       multipliers.append((keys, node.multipliers))
+  # The innermost injected rate is the applied one (an outer injected rate is
+  # only a default passed in): the deepest first, each kept when nothing read
+  # so far lies inside it.
+  for order, keys, node in sorted(injected, key=lambda x: -len(x[1])):
+    if any(_starts_with(s.keys, keys) for s in sources.values()):
+      continue
+    template = params_like(node.inner_state)
+    if template is not None and "learning_rate" in node.hyperparams:
+      rate = jnp.asarray(node.hyperparams["learning_rate"])
+      sources[order] = Source(keys, "injected", _broadcast(template, rate),
+                              zero.astype(rate.dtype), inf.astype(rate.dtype))
+  sources = [sources[k] for k in sorted(sources)]
   for keys, mults in multipliers:
     scope = keys[:-1]
     for i, s in enumerate(sources):

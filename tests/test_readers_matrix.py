@@ -322,3 +322,77 @@ def test_readers_of_param_groups_of_optax_adam_agree():
   recorder = nlr.RateRecorder(leaves="head")
   recorder.record(0, state)
   assert recorder.rates("head/kernel")[0] == pytest.approx(1e-3)
+
+
+# --------------------------------------------------------------------------
+# The recorded rate: a state that behaves like optax's.
+
+
+def test_tree_set_of_the_injected_rate_drives_update_and_readers():
+  tx = optax.inject_hyperparams(nlr.muon)(learning_rate=0.02, ns_steps=1)
+  state = tx.init(PARAMS)
+  state = optax.tree_utils.tree_set(state, learning_rate=0.5)
+  updates, state = tx.update(GRADS, state, PARAMS)
+  rates = nlr.learning_rates(state)
+  np.testing.assert_allclose(rates["mlp"]["kernel"], 0.5)
+  np.testing.assert_allclose(rates["head"]["kernel"], 0.5)  # adam_learning_rate=None
+  # The record is not a hyperparameter: tree_get finds only the injected one.
+  np.testing.assert_allclose(optax.tree_utils.tree_get(state, "learning_rate"), 0.5)
+
+
+def test_record_is_not_params_shaped_for_tree_map_params():
+  tx = nlr.muon(SCHED, ns_steps=1)
+  state = tx.init(PARAMS)
+  mapped = optax.tree_utils.tree_map_params(tx, lambda v: v + 1.0, state)
+  np.testing.assert_allclose(nlr.learning_rates(mapped)["mlp"]["kernel"], SCHED(0))
+  assert optax.tree_utils.tree_get(state, "learning_rate") is None
+
+
+def test_record_learning_rate_alone():
+  sched = optax.exponential_decay(0.1, 1, 0.5)
+  tx = optax.chain(optax.inject_hyperparams(optax.adam)(learning_rate=0.1),
+                   nlr.record_learning_rate(sched))
+  state = tx.init(PARAMS)
+  updates, state = jax.jit(tx.update)(GRADS, state, PARAMS)
+  assert isinstance(state[1], nlr.RecordLearningRateState)
+  np.testing.assert_allclose(state[1].applied_lr, 0.1)
+  _, state = tx.update(GRADS, state, PARAMS)
+  np.testing.assert_allclose(state[1].applied_lr, 0.05)
+  assert state[1].applied_lr.dtype == jnp.result_type(float)
+  assert not state[1].applied_lr.weak_type and not tx.init(PARAMS)[1].applied_lr.weak_type
+  plain = optax.adam(0.1)
+  ref, _ = plain.update(GRADS, plain.init(PARAMS), PARAMS)  # identity on the updates
+  np.testing.assert_allclose(updates["mlp"]["kernel"], ref["mlp"]["kernel"], rtol=1e-4)
+  with pytest.raises(ValueError, match="learning_rate"):
+    nlr.record_learning_rate(-1.0)
+
+
+def _without_records(tree):
+  """A 0.3 muon state: the same, without the recorded rates."""
+  if isinstance(tree, tuple) and not hasattr(tree, "_fields"):
+    return tuple(_without_records(x) for x in tree
+                 if not isinstance(x, nlr.RecordLearningRateState))
+  if hasattr(tree, "_fields"):
+    return type(tree)(*(_without_records(x) for x in tree))
+  if isinstance(tree, dict):
+    return {k: _without_records(v) for k, v in tree.items()}
+  return tree
+
+
+def test_a_state_saved_without_the_records_is_rebuilt_whole():
+  tx = nlr.muon(0.02, ns_steps=1)
+  state = _state_after(tx, 1)
+  old = _without_records(state)
+  assert not any(isinstance(x, nlr.RecordLearningRateState) for x in jax.tree.leaves(
+      old, is_leaf=lambda x: isinstance(x, nlr.RecordLearningRateState)))
+  new = nlr.rebuild_state(tx, old, PARAMS)
+  for a, b in zip(jax.tree.leaves(_without_records(new)), jax.tree.leaves(old)):
+    np.testing.assert_array_equal(a, b)  # every statistic kept
+  np.testing.assert_allclose(nlr.learning_rates(new)["mlp"]["kernel"], 0.02)
+
+
+def _state_after(tx, steps):
+  state = tx.init(PARAMS)
+  for _ in range(steps):
+    _, state = tx.update(GRADS, state, PARAMS)
+  return state

@@ -91,7 +91,28 @@ def record_learning_rate(
 def with_recorded_rate(
     tx: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule,
 ) -> optax.GradientTransformationExtraArgs:
-  """``optax.chain(tx, record_learning_rate(learning_rate))``: ``tx`` (an
-  optimizer that applies ``learning_rate`` itself, such as ``optax.adamw``)
-  with its rate kept for the readers."""
-  return optax.chain(tx, record_learning_rate(learning_rate))
+  """``tx`` (an ``optax.chain``, such as ``optax.adamw``, that applies
+  ``learning_rate`` itself) followed by :func:`record_learning_rate`.
+
+  The state is ``tx``'s tuple with a :class:`RecordLearningRateState`
+  appended, not nested: every statistic keeps its place, so
+  :func:`optax_neuronlr.rebuild_state` carries a state saved without the
+  record over whole.
+  """
+  record = record_learning_rate(learning_rate)
+  tx = optax.with_extra_args_support(tx)
+
+  def init_fn(params):
+    inner = tx.init(params)
+    if type(inner) is not tuple:  # pylint: disable=unidiomatic-typecheck
+      raise TypeError(
+          "with_recorded_rate extends the state of an optax.chain (a tuple); got "
+          f"{type(inner).__name__}.")
+    return inner + (record.init(params),)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    updates, inner = tx.update(updates, tuple(state[:-1]), params, **extra_args)
+    updates, rec = record.update(updates, state[-1], params)
+    return updates, tuple(inner) + (rec,)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -31,6 +31,8 @@ from optax_neuronlr._src.group_edits import reset_param_group
 from optax_neuronlr._src.readers import learning_rates_by_state
 from optax_neuronlr._src.readers import plateau_learning_rate
 from optax_neuronlr._src.readers import rate_summary
+from optax_neuronlr._src.rate_record import record_learning_rate
+from optax_neuronlr._src.rate_record import RecordLearningRateState
 from optax_neuronlr._src.rules.adam_mini import adam_mini
 from optax_neuronlr._src.rules.adam_mini import adam_mini_blocks
 from optax_neuronlr._src.rules.adam_mini import adam_mini_partition
@@ -132,6 +134,7 @@ __all__ = (
     "ProjectNeuronsState",
     "RateRecord",
     "RateRecorder",
+    "RecordLearningRateState",
     "ReduceLROnPlateauState",
     "Rule",
     "RuleState",
@@ -179,6 +182,7 @@ __all__ = (
     "rate_summary",
     "rebuild_nnx_optimizer",
     "rebuild_state",
+    "record_learning_rate",
     "reduce_lr_on_plateau",
     "reset_param_group",
     "rule_transform",

@@ -118,7 +118,7 @@ def _histogram_data(
         p: (source.rates(p)[-1], *map(float, source.bounds(p)[-1]))
         for p in source.paths
     }
-  if inspect_lib._strategy_states(source):  # pylint: disable=protected-access
+  if inspect_lib.has_rates(source):
     found = jax.device_get(recorder_lib.leaf_rates(source))
     return {k: (np.asarray(r), float(lo), float(hi)) for k, (r, lo, hi) in found.items()}
   flat, _ = jax.tree_util.tree_flatten_with_path(source)

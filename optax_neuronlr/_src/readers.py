@@ -1,68 +1,39 @@
-"""Finding per-unit learning rates inside any nested optax state.
+"""The readers: the rates the last update applied, from any nested optax state.
 
-Rule states are recognised by type (the state class of a :class:`Rule`), not
-through a registry.
-
-Strategy states are found wherever they sit: in ``optax.chain`` tuples,
-``optax.multi_transform`` / ``optax.partition`` states, ``optax.masked``,
-``optax.inject_hyperparams``, ``optax.apply_if_finite``, ``optax.MultiSteps``
-or any other NamedTuple, tuple, list or dict. The rates are recomputed from
-each state's statistics and the scalars of its last step; nothing per-element
-is stored for this.
+Every reader (:func:`learning_rates`, :func:`learning_rates_by_state`,
+:func:`leaf_rates`, :func:`rate_summary` and
+:class:`~optax_neuronlr.RateRecorder`) reads one list, the rate sources of
+:mod:`~optax_neuronlr._src.rate_sources`: rule states (recognised by type,
+not through a registry), the rates that Muon and AdamW record
+(:func:`~optax_neuronlr.record_learning_rate`) and injected group rates of
+plain optax optimizers; so each sees what the others see. Sources are found
+wherever they sit: in ``optax.chain`` tuples, ``optax.multi_transform`` /
+``optax.partition`` states, ``optax.masked``, ``optax.inject_hyperparams``,
+``optax.apply_if_finite``, ``optax.MultiSteps`` or any other NamedTuple,
+tuple, list or dict. Per-unit rates are recomputed from each state's
+statistics and the scalars of its last step; nothing per-element is stored
+for this.
 """
 
 from __future__ import annotations
 
 from typing import Any, Union
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import plateau
-from optax_neuronlr._src import rule_state
+from optax_neuronlr._src import rate_sources
 
 
-# The states of optax.inject_hyperparams (groups.py reads them too; it imports
-# this module, so the tuple is spelled here).
-_INJECT_STATES = tuple(
-    getattr(optax, name)
-    for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
-    if hasattr(optax, name)
-)
+unwrap_variables = rate_sources.unwrap_variables
 
 
-def _is_strategy_state(x: Any) -> bool:
-  return rule_state.is_rule_state(x)
-
-
-def _is_nnx_variable(x: Any) -> bool:
-  nnx = sys.modules.get("flax.nnx")  # Only when the user already uses NNX.
-  return nnx is not None and isinstance(x, nnx.Variable)
-
-
-def unwrap_variables(state: Any) -> Any:
-  """Replaces Flax NNX variables (``nnx.Optimizer.opt_state``) by their arrays."""
-  return jax.tree.map(
-      lambda x: x.get_value() if _is_nnx_variable(x) else x,
-      state,
-      is_leaf=_is_nnx_variable,
-  )
-
-
-def _strategy_states(opt_state: Any) -> list[tuple[str, Any]]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(
-      opt_state, is_leaf=_is_strategy_state
-  )
-  return [
-      (paths_lib.path_str(p), unwrap_variables(s))
-      for p, s in flat
-      if _is_strategy_state(s)
-  ]
+def has_rates(opt_state: Any) -> bool:
+  """Whether ``opt_state`` holds a rate that the readers can show."""
+  return bool(rate_sources.rate_sources(opt_state))
 
 
 def leaf_paths(tree: Any, what: str = "the parameters") -> list[str]:
@@ -90,82 +61,33 @@ def leaf_paths(tree: Any, what: str = "the parameters") -> list[str]:
   return paths
 
 
-def _masked_to_none(tree: Any) -> Any:
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
-  return jax.tree.map(lambda x: None if is_masked(x) else x, tree, is_leaf=is_masked)
-
-
 def learning_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
-  """Per-unit rates of every strategy state in ``opt_state``.
+  """The rates of :func:`learning_rates`, one tree per rate source.
+
+  A rate source is a node of ``opt_state`` that the applied rates are read
+  from: a rule state (every per-unit strategy of the package), the rate that
+  :func:`~optax_neuronlr.muon` and :func:`~optax_neuronlr.normuon` record for
+  Muon and AdamW (:func:`~optax_neuronlr.record_learning_rate`), or an
+  ``optax.inject_hyperparams`` state with a ``learning_rate`` and no source
+  inside (each group of ``param_groups(optax.adam, ...)``). Multipliers of
+  :func:`~optax_neuronlr.scale_by_leaf` in the same chain are applied.
 
   Args:
-    opt_state: any optax state (possibly nested).
+    opt_state: any optax state (possibly nested, or an ``nnx.Optimizer``'s).
 
   Returns:
-    ``{path of the strategy state inside opt_state: rates}``, where ``rates`` is
+    ``{path of the source inside opt_state: rates}``, where ``rates`` is
     shaped like the parameters with one per-unit array per leaf (``None`` for
-    leaves the strategy does not govern, e.g. masked ones).
+    leaves the source does not govern, e.g. masked ones or another label's).
+    Every leaf of :func:`learning_rates` is in exactly one of them.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_neuronlr as nlr
+    >>> params = {"mlp": {"kernel": jnp.ones((4, 4))}, "bias": jnp.zeros(4)}
+    >>> sorted(nlr.learning_rates_by_state(nlr.muon(0.02).init(params)))
+    ['inner_states/adamw/inner_state/1', 'inner_states/hidden/inner_state/4']
   """
-  return {
-      path: _masked_to_none(engine.rates_of(state))
-      for path, state in _strategy_states(opt_state)
-  }
-
-
-def _has_rule_state(tree: Any) -> bool:
-  leaves = jax.tree.leaves(tree, is_leaf=_is_strategy_state)
-  return any(_is_strategy_state(x) for x in leaves)
-
-
-def _params_shaped(tree: Any) -> Any:
-  """The first sub-tree of an optax state shaped like (part of) the params.
-
-  Optax states keep per-leaf statistics in fields such as
-  ``ScaleByAdamState.mu``: a container of arrays (with ``MaskedNode`` where a
-  partition masks a leaf), beside the states' own scalars. States
-  (NamedTuples) and chains of them (tuples of states) are searched in order.
-  """
-  is_state = lambda x: isinstance(x, tuple) and hasattr(x, "_fields")
-  if is_state(tree) or (isinstance(tree, (tuple, list)) and tree
-                        and all(is_state(x) for x in tree)):
-    for value in tree:
-      found = _params_shaped(value)
-      if found is not None:
-        return found
-    return None
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
-  if (isinstance(tree, optax.MaskedNode)
-      or jax.tree_util.treedef_is_leaf(jax.tree.structure(tree))  # an array
-      or not jax.tree.leaves(tree, is_leaf=is_masked)):
-    return None
-  return tree
-
-
-def injected_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
-  """Group rates of optax optimizers under ``inject_hyperparams``.
-
-  For every ``optax.inject_hyperparams`` state (each group of
-  :func:`~optax_neuronlr.param_groups` is one) that injects a
-  ``learning_rate`` and holds no rule state, the injected rate on every leaf
-  the group's statistics cover (``None`` elsewhere): ``{path of the state
-  inside opt_state: rates}``.
-  """
-  is_inject = lambda x: isinstance(x, _INJECT_STATES)
-  out = {}
-  flat = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_inject)[0]
-  for path, node in flat:
-    if not is_inject(node) or "learning_rate" not in node.hyperparams:
-      continue
-    if _has_rule_state(node.inner_state):
-      continue  # The rule's per-unit rates include the injected rate.
-    shaped = _params_shaped(node.inner_state)
-    if shaped is None:
-      continue
-    rate = jnp.asarray(node.hyperparams["learning_rate"])
-    out[paths_lib.path_str(path)] = jax.tree.map(
-        lambda x: None if isinstance(x, optax.MaskedNode) else rate, shaped,
-        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-  return out
+  return {s.path: s.rates for s in rate_sources.rate_sources(opt_state)}
 
 
 def _merge(found: dict[str, Any]) -> Any:
@@ -238,15 +160,14 @@ def learning_rates(opt_state: optax.OptState) -> optax.Params:
     (2,)
   """
   found = learning_rates_by_state(opt_state)
-  injected = injected_rates_by_state(opt_state)
-  if not found and not injected:
+  if not found:
     raise ValueError(
-        "opt_state holds no per-unit learning-rate state of optax_neuronlr and "
-        "no optax optimizer with an injected learning_rate whose state covers "
-        "the parameters (param_groups, inject_hyperparams). "
-        + _restored_hint(opt_state)
+        "opt_state holds no per-unit learning-rate state of optax_neuronlr, no "
+        "recorded rate (nlr.record_learning_rate) and no optax optimizer with an "
+        "injected learning_rate whose state covers the parameters (param_groups, "
+        "inject_hyperparams). " + _restored_hint(opt_state)
     )
-  return _merge({**found, **injected})
+  return _merge(found)
 
 
 def _restored_hint(opt_state: Any) -> str:
@@ -286,13 +207,9 @@ def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Arra
       containing ``"/"`` beside a nested one, see :func:`leaf_paths`).
   """
   out = {}
-  for state_path, state in _strategy_states(opt_state):
-    rates = _masked_to_none(engine.rates_of(state))
-    hp = rule_state.applied_scalars(state)
-    lo, hi = hp["min_lr"], hp["max_lr"]
-    flat = jax.tree_util.tree_flatten_with_path(rates)[0]
-    leaf_paths(rates, f"the rule state at {state_path or 'the root'!r}")
-    for path, r in flat:
+  for source in rate_sources.rate_sources(opt_state):
+    leaf_paths(source.rates, f"the rates of the state at {source.path or 'the root'!r}")
+    for path, r, lo, hi in source.per_leaf():
       key = paths_lib.path_str(path)
       again = 0
       while key in out:

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import model_layout as layout_lib  # noqa: F401  (old import paths)
+from optax_neuronlr._src import rate_record
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.newton_schulz import (  # noqa: F401  (old import paths)
     NS_COEFFS,
@@ -361,11 +362,14 @@ def muon(
                        mu_dtype=mu_dtype, matrices=views, ns_mesh=ns_mesh),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
-        optax.scale(-1.0))
+        optax.scale(-1.0),
+        rate_record.record_learning_rate(learning_rate))  # for the readers
 
   def adamw_tx(decay_mask):
-    return optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                       weight_decay=adam_weight_decay, mask=decay_mask)
+    return rate_record.with_recorded_rate(
+        optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                    weight_decay=adam_weight_decay, mask=decay_mask),
+        adam_lr)
 
   return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
                               layout=layout, axis_names=axis_names,

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import engine
+from optax_neuronlr._src import rate_record
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.rules import muon as muon_lib
@@ -356,8 +357,10 @@ def normuon(
         optax.scale(-1.0))
 
   def adamw_tx(decay_mask):
-    return optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                       weight_decay=adam_weight_decay, mask=decay_mask)
+    return rate_record.with_recorded_rate(
+        optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                    weight_decay=adam_weight_decay, mask=decay_mask),
+        adam_lr)
 
   return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
                               layout=layout, axis_names=axis_names,

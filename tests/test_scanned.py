@@ -54,6 +54,7 @@ def linen_twins():
   return params, names, twin, sm.unstack_names(names)
 
 
+@pytest.mark.filterwarnings("ignore:.*by shape alone")
 @pytest.mark.parametrize("with_names", [False, True])
 @pytest.mark.parametrize("make", sorted(OPTIMIZERS))
 def test_linen_scan_equals_unscanned(linen_twins, make, with_names):
@@ -66,6 +67,7 @@ def test_linen_scan_equals_unscanned(linen_twins, make, with_names):
   _assert_twins(scanned, unscanned)
 
 
+@pytest.mark.filterwarnings("ignore:.*by shape alone")
 @pytest.mark.parametrize("make", sorted(OPTIMIZERS))
 def test_nnx_vmap_equals_unscanned(make):
   params, names = sm.nnx_model()
@@ -178,7 +180,7 @@ def test_a_stack_found_by_shape_warns_once(linen_twins, make):
   import warnings  # pylint: disable=g-import-not-at-top
   params, names, _, _ = linen_twins
   tx = OPTIMIZERS[make](None)
-  with pytest.warns(UserWarning, match=r"(?s)by their shapes.*blocks/fc/kernel.*axis_names="):
+  with pytest.warns(UserWarning, match=r"(?s)by shape alone.*blocks/fc/kernel.*axis_names="):
     state = tx.init(params)
   with warnings.catch_warnings():
     warnings.simplefilter("error")

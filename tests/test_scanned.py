@@ -187,3 +187,22 @@ def test_a_stack_found_by_shape_warns_once(linen_twins, make):
     tx.update(params, state, params)
     tx.init(params)
     OPTIMIZERS[make](names).init(params)
+
+
+@pytest.mark.filterwarnings("ignore:.*by shape alone")
+def test_adam_mini_in_multi_transform_with_the_full_trees_blocks(linen_twins):
+  """Under optax.partition the group sees a masked tree; blocks computed from the
+  full tree (read by path) keep the per-layer blocks."""
+  import optax  # pylint: disable=g-import-not-at-top
+  params, _, _, _ = linen_twins
+  labels = jax.tree_util.tree_map_with_path(
+      lambda p, _: "adam" if "bias" in jax.tree_util.keystr(p) else "mini", params)
+  blocks = nlr.adam_mini_blocks(params)
+  tx = optax.partition({"mini": nlr.adam_mini(1e-2, blocks=blocks),
+                        "adam": optax.adam(1e-2)}, labels)
+  whole = nlr.adam_mini(1e-2, blocks=blocks)
+  g = _grads(params, 0)
+  u, _ = tx.update(g, tx.init(params), params)
+  w, _ = whole.update(g, whole.init(params), params)
+  np.testing.assert_allclose(np.asarray(u["blocks"]["fc"]["kernel"]),
+                             np.asarray(w["blocks"]["fc"]["kernel"]), rtol=1e-6)

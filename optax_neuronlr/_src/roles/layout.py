@@ -157,8 +157,14 @@ def model_layout(
     batch, roles, note = shapes_lib.batch_of(keys, shape, stacks[i])
     batches[i] = (batch, roles, note)
     cores.append((keys, tuple(s for a, s in enumerate(shape) if a not in batch)))
+  # A head named by its axes (..., vocab) is the head: no other is searched for.
+  named_head = head is None and any(
+      roles[-1] == axis_names_lib.VOCAB and sum(
+          r not in axis_names_lib.BATCH_ROLES for r in roles) >= 2
+      for _, roles in named.values())
   head_paths, head_source, head_notes = shapes_lib.find_head(
-      [c for i, c in enumerate(cores) if i not in named], head, context)
+      [c for i, c in enumerate(cores) if i not in named], False if named_head else head,
+      context)
   if head is not None and head is not False:
     selector = paths_lib.Selector(head, "head")
     head_paths |= {"/".join(keys) for i, (keys, shape) in enumerate(entries)

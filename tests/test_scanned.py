@@ -54,6 +54,7 @@ def linen_twins():
   return params, names, twin, sm.unstack_names(names)
 
 
+@pytest.mark.filterwarnings("ignore:.*by shape alone")
 @pytest.mark.parametrize("with_names", [False, True])
 @pytest.mark.parametrize("make", sorted(OPTIMIZERS))
 def test_linen_scan_equals_unscanned(linen_twins, make, with_names):
@@ -66,6 +67,7 @@ def test_linen_scan_equals_unscanned(linen_twins, make, with_names):
   _assert_twins(scanned, unscanned)
 
 
+@pytest.mark.filterwarnings("ignore:.*by shape alone")
 @pytest.mark.parametrize("make", sorted(OPTIMIZERS))
 def test_nnx_vmap_equals_unscanned(make):
   params, names = sm.nnx_model()
@@ -178,10 +180,29 @@ def test_a_stack_found_by_shape_warns_once(linen_twins, make):
   import warnings  # pylint: disable=g-import-not-at-top
   params, names, _, _ = linen_twins
   tx = OPTIMIZERS[make](None)
-  with pytest.warns(UserWarning, match=r"(?s)by their shapes.*blocks/fc/kernel.*axis_names="):
+  with pytest.warns(UserWarning, match=r"(?s)by shape alone.*blocks/fc/kernel.*axis_names="):
     state = tx.init(params)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     tx.update(params, state, params)
     tx.init(params)
     OPTIMIZERS[make](names).init(params)
+
+
+@pytest.mark.filterwarnings("ignore:.*by shape alone")
+def test_adam_mini_in_multi_transform_with_the_full_trees_blocks(linen_twins):
+  """Under optax.partition the group sees a masked tree; blocks computed from the
+  full tree (read by path) keep the per-layer blocks."""
+  import optax  # pylint: disable=g-import-not-at-top
+  params, _, _, _ = linen_twins
+  labels = jax.tree_util.tree_map_with_path(
+      lambda p, _: "adam" if "bias" in jax.tree_util.keystr(p) else "mini", params)
+  blocks = nlr.adam_mini_blocks(params)
+  tx = optax.partition({"mini": nlr.adam_mini(1e-2, blocks=blocks),
+                        "adam": optax.adam(1e-2)}, labels)
+  whole = nlr.adam_mini(1e-2, blocks=blocks)
+  g = _grads(params, 0)
+  u, _ = tx.update(g, tx.init(params), params)
+  w, _ = whole.update(g, whole.init(params), params)
+  np.testing.assert_allclose(np.asarray(u["blocks"]["fc"]["kernel"]),
+                             np.asarray(w["blocks"]["fc"]["kernel"]), rtol=1e-6)

@@ -67,10 +67,14 @@ GUESS_FIX = ("pass the model's axis names, axis_names=nn.get_partition_spec(vari
 def guess_message(who: str, roles: Iterable) -> str:
   """A warning naming the leaves whose role a shape guess decided."""
   roles = list(roles)
-  listing = "; ".join(f"'{r.path}' {r.shape}: {r.kind}" + (f" ({r.reason})" if r.reason else "")
-                      for r in roles)
-  return (f"{who} read {len(roles)} leaves by their shapes alone, and the guess changes "
-          f"its update: {listing}. If that is right, nothing to do; else {GUESS_FIX}.")
+  what = []
+  if any(r.batch_axes for r in roles):
+    what.append("stack or expert axes (one matrix and one set of units per layer)")
+  if any(r.kind == "head" for r in roles):
+    what.append("the output head")
+  listing = ", ".join(f"'{r.path}' {r.shape}" for r in roles)
+  return (f"{who} found {' and '.join(what)} by shape alone for {len(roles)} leaves: "
+          f"{listing}. If that is right, nothing to do; else {GUESS_FIX}.")
 
 
 def changed_by_guess(role) -> bool:

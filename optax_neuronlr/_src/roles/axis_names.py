@@ -75,7 +75,8 @@ AXIS_ROLES: dict[str, str] = {
     "exp": k.EXPERT, "expert": k.EXPERT, "experts": k.EXPERT,
     # features
     "vocab": VOCAB,
-    "embed": EMBED, "embed_no_exp": EMBED, "hidden": EMBED, "model": EMBED,
+    "embed": EMBED, "embed_no_exp": EMBED, "embed_tensor_transpose": EMBED, "hidden": EMBED,
+    "model": EMBED,
     "mlp": MLP_AXIS, "mlp_no_fsdp": MLP_AXIS, "q_lora": MLP_AXIS, "kv_lora": MLP_AXIS,
     "heads": HEADS, "q_heads": HEADS, "kv_heads": HEADS,
     "kv": HEAD_DIM, "head_dim": HEAD_DIM, "kv_head_dim": HEAD_DIM, "qk_head_dim": HEAD_DIM,

@@ -147,7 +147,7 @@ def measure_form(args: argparse.Namespace, scanned: bool) -> dict[str, dict[str,
 
 def main(args: argparse.Namespace) -> None:
   warnings.filterwarnings("ignore", message=".*donated buffers.*")
-  warnings.filterwarnings("ignore", module="optax_neuronlr")
+  warnings.filterwarnings("ignore", message=r"nlr\.")  # the scanned tree's stack axes, found by shape
   device = jax.devices()[0]
   print(f"device: {device.platform} ({device.device_kind}); jax {jax.__version__}, "
         f"optax {optax.__version__}; {args.layers} blocks, d_model={args.d_model}, "

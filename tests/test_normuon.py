@@ -466,6 +466,15 @@ def test_normuon_rescale_is_per_matrix():
     one = nlr.scale_by_normuon(1.0, matrices=nlr.MatrixView(0, 1))
     ui, _ = one.update(g[i], one.init(g[i]))
     np.testing.assert_allclose(u[i], ui, rtol=2e-5, atol=1e-7)
+  # Blocks (the gates of a fused kernel): one rescale per block.
+  gated = jnp.concatenate([g[0][:, :5], g[1][:, :5], 1e-2 * g[0][:, 5:]], axis=1)
+  tx = nlr.scale_by_normuon(1.0, matrices=nlr.MatrixView(0, 1, blocks=(1, 3)))
+  u, _ = tx.update(gated, tx.init(gated))
+  for b in range(3):
+    part = gated[:, 5 * b:5 * b + 5]
+    one = nlr.scale_by_normuon(1.0, matrices=nlr.MatrixView(0, 1))
+    ub, _ = one.update(part, one.init(part))
+    np.testing.assert_allclose(u[:, 5 * b:5 * b + 5], ub, rtol=2e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------

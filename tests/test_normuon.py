@@ -386,7 +386,7 @@ def test_bfloat16_newton_schulz_as_torch():
   torch = pytest.importorskip("torch")
   from torch.optim import _muon as torch_muon  # pylint: disable=g-import-not-at-top
   ours, theirs = [], []
-  for seed, shape in enumerate(((96, 64), (64, 160), (128, 128))):
+  for seed, shape in enumerate(((96, 64), (64, 160))):
     g = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
     ref = np.asarray(muon_lib.newton_schulz(jnp.asarray(g)[None])[0])
     low = muon_lib.newton_schulz(jnp.asarray(g, jnp.bfloat16)[None])[0]
@@ -432,6 +432,7 @@ STACK_NAMES = {"layers": {"mlp": {"up": {"kernel": ("layers", "embed", "mlp")},
                           "attn": {"query": {"kernel": ("layers", "embed", "heads", "kv")}}}}
 
 
+@pytest.mark.filterwarnings("ignore:nlr.*stack axis 0 found by shape:UserWarning")
 @pytest.mark.parametrize("with_names", [False, True])
 @pytest.mark.parametrize("name", ["muon", "normuon"])
 def test_stacked_layers_equal_their_unstacked_twin(name, with_names):

@@ -47,6 +47,11 @@ How to run
     python benchmarks/step_time.py --d-model 512 --layers 8 --steps 20
     python benchmarks/step_time.py --device gpu         # needs a GPU jaxlib
     python benchmarks/step_time.py --only adam,element  # a subset of rows
+    python benchmarks/step_time.py --muon               # Muon, 24 blocks, scanned too
+
+``--muon`` runs :mod:`muon_step_time` instead: ``nlr.muon`` against
+``optax.contrib.muon`` on a 24-block transformer, unscanned and scanned
+(stacked layers), compile and step time with ratios against optax.
 
 The defaults run in well under 3 minutes on 2 CPU cores.
 """
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -359,7 +365,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--only", default="", help="comma-separated substrings of "
                  "optimizer names to run (adam always runs)")
   p.add_argument("--markdown", action="store_true", help="Markdown table")
-  return p.parse_args(argv)
+  p.add_argument("--muon", action="store_true", help="instead: nlr.muon against "
+                 "optax.contrib.muon on a deep model, unscanned and scanned, compile "
+                 "and step time (benchmarks/muon_step_time.py)")
+  p.add_argument("--compile-repeats", type=int, default=3,
+                 help="--muon: fresh compilations per optimizer")
+  args = p.parse_args(argv)
+  if args.muon:  # the deep model's defaults, unless given
+    given = set(argv if argv is not None else sys.argv[1:])
+    for flag, attr, value in (("--layers", "layers", 24), ("--d-model", "d_model", 128),
+                              ("--vocab", "vocab", 1024), ("--steps", "steps", 10),
+                              ("--repeats", "repeats", 7)):
+      if not any(g == flag or g.startswith(flag + "=") for g in given):
+        setattr(args, attr, value)
+  return args
 
 
 def selected(only: str) -> dict[str, optax.GradientTransformation]:
@@ -386,6 +405,11 @@ def describe(
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
+  if args.muon:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import muon_step_time  # pylint: disable=g-import-not-at-top
+    muon_step_time.main(args)
+    return
   warnings.filterwarnings("ignore", message=".*donated buffers.*")
   device = pick_device(args.device)
   shapes = param_shapes(args.d_model, args.layers, args.vocab)

@@ -28,12 +28,19 @@ Which leaves are matrices, and how, is a :class:`MatrixView` per leaf
 axis (one matrix per index), and ``blocks=(axis, n)`` splits an output axis
 into ``n`` equal matrices (the gates of a fused recurrent kernel). A
 ``(d, heads, head_dim)`` attention query kernel is one ``d x heads*head_dim``
-matrix, as PyTorch's ``q_proj``.
+matrix, as PyTorch's ``q_proj``; a scanned ``(layers, in, out)`` kernel is
+one matrix per layer.
 
 :func:`scale_by_muon` returns $+d_t$; :func:`muon` trains the hidden
 matrices with it (learning rate and decoupled weight decay as
 ``torch.optim.Muon``) and every other leaf with AdamW, split by
 :func:`normuon_labels`.
+
+This module holds the direction and the optimizer; the Newton-Schulz
+iteration and where it runs are in :mod:`optax_neuronlr._src.newton_schulz`,
+checking user-given views in :mod:`optax_neuronlr._src.roles.matrix_views`, and
+the choice of leaves and views (computed once per optimizer, read by path)
+in :mod:`optax_neuronlr._src.rules.muon_partition`.
 """
 
 from __future__ import annotations

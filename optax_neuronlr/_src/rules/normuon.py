@@ -119,7 +119,9 @@ class NorMuon(engine.Rule):
   name = "normuon"
 
   def observe(self, g, d, elements, hp):
-    return (engine.abs_sq(d.astype(g.dtype)),)
+    # Squares in at least float32: a float16 O's entries (about 1/sqrt(n))
+    # square to float16 subnormals in large matrices.
+    return (engine.abs_sq(d.astype(jnp.promote_types(g.dtype, jnp.float32))),)
 
   def update(self, stats, observed, hp, prev_hp, count):
     v = stats["v"]

@@ -274,3 +274,32 @@ def test_drop_param_group_keeps_the_names_of_unnamed_groups():
   old_mu = state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
   new_mu = new_state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
   np.testing.assert_array_equal(new_mu, old_mu)
+
+
+# ---------------------------------------------------------------------------
+# A callable granularity's warnings: once per optimizer.
+
+_CONV = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "dense": {"kernel": jnp.ones((4, 4))}}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nlr.adam_mini(1e-3, blocks=functools.partial(nlr.adam_mini_blocks, num_heads=2)),
+    lambda: nlr.grad_history_lr(1e-3, granularity=nlr.adam_mini_blocks),
+], ids=["adam_mini", "grad_history_lr"])
+def test_blocks_callable_warns_once_per_optimizer(make):
+  """Warned at init and again at every update (each trace, each step without jit)."""
+  tx = make()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    state = tx.init(_CONV)
+    for _ in range(2):
+      _, state = tx.update(_CONV, state, _CONV)
+    jax.jit(tx.update)(_CONV, state, _CONV)
+  messages = [str(w.message) for w in caught if "recognised no Adam-mini block" in str(w.message)]
+  assert len(messages) == 1, messages
+  assert "'conv/kernel'" in messages[0]
+  # Another optimizer warns again; the "error" filter still raises.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    with pytest.raises(UserWarning, match="recognised no Adam-mini block"):
+      make().init(_CONV)

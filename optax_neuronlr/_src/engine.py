@@ -527,6 +527,8 @@ def scale_by_rule(
   for name, value in (("granularity", granularity), ("leaf_info", leaf_info)):
     validation.check_static(name, value, example="nlr.scale_by_rule")
   units_lib.check_granularity(granularity, neuron_axes)
+  if callable(granularity) and not units_lib.is_unit_spec(granularity):
+    granularity = units_lib.WarnOnce(granularity)  # called on every trace
   is_global = isinstance(granularity, str) and granularity == "global"
   if is_global and rule.leaf_stats:
     raise ValueError(

@@ -303,3 +303,53 @@ def test_blocks_callable_warns_once_per_optimizer(make):
     warnings.simplefilter("error")
     with pytest.raises(UserWarning, match="recognised no Adam-mini block"):
       make().init(_CONV)
+
+
+# ---------------------------------------------------------------------------
+# dtype classes under optax.inject_hyperparams.
+
+_REQUIRED = {"hyper_lr": 1e-3}
+
+
+def _dtype_arguments():
+  """(factory name, argument) for every public factory with a ``*_dtype`` argument."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in sorted(nlr.__all__):
+    f = getattr(nlr, name)
+    if not inspect.isfunction(f):
+      continue
+    params = inspect.signature(f).parameters
+    if "learning_rate" not in params or name == "scale_by_rule":
+      continue
+    out += [(name, a) for a in params if a.endswith("_dtype")]
+  return out
+
+
+_DTYPE_ARGUMENTS = _dtype_arguments()
+
+
+def test_the_dtype_arguments_are_found():
+  found = set(_DTYPE_ARGUMENTS)
+  for expected in [("muon", "mu_dtype"), ("muon", "ns_dtype"), ("normuon", "state_dtype"),
+                   ("adam_mini", "mu_dtype"), ("scale_sgd", "state_dtype"),
+                   ("adam_hd", "mu_dtype"), ("grad_history_lr", "state_dtype")]:
+    assert expected in found
+
+
+@pytest.mark.parametrize("factory, argument", _DTYPE_ARGUMENTS)
+def test_dtype_class_under_inject_hyperparams_says_what_to_do(factory, argument):
+  """``mu_dtype=jnp.bfloat16`` (the class): a schedule to optax, called with the
+  count; the error had no hint."""
+  f = getattr(nlr, factory)
+  import inspect  # pylint: disable=g-import-not-at-top
+  kwargs = {k: v for k, v in _REQUIRED.items() if k in inspect.signature(f).parameters}
+  params = {"dense": {"kernel": jnp.ones((4, 4))}, "head": {"kernel": jnp.ones((4, 3))}}
+  tx = optax.inject_hyperparams(f)(learning_rate=0.02, **kwargs, **{argument: jnp.bfloat16})
+  with pytest.raises(TypeError, match=rf"{argument} must be a dtype.*inject_hyperparams.*"
+                                      rf"{argument}='bfloat16'.*static_args=\('{argument}',\)"):
+    tx.init(params)
+  # Both fixes work.
+  optax.inject_hyperparams(f)(learning_rate=0.02, **kwargs, **{argument: "bfloat16"}).init(params)
+  optax.inject_hyperparams(f, static_args=(argument,))(
+      learning_rate=0.02, **kwargs, **{argument: jnp.bfloat16}).init(params)

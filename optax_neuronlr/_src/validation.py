@@ -289,6 +289,13 @@ def check_dtype(name: str, dtype: Any) -> Optional[jnp.dtype]:
   allowed = ", ".join(str(d) for d in STATE_DTYPES)
   # A value (np.float32(1), jnp.array(...)) has a dtype but is not one.
   is_value = isinstance(dtype, (bool, int, float, complex, np.generic, np.ndarray, jax.Array))
+  if isinstance(dtype, jax.Array) or is_traced(dtype):
+    raise TypeError(
+        f"{name} must be a dtype ({allowed}) or None, got the array "
+        f"{_describe(dtype)}: under optax.inject_hyperparams a dtype class such as "
+        "jnp.bfloat16 is a callable and is called with the step count, as a "
+        f"schedule. Pass its name, {name}='bfloat16', or list it in static_args: "
+        f"optax.inject_hyperparams(factory, static_args=({name!r},)).")
   if is_value or callable(dtype) and not isinstance(dtype, type):
     raise TypeError(f"{name} must be a dtype ({allowed}) or None, got {_describe(dtype)}.")
   try:

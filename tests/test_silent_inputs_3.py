@@ -353,3 +353,98 @@ def test_dtype_class_under_inject_hyperparams_says_what_to_do(factory, argument)
   optax.inject_hyperparams(f)(learning_rate=0.02, **kwargs, **{argument: "bfloat16"}).init(params)
   optax.inject_hyperparams(f, static_args=(argument,))(
       learning_rate=0.02, **kwargs, **{argument: jnp.bfloat16}).init(params)
+
+
+# ---------------------------------------------------------------------------
+# Half-precision params under optax.inject_hyperparams.
+
+_HALF_FACTORIES = {
+    "normuon": (nlr.normuon, {}),
+    "muon": (nlr.muon, {}),
+    "adam_mini": (nlr.adam_mini, {}),
+    "scale_sgd": (nlr.scale_sgd, {}),
+    "neuron_norm_sgd": (nlr.neuron_norm_sgd, {}),
+    "grad_magnitude_lr": (nlr.grad_magnitude_lr, {}),
+    "grad_history_lr": (nlr.grad_history_lr, {}),
+    "sign_consistency_lr": (nlr.sign_consistency_lr, {}),
+    "hypergradient_lr": (nlr.hypergradient_lr, {"hyper_lr": 1e-4}),
+    "sgd_hd": (nlr.sgd_hd, {"hyper_lr": 1e-4}),
+    "adam_hd": (nlr.adam_hd, {"hyper_lr": 1e-6}),
+    "reduce_lr_on_plateau": (nlr.reduce_lr_on_plateau, {}),
+}
+_HALF_PARAMS = {"embed": {"embedding": jnp.full((6, 4), 0.5)},
+                "dense": {"kernel": jnp.full((4, 4), 0.25), "bias": jnp.zeros(4)},
+                "head": {"kernel": jnp.full((4, 6), 0.5)}}
+
+
+def _half(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+def _half_grads(dtype):
+  leaves, treedef = jax.tree.flatten(_HALF_PARAMS)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  grads = [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+  grads[1] = grads[1].at[0].set(0.0)  # an exact zero: eps=1e-8 -> 0 in float16 would be 0/0
+  return treedef.unflatten([g.astype(dtype) for g in grads])
+
+
+def _step(tx, params, grads, extra, steps=2):
+  state = tx.init(params)
+  update = jax.jit(functools.partial(tx.update, **extra))
+  for _ in range(steps):
+    updates, state = update(grads, state, params)
+  return updates
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", sorted(_HALF_FACTORIES))
+def test_half_precision_params_under_inject_hyperparams(name, dtype):
+  """Was "b2 must lie in [0, 1), got 1." (0.999 stored in bfloat16), "eps must
+  lie in (0, inf], got 0." (1e-8 in float16), or ran with beta=0.898 instead
+  of 0.9. Now: an error naming hyperparam_dtype=jnp.float32, and with it the
+  updates of the factory called without inject_hyperparams."""
+  f, kwargs = _HALF_FACTORIES[name]
+  params, grads = _half(_HALF_PARAMS, dtype), _half_grads(dtype)
+  extra = {"value": 1.0} if name == "reduce_lr_on_plateau" else {}
+  with pytest.raises(TypeError, match=rf"arrived as a {dtype} array.*"
+                                      r"hyperparam_dtype=jnp.float32"):
+    optax.inject_hyperparams(f)(learning_rate=0.02, **kwargs).init(params)
+  injected = optax.inject_hyperparams(f, hyperparam_dtype=jnp.float32)(
+      learning_rate=0.02, **kwargs)
+  plain = f(learning_rate=0.02, **kwargs)
+  got, want = _step(injected, params, grads, extra), _step(plain, params, grads, extra)
+  rtol = 3e-2 if dtype == "bfloat16" else 1e-2  # a couple of roundings to 8 bits
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert g.dtype == w.dtype
+    g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+    assert np.all(np.isfinite(g))
+    # adam_hd's Adam in float16 without inject: eps=1e-8 is 0 there, 0/0 for a
+    # zero gradient (README, Known limitations); float32 hyperparameters avoid it.
+    finite = np.isfinite(w)
+    np.testing.assert_allclose(g[finite], w[finite], rtol=rtol, atol=1e-6)
+
+
+def test_half_precision_hyperparameter_of_a_user_rule():
+  @dataclasses.dataclass(frozen=True)
+  class Ema(nlr.Rule):
+    unit_stats = ("ms",)
+    hyperparams = {"beta": 0.999}
+
+    def observe(self, g, d, elements, hp):
+      return (g * g,)
+
+    def update(self, stats, observed, hp, prev_hp, count):
+      return {"ms": hp["beta"] * stats["ms"] + (1 - hp["beta"]) * observed[0]}
+
+    def rate(self, stats, hp, count):
+      return hp["learning_rate"] / (jnp.sqrt(stats["ms"]) + 1e-3)
+
+  params = {"w": jnp.ones(3, jnp.bfloat16)}
+  tx = optax.inject_hyperparams(nlr.rule_transform(Ema))(learning_rate=0.1)
+  with pytest.raises(TypeError, match=r"arrived as a bfloat16 array.*hyperparam_dtype"):
+    tx.init(params)
+  tx = optax.inject_hyperparams(nlr.rule_transform(Ema), hyperparam_dtype=jnp.float32)(
+      learning_rate=0.1)
+  _, state = tx.update(params, tx.init(params), params)
+  assert float(state.hyperparams["beta"]) == pytest.approx(0.999, rel=1e-7)

@@ -536,7 +536,8 @@ def partitioned(
     return inner(params).init(params)
 
   def update_fn(updates, state, params=None, **extra_args):
-    return inner(updates).update(updates, state, params, **extra_args)
+    new, new_state = inner(updates).update(updates, state, params, **extra_args)
+    return moments.keep_dtypes(new, updates, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -274,3 +274,177 @@ def test_drop_param_group_keeps_the_names_of_unnamed_groups():
   old_mu = state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
   new_mu = new_state.inner_states["group_1"].inner_state.inner_state[0].mu["head"]["kernel"]
   np.testing.assert_array_equal(new_mu, old_mu)
+
+
+# ---------------------------------------------------------------------------
+# A callable granularity's warnings: once per optimizer.
+
+_CONV = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "dense": {"kernel": jnp.ones((4, 4))}}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nlr.adam_mini(1e-3, blocks=functools.partial(nlr.adam_mini_blocks, num_heads=2)),
+    lambda: nlr.grad_history_lr(1e-3, granularity=nlr.adam_mini_blocks),
+], ids=["adam_mini", "grad_history_lr"])
+def test_blocks_callable_warns_once_per_optimizer(make):
+  """Warned at init and again at every update (each trace, each step without jit)."""
+  tx = make()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    state = tx.init(_CONV)
+    for _ in range(2):
+      _, state = tx.update(_CONV, state, _CONV)
+    jax.jit(tx.update)(_CONV, state, _CONV)
+  messages = [str(w.message) for w in caught if "recognised no Adam-mini block" in str(w.message)]
+  assert len(messages) == 1, messages
+  assert "'conv/kernel'" in messages[0]
+  # Another optimizer warns again; the "error" filter still raises.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    with pytest.raises(UserWarning, match="recognised no Adam-mini block"):
+      make().init(_CONV)
+
+
+# ---------------------------------------------------------------------------
+# dtype classes under optax.inject_hyperparams.
+
+_REQUIRED = {"hyper_lr": 1e-3}
+
+
+def _dtype_arguments():
+  """(factory name, argument) for every public factory with a ``*_dtype`` argument."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in sorted(nlr.__all__):
+    f = getattr(nlr, name)
+    if not inspect.isfunction(f):
+      continue
+    params = inspect.signature(f).parameters
+    if "learning_rate" not in params or name == "scale_by_rule":
+      continue
+    out += [(name, a) for a in params if a.endswith("_dtype")]
+  return out
+
+
+_DTYPE_ARGUMENTS = _dtype_arguments()
+
+
+def test_the_dtype_arguments_are_found():
+  found = set(_DTYPE_ARGUMENTS)
+  for expected in [("muon", "mu_dtype"), ("muon", "ns_dtype"), ("normuon", "state_dtype"),
+                   ("adam_mini", "mu_dtype"), ("scale_sgd", "state_dtype"),
+                   ("adam_hd", "mu_dtype"), ("grad_history_lr", "state_dtype")]:
+    assert expected in found
+
+
+@pytest.mark.parametrize("factory, argument", _DTYPE_ARGUMENTS)
+def test_dtype_class_under_inject_hyperparams_says_what_to_do(factory, argument):
+  """``mu_dtype=jnp.bfloat16`` (the class): a schedule to optax, called with the
+  count; the error had no hint."""
+  f = getattr(nlr, factory)
+  import inspect  # pylint: disable=g-import-not-at-top
+  kwargs = {k: v for k, v in _REQUIRED.items() if k in inspect.signature(f).parameters}
+  params = {"dense": {"kernel": jnp.ones((4, 4))}, "head": {"kernel": jnp.ones((4, 3))}}
+  tx = optax.inject_hyperparams(f)(learning_rate=0.02, **kwargs, **{argument: jnp.bfloat16})
+  with pytest.raises(TypeError, match=rf"{argument} must be a dtype.*inject_hyperparams.*"
+                                      rf"{argument}='bfloat16'.*static_args=\('{argument}',\)"):
+    tx.init(params)
+  # Both fixes work.
+  optax.inject_hyperparams(f)(learning_rate=0.02, **kwargs, **{argument: "bfloat16"}).init(params)
+  optax.inject_hyperparams(f, static_args=(argument,))(
+      learning_rate=0.02, **kwargs, **{argument: jnp.bfloat16}).init(params)
+
+
+# ---------------------------------------------------------------------------
+# Half-precision params under optax.inject_hyperparams.
+
+_HALF_FACTORIES = {
+    "normuon": (nlr.normuon, {}),
+    "muon": (nlr.muon, {}),
+    "adam_mini": (nlr.adam_mini, {}),
+    "scale_sgd": (nlr.scale_sgd, {}),
+    "neuron_norm_sgd": (nlr.neuron_norm_sgd, {}),
+    "grad_magnitude_lr": (nlr.grad_magnitude_lr, {}),
+    "grad_history_lr": (nlr.grad_history_lr, {}),
+    "sign_consistency_lr": (nlr.sign_consistency_lr, {}),
+    "hypergradient_lr": (nlr.hypergradient_lr, {"hyper_lr": 1e-4}),
+    "sgd_hd": (nlr.sgd_hd, {"hyper_lr": 1e-4}),
+    "adam_hd": (nlr.adam_hd, {"hyper_lr": 1e-6}),
+    "reduce_lr_on_plateau": (nlr.reduce_lr_on_plateau, {}),
+}
+_HALF_PARAMS = {"embed": {"embedding": jnp.full((6, 4), 0.5)},
+                "dense": {"kernel": jnp.full((4, 4), 0.25), "bias": jnp.zeros(4)},
+                "head": {"kernel": jnp.full((4, 6), 0.5)}}
+
+
+def _half(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+def _half_grads(dtype):
+  leaves, treedef = jax.tree.flatten(_HALF_PARAMS)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  grads = [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+  grads[1] = grads[1].at[0].set(0.0)  # an exact zero: eps=1e-8 -> 0 in float16 would be 0/0
+  return treedef.unflatten([g.astype(dtype) for g in grads])
+
+
+def _step(tx, params, grads, extra, steps=2):
+  state = tx.init(params)
+  update = jax.jit(functools.partial(tx.update, **extra))
+  for _ in range(steps):
+    updates, state = update(grads, state, params)
+  return updates
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", sorted(_HALF_FACTORIES))
+def test_half_precision_params_under_inject_hyperparams(name, dtype):
+  """Was "b2 must lie in [0, 1), got 1." (0.999 stored in bfloat16), "eps must
+  lie in (0, inf], got 0." (1e-8 in float16), or ran with beta=0.898 instead
+  of 0.9. Now: an error naming hyperparam_dtype=jnp.float32, and with it the
+  updates of the factory called without inject_hyperparams."""
+  f, kwargs = _HALF_FACTORIES[name]
+  params, grads = _half(_HALF_PARAMS, dtype), _half_grads(dtype)
+  extra = {"value": 1.0} if name == "reduce_lr_on_plateau" else {}
+  with pytest.raises(TypeError, match=rf"arrived as a {dtype} array.*"
+                                      r"hyperparam_dtype=jnp.float32"):
+    optax.inject_hyperparams(f)(learning_rate=0.02, **kwargs).init(params)
+  injected = optax.inject_hyperparams(f, hyperparam_dtype=jnp.float32)(
+      learning_rate=0.02, **kwargs)
+  plain = f(learning_rate=0.02, **kwargs)
+  got, want = _step(injected, params, grads, extra), _step(plain, params, grads, extra)
+  rtol = 3e-2 if dtype == "bfloat16" else 1e-2  # a couple of roundings to 8 bits
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert g.dtype == w.dtype
+    g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+    assert np.all(np.isfinite(g))
+    # adam_hd's Adam in float16 without inject: eps=1e-8 is 0 there, 0/0 for a
+    # zero gradient (README, Known limitations); float32 hyperparameters avoid it.
+    finite = np.isfinite(w)
+    np.testing.assert_allclose(g[finite], w[finite], rtol=rtol, atol=1e-6)
+
+
+def test_half_precision_hyperparameter_of_a_user_rule():
+  @dataclasses.dataclass(frozen=True)
+  class Ema(nlr.Rule):
+    unit_stats = ("ms",)
+    hyperparams = {"beta": 0.999}
+
+    def observe(self, g, d, elements, hp):
+      return (g * g,)
+
+    def update(self, stats, observed, hp, prev_hp, count):
+      return {"ms": hp["beta"] * stats["ms"] + (1 - hp["beta"]) * observed[0]}
+
+    def rate(self, stats, hp, count):
+      return hp["learning_rate"] / (jnp.sqrt(stats["ms"]) + 1e-3)
+
+  params = {"w": jnp.ones(3, jnp.bfloat16)}
+  tx = optax.inject_hyperparams(nlr.rule_transform(Ema))(learning_rate=0.1)
+  with pytest.raises(TypeError, match=r"arrived as a bfloat16 array.*hyperparam_dtype"):
+    tx.init(params)
+  tx = optax.inject_hyperparams(nlr.rule_transform(Ema), hyperparam_dtype=jnp.float32)(
+      learning_rate=0.1)
+  _, state = tx.update(params, tx.init(params), params)
+  assert float(state.hyperparams["beta"]) == pytest.approx(0.999, rel=1e-7)

@@ -91,7 +91,10 @@ def test_check_range_values_shapes_and_returns():
   check = lambda v, **kw: validation.check_range("x", v, low=0.0, high=1.0, **kw)
   assert check(np.float32(0.5)) == 0.5
   assert check(jnp.array(1, jnp.int32)) == 1
-  assert check(jnp.array(0.5, jnp.bfloat16)) == 0.5
+  # A half-precision array is a rounded value (optax.inject_hyperparams on
+  # bf16 params): an error naming hyperparam_dtype.
+  with pytest.raises(TypeError, match=r"x arrived as a bfloat16 array \(0.5\).*hyperparam_dtype"):
+    check(jnp.array(0.5, jnp.bfloat16))
   assert check(SCHEDULE, allow_schedule=True) is None
   assert check(None, allow_none=True) is None
   for bad in (np.float32(1.5), jnp.array(-0.5), np.array(math.nan), math.inf):

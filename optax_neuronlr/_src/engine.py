@@ -559,6 +559,8 @@ def scale_by_rule(
   if isinstance(neuron_axes, roles_kinds.ModelLayout):
     neuron_axes = None
   units_lib.check_granularity(granularity, neuron_axes)
+  if callable(granularity) and not units_lib.is_unit_spec(granularity):
+    granularity = units_lib.WarnOnce(granularity)  # called on every trace
   is_global = isinstance(granularity, str) and granularity == "global"
   if is_global and _has_leaf_step(rule):
     raise ValueError(

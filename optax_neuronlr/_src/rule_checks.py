@@ -141,6 +141,7 @@ def check_hyperparams(rule: Any, hyperparams: Mapping[str, Any]) -> None:
           f"{label} must be a real scalar, got a {type(value).__name__} "
           f"{validation._describe(value)}: one value for the whole rule "
           "(per-unit values are statistics, not hyperparameters).")
+    validation.check_precision(label, value)
     number = validation.concrete_number(label, value, what="a real scalar")
     if number is not None and math.isnan(float(number)):
       raise ValueError(f"{label} must be a number, got NaN.")

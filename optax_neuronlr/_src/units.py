@@ -26,6 +26,7 @@ import dataclasses
 import math
 import numbers
 import operator
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -372,6 +373,33 @@ def _mirrored(specs: Any, treedef: Any) -> Optional[list]:
   if spec_treedef != treedef or not all(is_unit_spec(s) for s in leaves):
     return None
   return leaves
+
+
+class WarnOnce:
+  """A callable granularity (``tree -> specs``) whose warnings show once.
+
+  The engine calls a callable granularity at ``init`` and again on every trace
+  of ``update`` (and on every step without ``jit``); a warning that it gives,
+  such as :func:`~optax_neuronlr.adam_mini_blocks` listing the leaves it does
+  not recognise, is shown the first time and not again for this transform.
+  The warning filters apply as usual (``"error"`` still raises).
+  """
+
+  def __init__(self, fn: Callable[[Any], Any]):
+    self.fn = fn
+    self._seen: set[tuple[type, str]] = set()
+
+  def __call__(self, tree: Any) -> Any:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      out = self.fn(tree)
+    for w in caught:
+      key = (w.category, str(w.message))
+      if key not in self._seen:
+        self._seen.add(key)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                               source=w.source)
+    return out
 
 
 def tree_layouts(

@@ -131,6 +131,37 @@ def is_number(value: Any) -> bool:
     return False
 
 
+HALF_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def check_precision(name: str, value: Any) -> None:
+  """A float hyperparameter is not a half-precision (bfloat16/float16) array.
+
+  ``optax.inject_hyperparams`` stores float hyperparameters in the params'
+  dtype unless given ``hyperparam_dtype``, so with bfloat16 params Adam's
+  ``b2 = 0.999`` arrives as 1.0 (a division by zero in the bias correction),
+  ``b1 = 0.9`` as 0.898, and in float16 ``eps = 1e-8`` as 0. The value as
+  given is lost by then; the package raises rather than run other math.
+
+  Raises:
+    TypeError: naming ``hyperparam_dtype=jnp.float32``.
+  """
+  if not (isinstance(value, (jax.Array, np.ndarray, np.generic)) or is_traced(value)):
+    return
+  dtype = jnp.dtype(value.dtype)
+  if dtype not in HALF_DTYPES:
+    return
+  shown = "" if is_traced(value) or np.shape(value) else f" ({np.asarray(value).item():g})"
+  raise TypeError(
+      f"{name} arrived as a {dtype} array{shown}, rounded: optax.inject_hyperparams "
+      "keeps float hyperparameters in the params' dtype unless told otherwise, and "
+      "half precision changes them (b2=0.999 becomes 1.0 in bfloat16, a division "
+      "by zero in the bias correction; eps=1e-8 becomes 0 in float16). Pass "
+      "hyperparam_dtype=jnp.float32: optax.inject_hyperparams(factory, "
+      "hyperparam_dtype=jnp.float32)(...) (nlr.param_groups does this itself), or "
+      f"give {name} as a Python number or a float32 array.")
+
+
 def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
   return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
@@ -165,12 +196,14 @@ def check_range(
     a schedule or an allowed None).
 
   Raises:
-    TypeError: if ``value`` is not a number (see :func:`concrete_number`).
+    TypeError: if ``value`` is not a number (see :func:`concrete_number`), or
+      a half-precision array (see :func:`check_precision`).
     ValueError: if it is NaN, infinite (unless allowed), outside the interval,
       or an array that is not 0-d.
   """
   interval = _interval(low, high, low_open, high_open)
   what = f"a number in {interval}" + (" or a schedule" if allow_schedule else "")
+  check_precision(name, value)
   number = concrete_number(
       name, value, what=what, allow_schedule=allow_schedule, allow_none=allow_none
   )
@@ -289,6 +322,13 @@ def check_dtype(name: str, dtype: Any) -> Optional[jnp.dtype]:
   allowed = ", ".join(str(d) for d in STATE_DTYPES)
   # A value (np.float32(1), jnp.array(...)) has a dtype but is not one.
   is_value = isinstance(dtype, (bool, int, float, complex, np.generic, np.ndarray, jax.Array))
+  if isinstance(dtype, jax.Array) or is_traced(dtype):
+    raise TypeError(
+        f"{name} must be a dtype ({allowed}) or None, got the array "
+        f"{_describe(dtype)}: under optax.inject_hyperparams a dtype class such as "
+        "jnp.bfloat16 is a callable and is called with the step count, as a "
+        f"schedule. Pass its name, {name}='bfloat16', or list it in static_args: "
+        f"optax.inject_hyperparams(factory, static_args=({name!r},)).")
   if is_value or callable(dtype) and not isinstance(dtype, type):
     raise TypeError(f"{name} must be a dtype ({allowed}) or None, got {_describe(dtype)}.")
   try:

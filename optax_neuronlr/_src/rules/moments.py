@@ -116,3 +116,17 @@ def decoupled_weight_decay(
 
   tx = optax.GradientTransformation(init_fn, update_fn)
   return tx if mask is None else optax.masked(tx, mask)
+
+
+def keep_dtypes(new_updates: Any, updates: Any, new_state: Any, state: Any) -> tuple[Any, Any]:
+  """``new_updates`` in the dtypes of ``updates``, ``new_state`` in those of
+  ``state``.
+
+  optax's own transforms (``optax.adamw``, ``optax.scale_by_learning_rate``)
+  compute in the promotion of a leaf's dtype and the hyperparameters'. Python
+  numbers are weakly typed and keep bfloat16 leaves bfloat16; the float32
+  arrays of ``optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)``
+  (and of ``nlr.param_groups``) would turn bfloat16 updates and moments into
+  float32, and a jitted step would retrace on the state's new dtypes.
+  """
+  return optax.tree.cast_like(new_updates, updates), optax.tree.cast_like(new_state, state)

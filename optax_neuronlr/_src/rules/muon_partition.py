@@ -39,6 +39,7 @@ from optax_neuronlr._src import validation
 from optax_neuronlr._src.roles import kinds
 from optax_neuronlr._src.roles import matrix_views
 from optax_neuronlr._src.roles.views import MatrixView
+from optax_neuronlr._src.rules import moments
 
 HIDDEN = "hidden"
 ADAMW = "adamw"
@@ -362,7 +363,8 @@ def partitioned(
     return inner(plans.report(params)).init(params)
 
   def update_fn(updates, state, params=None, **extra_args):
-    return inner(plans(updates)).update(updates, state, params, **extra_args)
+    new, new_state = inner(plans(updates)).update(updates, state, params, **extra_args)
+    return moments.keep_dtypes(new, updates, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -50,6 +50,11 @@ TRANSFORMS = {
     "sgd_hd/global": lambda: nlr.sgd_hd(1e-2, 1e-3),
     "adam_mini/neuron": lambda: nlr.adam_mini(1e-2, weight_decay=0.1),
     "neuron_norm_sgd/neuron": lambda: nlr.neuron_norm_sgd(1e-2),
+    # Per-neuron rules that also reduce once per leaf (Nero's weight scale on the
+    # first step; LARS/LAMB's one trust ratio per vector): scalar all-reduces.
+    "nero/scale+neurons": lambda: nlr.nero(1e-2),
+    "lars/vectors+neurons": lambda: nlr.lars(1e-2, weight_decay=1e-4, trust_coefficient=0.1),
+    "lamb/vectors+neurons": lambda: nlr.lamb(1e-2, weight_decay=1e-4),
 }
 # Adam-mini with the head axis sharded: (d, heads, head_dim) kernels as
 # nnx.MultiHeadAttention builds them, and fused (d, heads*head_dim) kernels.

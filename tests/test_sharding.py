@@ -59,7 +59,7 @@ def test_newton_schulz_on_owners_equals_one_device_and_gathers_nothing(owner_res
 
 
 def test_every_case_ran(sharded_results, muon_results):
-  assert len(sharded_results) == 18
+  assert len(sharded_results) == 24
   assert {r["layout"] for r in sharded_results} == {"neuron_axis", "fan_in_axis", "head_axis"}
   assert sorted(r["case"] for r in muon_results) == sorted(
       ["muon/matrix", "normuon/matrix"] * 2 + ["muon/heads", "normuon/heads"])

@@ -161,3 +161,15 @@ def test_rates_before_the_first_update_are_the_base_rate():
   p = {"w": jnp.ones((2, 3))}
   state = nlr.lamb(0.01).init(p)
   np.testing.assert_allclose(nlr.learning_rates(state)["w"], [0.01] * 3)
+
+
+@pytest.mark.parametrize("factory", [nlr.lars, nlr.lamb, nlr.nero])
+def test_optimizer_layout_shows_the_rule(factory):
+  p = {"dense": {"kernel": jnp.ones((4, 3)) * jnp.arange(1.0, 4.0), "bias": jnp.zeros(3)}}
+  tx = factory(0.01)
+  state = tx.init(p)
+  _, state = tx.update(jax.tree.map(jnp.ones_like, p), state, p)
+  rows = {r.path: r for r in nlr.optimizer_layout(state, p).rows}
+  assert rows["dense/kernel"].strategy in ("trust_ratio", "nero")
+  assert rows["dense/kernel"].granularity == "neuron"
+  assert nlr.learning_rates(state)["dense"]["kernel"].shape == (3,)

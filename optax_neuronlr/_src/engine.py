@@ -685,13 +685,15 @@ def scale_by_rule(
           path=leaf_paths[i], layout=layout, grad=g, grad_compute=gc, direction=d,
           dtype=dtype, elements=elements, observed=observed))
 
-    seen = _weights(rule, params, treedef, leaves, is_global)
+    seen = weight_stats.for_update(
+        rule, None if not rule.weights else treedef.flatten_up_to(params),
+        [(leaf.layout, leaf.dtype) for leaf in leaves], is_global)
 
     def new_stats(old, observed, dtype, i=None):
       where = "(all leaves: granularity='global')" if i is None else leaves[i].path
       unit_shape = () if i is None else leaves[i].layout.unit_shape
       w = seen[0 if i is None else i]
-      new = _without(rule.update({**old, **w}, observed, hp, prev_hp, count), w)
+      new = weight_stats.without(rule.update({**old, **w}, observed, hp, prev_hp, count), w)
       rule_checks.check_stats(rule, "update", new, rule.unit_stats, unit_shape, where,
                               kind="unit statistics")
       new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
@@ -759,29 +761,6 @@ def _has_leaf_step(rule: Rule) -> bool:
   """Whether :meth:`Rule.update_leaf` runs: the rule keeps leaf statistics or
   refines its unit statistics there."""
   return bool(rule.leaf_stats) or type(rule).update_leaf is not Rule.update_leaf
-
-
-def _weights(rule: Rule, params: Any, treedef, leaves: list["LeafStep"],
-             is_global: bool) -> list[Stats]:
-  """The weight statistics ``rule`` declares: one dict per leaf (a single
-  one for ``granularity="global"``); empty dicts when it declares none."""
-  if not rule.weights:
-    return [{}] * max(len(leaves), 1)
-  ws = [_as_array(w) for w in treedef.flatten_up_to(params)]
-  if is_global:
-    dtype = jnp.result_type(*[leaf.dtype for leaf in leaves]) if leaves else jnp.float32
-    return [weight_stats.global_stats(
-        rule.weights, [leaf.layout for leaf in leaves], ws, dtype)]
-  return [weight_stats.leaf_stats(rule.weights, leaf.layout, w, leaf.dtype)
-          for leaf, w in zip(leaves, ws)]
-
-
-def _without(new: Any, weights: Stats) -> Any:
-  """What ``update`` returned, less the weight statistics it was given (a
-  rule may return its ``stats`` argument updated)."""
-  if not weights or not isinstance(new, Mapping):
-    return new
-  return {k: v for k, v in new.items() if k not in weights}
 
 
 def _leaf_infos(leaf_info: Any, tree: Any, treedef) -> list[Any]:

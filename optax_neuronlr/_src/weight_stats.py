@@ -24,7 +24,7 @@ centered for ``"centered_norm"``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -107,6 +107,36 @@ def global_stats(names: Sequence[str], layouts: Sequence[Any],
 
   stats = _from_sums(names, total, square, count, centered)
   return {key(n): v.astype(dtype) for n, v in stats.items()}
+
+
+def for_update(rule: Any, params: Any, leaves: Sequence[tuple[Any, Any]],
+               is_global: bool) -> list[dict]:
+  """The weight statistics ``rule`` declares, for one update: a dict per leaf
+  (one for the tree with ``granularity="global"``); empty dicts when it
+  declares none.
+
+  Args:
+    rule: the rule.
+    params: the parameters' leaves in order (None when the rule reads none).
+    leaves: ``(layout, statistics dtype)`` of each leaf.
+    is_global: one unit for the whole tree.
+  """
+  if not rule.weights:
+    return [{}] * max(len(leaves), 1)
+  ws = [w if hasattr(w, "dtype") else jnp.asarray(w) for w in params]
+  if is_global:
+    dtype = jnp.result_type(*[d for _, d in leaves]) if leaves else jnp.float32
+    return [global_stats(rule.weights, [layout for layout, _ in leaves], ws, dtype)]
+  return [leaf_stats(rule.weights, layout, w, dtype)
+          for (layout, dtype), w in zip(leaves, ws)]
+
+
+def without(new: Any, weights: dict) -> Any:
+  """What ``update`` returned, less the weight statistics it was given (a
+  rule may return its ``stats`` argument updated)."""
+  if not weights or not isinstance(new, Mapping):
+    return new
+  return {k: v for k, v in new.items() if k not in weights}
 
 
 def no_params_error(rule: Any) -> ValueError:

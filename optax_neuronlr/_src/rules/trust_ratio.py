@@ -213,7 +213,8 @@ def lars(
     trust_coefficient: $c$, ``> 0``.
     eps: added to the direction's norm, ``>= 0``.
     trust_ratio_mask: the leaves that get a trust ratio (as optax); the others
-      step at $\eta_t$.
+      step at $\eta_t$ (an ``optax.masked`` branch beside the rule, so
+      :func:`optax_neuronlr.learning_rates` shows None for them).
     momentum: $\mu$, in ``[0, 1)``.
     nesterov: Nesterov momentum.
     granularity: the units of the trust ratio: ``"neuron"`` (one per output
@@ -292,7 +293,10 @@ def lamb(
     state_dtype: dtype of the per-unit trust ratios.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs ``params``.
+    An ``optax.GradientTransformationExtraArgs``: the trust-ratio rule with
+    Adam and the weight decay as its ``direction`` (their states in its
+    ``direction_state``), then ``optax.scale(-1)``; its ``update`` needs
+    ``params``.
   """
   validation.check_rate("learning_rate", learning_rate)
   validation.check_beta("b1", b1)
@@ -301,10 +305,12 @@ def lamb(
   validation.check_range("eps_root", eps_root, low=0.0)
   validation.check_rate("weight_decay", weight_decay)
   granularity, neuron_axes = _alias_units(granularity, neuron_axes)
-  return optax.chain(
+  direction = optax.chain(
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
-      optax.add_decayed_weights(weight_decay, mask=mask),
+      optax.add_decayed_weights(weight_decay, mask=mask))
+  return optax.chain(
       scale_by_trust_ratio(learning_rate, granularity=granularity,
-                           neuron_axes=neuron_axes, state_dtype=state_dtype),
+                           neuron_axes=neuron_axes, state_dtype=state_dtype,
+                           direction=direction),
       optax.scale(-1.0),
   )

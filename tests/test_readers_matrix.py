@@ -74,17 +74,17 @@ def layerwise(learning_rate=0.1):
 
 
 OPTIMIZERS = {
-    "muon": (nlr.muon, dict(learning_rate=SCHED, adam_learning_rate=ADAM_SCHED,
-                            ns_steps=1)),
-    "normuon": (nlr.normuon, dict(learning_rate=SCHED, adam_learning_rate=ADAM_SCHED,
-                                  ns_steps=1)),
-    "adam_mini": (nlr.adam_mini, dict(learning_rate=SCHED)),
-    "scale_sgd": (nlr.scale_sgd, dict(learning_rate=SCHED, adam_learning_rate=ADAM_SCHED)),
-    "grad_history": (nlr.grad_history_lr, dict(learning_rate=SCHED, granularity="neuron")),
-    "sign_consistency": (nlr.sign_consistency_lr, dict(learning_rate=SCHED,
-                                                       granularity="tensor")),
-    "hypergradient": (nlr.sgd_hd, dict(learning_rate=0.01, hyper_lr=1e-3,
-                                       granularity="neuron")),
+    "muon": (nlr.muon, {"learning_rate": SCHED, "adam_learning_rate": ADAM_SCHED,
+                        "ns_steps": 1}),
+    "normuon": (nlr.normuon, {"learning_rate": SCHED, "adam_learning_rate": ADAM_SCHED,
+                              "ns_steps": 1}),
+    "adam_mini": (nlr.adam_mini, {"learning_rate": SCHED}),
+    "scale_sgd": (nlr.scale_sgd, {"learning_rate": SCHED, "adam_learning_rate": ADAM_SCHED}),
+    "grad_history": (nlr.grad_history_lr, {"learning_rate": SCHED, "granularity": "neuron"}),
+    "sign_consistency": (nlr.sign_consistency_lr, {"learning_rate": SCHED,
+                                                   "granularity": "tensor"}),
+    "hypergradient": (nlr.sgd_hd, {"learning_rate": 0.01, "hyper_lr": 1e-3,
+                                   "granularity": "neuron"}),
     "param_groups_adam": (pg_adam, {}),
     "param_groups_muon": (pg_muon, {}),
     "layerwise": (layerwise, {}),
@@ -184,7 +184,7 @@ def _expected(wrapper, plain):
 GRAFTED = {"multi_steps": "inner_opt_state", "apply_if_finite": "inner_state"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _state(name, wrapper):
   factory, kwargs = OPTIMIZERS[name]
   tx = WRAPPERS[wrapper](factory, kwargs)
@@ -200,7 +200,7 @@ def _state(name, wrapper):
   return state
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plain_rates(name):
   return {p: None if r is None else np.asarray(r)
           for p, r in _flat(nlr.learning_rates(_state(name, "plain"))).items()}
@@ -332,7 +332,7 @@ def test_tree_set_of_the_injected_rate_drives_update_and_readers():
   tx = optax.inject_hyperparams(nlr.muon)(learning_rate=0.02, ns_steps=1)
   state = tx.init(PARAMS)
   state = optax.tree_utils.tree_set(state, learning_rate=0.5)
-  updates, state = tx.update(GRADS, state, PARAMS)
+  _, state = tx.update(GRADS, state, PARAMS)
   rates = nlr.learning_rates(state)
   np.testing.assert_allclose(rates["mlp"]["kernel"], 0.5)
   np.testing.assert_allclose(rates["head"]["kernel"], 0.5)  # adam_learning_rate=None

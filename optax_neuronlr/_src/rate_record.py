@@ -20,7 +20,7 @@ learning_rate=...)`` changes only the hyperparameters that drive the update
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,8 +82,8 @@ def record_learning_rate(
   def update_fn(updates, state, params=None):
     del params
     applied = _rate_at(learning_rate, state.count)
-    return updates, RecordLearningRateState(
-        optax.safe_increment(state.count), applied)
+    count = jnp.asarray(optax.safe_increment(state.count))
+    return updates, RecordLearningRateState(count, applied)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -108,11 +108,12 @@ def with_recorded_rate(
       raise TypeError(
           "with_recorded_rate extends the state of an optax.chain (a tuple); got "
           f"{type(inner).__name__}.")
-    return inner + (record.init(params),)
+    return (*inner, record.init(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    updates, inner = tx.update(updates, tuple(state[:-1]), params, **extra_args)
-    updates, rec = record.update(updates, state[-1], params)
-    return updates, tuple(inner) + (rec,)
+  def update_fn(updates, state: Any, params=None, **extra_args):
+    *inner, rec = state
+    updates, new_inner = tx.update(updates, tuple(inner), params, **extra_args)
+    updates, rec = record.update(updates, rec, params)
+    return updates, (*tuple(new_inner), rec)  # type: ignore[misc]
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -128,7 +128,7 @@ class RateRecorder:
       every: int = 1,
       summary: bool = True,
   ):
-    every = validation.check_int("every", every, low=1)
+    every = int(validation.check_int("every", every, low=1))  # type: ignore[arg-type]
     summary = validation.check_flag("summary", summary)
     if leaves is not None and not isinstance(leaves, (str, re.Pattern)):
       raise TypeError(
@@ -218,7 +218,7 @@ class RateRecorder:
       if self._keys is not None and set(keys) == set(self._keys):
         keys = self._keys  # Same keys, reordered (jit outputs sort dicts).
       values = [record[k] for k in keys]
-      record = RateRecord(keys, self._stack_jit(values), {}, np.zeros((0, 2)))
+      record = RateRecord(keys, self._stack_jit(values), {}, jnp.zeros((0, 2)))
     self._append(step, record)
 
   def _append(self, step: Any, record: RateRecord) -> None:
@@ -229,7 +229,7 @@ class RateRecorder:
       raise ValueError(
           "RateRecorder records one optimizer state structure; got summary "
           f"keys {list(record.keys)} and rate paths {list(paths)} after "
-          f"{list(self._keys)} and {list(self._paths)}. Use one recorder per "
+          f"{list(self._keys)} and {list(self._paths or ())}. Use one recorder per "
           "optimizer, or clear() it."
       )
     self._pending.append((step, record))

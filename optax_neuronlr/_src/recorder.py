@@ -63,10 +63,13 @@ class RateRecorder:
   recorded leaf are kept too (:meth:`bounds`), for the figures of
   :mod:`optax_neuronlr.plot`.
 
-  Keys and paths are those of :func:`~optax_neuronlr.rate_summary`: a leaf's
-  ``"/"``-joined path (``"Dense_0/kernel"``; ``"l1/kernel"`` for an
-  ``nnx.Optimizer``), whatever optax structure wraps the rules; a parameter
-  governed by a second rule state is ``"<path>#1"``.
+  It records what :func:`~optax_neuronlr.learning_rates` reads, on every
+  optimizer of the package (NorMuon's per-neuron rates, Muon's and AdamW's
+  rates, Adam-mini's per-block rates, the group rates of ``param_groups``,
+  ...). Keys and paths are those of :func:`~optax_neuronlr.rate_summary`: a
+  leaf's ``"/"``-joined path (``"Dense_0/kernel"``; ``"l1/kernel"`` for an
+  ``nnx.Optimizer``), whatever optax structure wraps the optimizer; a
+  parameter governed by a second rule state is ``"<path>#1"``.
 
   Inside a jitted training step, compute the record with :meth:`compute`,
   return it from the step and hand it to :meth:`add`::
@@ -160,7 +163,8 @@ class RateRecorder:
     to :meth:`add`. :meth:`record` runs it jitted.
 
     Args:
-      opt_state: any optax state holding per-unit strategies.
+      opt_state: any optax state that :func:`~optax_neuronlr.learning_rates`
+        reads.
 
     Returns:
       A :class:`RateRecord` (empty summary when ``summary=False``).

@@ -396,3 +396,34 @@ def _state_after(tx, steps):
   for _ in range(steps):
     _, state = tx.update(GRADS, state, PARAMS)
   return state
+
+
+def test_nnx_optimizer_with_muon_inside_and_outside_jit():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.fc1 = nnx.Linear(4, 8, rngs=rngs)
+      self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(jax.nn.relu(self.fc1(x)))
+
+  model = Model(nnx.Rngs(0))
+  hidden = lambda p: jax.tree.map(lambda x: jnp.shape(x) == (4, 8), p)
+  opt = nnx.Optimizer(model, nlr.muon(SCHED, adam_learning_rate=ADAM_SCHED, ns_steps=1,
+                                      hidden=hidden), wrt=nnx.Param)
+  x = jnp.ones((2, 4))
+
+  @nnx.jit
+  def step(model, opt):
+    opt.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+    return nlr.rate_summary(opt.opt_state)
+
+  for _ in range(STEPS):
+    summary = step(model, opt)
+  np.testing.assert_allclose(summary["fc1/kernel/max"], LR, rtol=1e-6)
+  np.testing.assert_allclose(summary["head/kernel/max"], ADAM_LR, rtol=1e-6)
+  rates = nlr.learning_rates(opt.opt_state)
+  np.testing.assert_allclose(rates["fc1"]["kernel"], LR, rtol=1e-6)
+  np.testing.assert_allclose(rates["fc1"]["bias"], ADAM_LR, rtol=1e-6)

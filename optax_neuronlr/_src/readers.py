@@ -85,7 +85,7 @@ def learning_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
     >>> import jax.numpy as jnp, optax_neuronlr as nlr
     >>> params = {"mlp": {"kernel": jnp.ones((4, 4))}, "bias": jnp.zeros(4)}
     >>> sorted(nlr.learning_rates_by_state(nlr.muon(0.02).init(params)))
-    ['inner_states/adamw/inner_state/1', 'inner_states/hidden/inner_state/4']
+    ['inner_states/adamw/inner_state/3', 'inner_states/hidden/inner_state/4']
   """
   return {s.path: s.rates for s in rate_sources.rate_sources(opt_state)}
 

@@ -62,7 +62,10 @@ def record_learning_rate(
     tx = optax.chain(optax.adamw(schedule), nlr.record_learning_rate(schedule))
 
   :func:`optax_neuronlr.muon` and :func:`optax_neuronlr.normuon` record their
-  Muon and AdamW rates this way.
+  Muon and AdamW rates this way. The leaves are those of the first
+  per-leaf statistic in the enclosing chain (Adam's ``mu``, a momentum); beside
+  transforms that keep none (``optax.sgd`` without momentum) there is no leaf
+  to show the rate on, and the readers skip it.
 
   Args:
     learning_rate: the rate, a number ``>= 0`` or an optax schedule (a traced

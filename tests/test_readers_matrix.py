@@ -427,3 +427,18 @@ def test_nnx_optimizer_with_muon_inside_and_outside_jit():
   rates = nlr.learning_rates(opt.opt_state)
   np.testing.assert_allclose(rates["fc1"]["kernel"], LR, rtol=1e-6)
   np.testing.assert_allclose(rates["fc1"]["bias"], ADAM_LR, rtol=1e-6)
+
+
+def test_a_bare_array_and_a_plateau_scale_beside_the_record():
+  """One bare array as the params; the plateau's 0-d scale is no template."""
+  w, g = jnp.ones((4, 6)), GRADS["mlp"]["kernel"]
+  tx = optax.chain(optax.adam(0.1), nlr.reduce_lr_on_plateau(0.1),
+                   nlr.record_learning_rate(SCHED))
+  state = tx.init(w)
+  _, state = tx.update(g, state, w, value=jnp.asarray(1.0))
+  np.testing.assert_allclose(nlr.learning_rates(state), SCHED(0))
+  assert sorted(nlr.rate_summary(state)) == sorted(
+      f"/{s}" for s in ("min", "median", "max", "mean", "frac_at_min_lr", "frac_at_max_lr"))
+  alone = optax.chain(nlr.reduce_lr_on_plateau(0.1), nlr.record_learning_rate(0.1))
+  with pytest.raises(ValueError, match="no per-unit learning-rate state"):
+    nlr.learning_rates(alone.init(w))

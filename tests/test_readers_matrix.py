@@ -74,17 +74,17 @@ def layerwise(learning_rate=0.1):
 
 
 OPTIMIZERS = {
-    "muon": (nlr.muon, dict(learning_rate=SCHED, adam_learning_rate=ADAM_SCHED,
-                            ns_steps=1)),
-    "normuon": (nlr.normuon, dict(learning_rate=SCHED, adam_learning_rate=ADAM_SCHED,
-                                  ns_steps=1)),
-    "adam_mini": (nlr.adam_mini, dict(learning_rate=SCHED)),
-    "scale_sgd": (nlr.scale_sgd, dict(learning_rate=SCHED, adam_learning_rate=ADAM_SCHED)),
-    "grad_history": (nlr.grad_history_lr, dict(learning_rate=SCHED, granularity="neuron")),
-    "sign_consistency": (nlr.sign_consistency_lr, dict(learning_rate=SCHED,
-                                                       granularity="tensor")),
-    "hypergradient": (nlr.sgd_hd, dict(learning_rate=0.01, hyper_lr=1e-3,
-                                       granularity="neuron")),
+    "muon": (nlr.muon, {"learning_rate": SCHED, "adam_learning_rate": ADAM_SCHED,
+                        "ns_steps": 1}),
+    "normuon": (nlr.normuon, {"learning_rate": SCHED, "adam_learning_rate": ADAM_SCHED,
+                              "ns_steps": 1}),
+    "adam_mini": (nlr.adam_mini, {"learning_rate": SCHED}),
+    "scale_sgd": (nlr.scale_sgd, {"learning_rate": SCHED, "adam_learning_rate": ADAM_SCHED}),
+    "grad_history": (nlr.grad_history_lr, {"learning_rate": SCHED, "granularity": "neuron"}),
+    "sign_consistency": (nlr.sign_consistency_lr, {"learning_rate": SCHED,
+                                                   "granularity": "tensor"}),
+    "hypergradient": (nlr.sgd_hd, {"learning_rate": 0.01, "hyper_lr": 1e-3,
+                                   "granularity": "neuron"}),
     "param_groups_adam": (pg_adam, {}),
     "param_groups_muon": (pg_muon, {}),
     "layerwise": (layerwise, {}),
@@ -184,7 +184,7 @@ def _expected(wrapper, plain):
 GRAFTED = {"multi_steps": "inner_opt_state", "apply_if_finite": "inner_state"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _state(name, wrapper):
   factory, kwargs = OPTIMIZERS[name]
   tx = WRAPPERS[wrapper](factory, kwargs)
@@ -200,7 +200,7 @@ def _state(name, wrapper):
   return state
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plain_rates(name):
   return {p: None if r is None else np.asarray(r)
           for p, r in _flat(nlr.learning_rates(_state(name, "plain"))).items()}
@@ -332,7 +332,7 @@ def test_tree_set_of_the_injected_rate_drives_update_and_readers():
   tx = optax.inject_hyperparams(nlr.muon)(learning_rate=0.02, ns_steps=1)
   state = tx.init(PARAMS)
   state = optax.tree_utils.tree_set(state, learning_rate=0.5)
-  updates, state = tx.update(GRADS, state, PARAMS)
+  _, state = tx.update(GRADS, state, PARAMS)
   rates = nlr.learning_rates(state)
   np.testing.assert_allclose(rates["mlp"]["kernel"], 0.5)
   np.testing.assert_allclose(rates["head"]["kernel"], 0.5)  # adam_learning_rate=None
@@ -396,3 +396,49 @@ def _state_after(tx, steps):
   for _ in range(steps):
     _, state = tx.update(GRADS, state, PARAMS)
   return state
+
+
+def test_nnx_optimizer_with_muon_inside_and_outside_jit():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.fc1 = nnx.Linear(4, 8, rngs=rngs)
+      self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(jax.nn.relu(self.fc1(x)))
+
+  model = Model(nnx.Rngs(0))
+  hidden = lambda p: jax.tree.map(lambda x: jnp.shape(x) == (4, 8), p)
+  opt = nnx.Optimizer(model, nlr.muon(SCHED, adam_learning_rate=ADAM_SCHED, ns_steps=1,
+                                      hidden=hidden), wrt=nnx.Param)
+  x = jnp.ones((2, 4))
+
+  @nnx.jit
+  def step(model, opt):
+    opt.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+    return nlr.rate_summary(opt.opt_state)
+
+  for _ in range(STEPS):
+    summary = step(model, opt)
+  np.testing.assert_allclose(summary["fc1/kernel/max"], LR, rtol=1e-6)
+  np.testing.assert_allclose(summary["head/kernel/max"], ADAM_LR, rtol=1e-6)
+  rates = nlr.learning_rates(opt.opt_state)
+  np.testing.assert_allclose(rates["fc1"]["kernel"], LR, rtol=1e-6)
+  np.testing.assert_allclose(rates["fc1"]["bias"], ADAM_LR, rtol=1e-6)
+
+
+def test_a_bare_array_and_a_plateau_scale_beside_the_record():
+  """One bare array as the params; the plateau's 0-d scale is no template."""
+  w, g = jnp.ones((4, 6)), GRADS["mlp"]["kernel"]
+  tx = optax.chain(optax.adam(0.1), nlr.reduce_lr_on_plateau(0.1),
+                   nlr.record_learning_rate(SCHED))
+  state = tx.init(w)
+  _, state = tx.update(g, state, w, value=jnp.asarray(1.0))
+  np.testing.assert_allclose(nlr.learning_rates(state), SCHED(0))
+  assert sorted(nlr.rate_summary(state)) == sorted(
+      f"/{s}" for s in ("min", "median", "max", "mean", "frac_at_min_lr", "frac_at_max_lr"))
+  alone = optax.chain(nlr.reduce_lr_on_plateau(0.1), nlr.record_learning_rate(0.1))
+  with pytest.raises(ValueError, match="no per-unit learning-rate state"):
+    nlr.learning_rates(alone.init(w))

@@ -20,7 +20,7 @@ learning_rate=...)`` changes only the hyperparameters that drive the update
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,10 @@ def record_learning_rate(
     tx = optax.chain(optax.adamw(schedule), nlr.record_learning_rate(schedule))
 
   :func:`optax_neuronlr.muon` and :func:`optax_neuronlr.normuon` record their
-  Muon and AdamW rates this way.
+  Muon and AdamW rates this way. The leaves are those of the first
+  per-leaf statistic in the enclosing chain (Adam's ``mu``, a momentum); beside
+  transforms that keep none (``optax.sgd`` without momentum) there is no leaf
+  to show the rate on, and the readers skip it.
 
   Args:
     learning_rate: the rate, a number ``>= 0`` or an optax schedule (a traced
@@ -82,8 +85,8 @@ def record_learning_rate(
   def update_fn(updates, state, params=None):
     del params
     applied = _rate_at(learning_rate, state.count)
-    return updates, RecordLearningRateState(
-        optax.safe_increment(state.count), applied)
+    count = jnp.asarray(optax.safe_increment(state.count))
+    return updates, RecordLearningRateState(count, applied)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -108,11 +111,12 @@ def with_recorded_rate(
       raise TypeError(
           "with_recorded_rate extends the state of an optax.chain (a tuple); got "
           f"{type(inner).__name__}.")
-    return inner + (record.init(params),)
+    return (*inner, record.init(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    updates, inner = tx.update(updates, tuple(state[:-1]), params, **extra_args)
-    updates, rec = record.update(updates, state[-1], params)
-    return updates, tuple(inner) + (rec,)
+  def update_fn(updates, state: Any, params=None, **extra_args):
+    *inner, rec = state
+    updates, new_inner = tx.update(updates, tuple(inner), params, **extra_args)
+    updates, rec = record.update(updates, rec, params)
+    return updates, (*tuple(new_inner), rec)  # type: ignore[misc]
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

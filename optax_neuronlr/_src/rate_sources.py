@@ -118,11 +118,13 @@ def _is_state_like(x: Any) -> bool:
 def _is_params_like(x: Any) -> bool:
   """A tree of per-leaf statistics (Adam's ``mu``, Muon's momentum): a
   container of arrays (``MaskedNode`` where a partition masks a leaf), or a
-  float array when the parameters are one bare array."""
+  float array of one or more dimensions when the parameters are one bare
+  array (a 0-d float is a state's scalar, such as a plateau's scale)."""
   if x is None or _is_masked(x) or _is_state_like(x):
     return False
   if jax.tree_util.treedef_is_leaf(jax.tree.structure(x)):
-    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    return (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+            and jnp.ndim(x) >= 1)
   return bool(jax.tree.leaves(x, is_leaf=_is_masked))
 
 

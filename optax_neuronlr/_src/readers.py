@@ -85,7 +85,7 @@ def learning_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
     >>> import jax.numpy as jnp, optax_neuronlr as nlr
     >>> params = {"mlp": {"kernel": jnp.ones((4, 4))}, "bias": jnp.zeros(4)}
     >>> sorted(nlr.learning_rates_by_state(nlr.muon(0.02).init(params)))
-    ['inner_states/adamw/inner_state/1', 'inner_states/hidden/inner_state/4']
+    ['inner_states/adamw/inner_state/3', 'inner_states/hidden/inner_state/4']
   """
   return {s.path: s.rates for s in rate_sources.rate_sources(opt_state)}
 
@@ -118,26 +118,40 @@ def _merge(found: dict[str, Any]) -> Any:
 def learning_rates(opt_state: optax.OptState) -> optax.Params:
   """The per-unit rates that the last update applied, shaped like the params.
 
-  Works on any nested optax state (chain, multi_transform, masked,
-  inject_hyperparams, ...), on the ``opt_state`` of a Flax
-  ``nnx.Optimizer`` as it is, and under ``jax.jit``. Where several strategies
+  Works on every optimizer of the package and on any nested optax state
+  (chain, partition / multi_transform, masked, inject_hyperparams,
+  MultiSteps, apply_if_finite, ...), on the ``opt_state`` of a Flax
+  ``nnx.Optimizer`` as it is, and under ``jax.jit``. Where several sources
   govern disjoint parts of the parameters (e.g. two labels of
-  ``optax.multi_transform``), their rates are merged into one tree.
+  ``optax.partition``), their rates are merged into one tree. The sources
+  (:func:`learning_rates_by_state`):
 
-  Plain optax optimizers under ``optax.inject_hyperparams`` count too: with
-  ``nlr.param_groups(optax.adam, groups)`` each leaf shows its group's
-  injected ``learning_rate`` (a scalar, one unit per leaf), as PyTorch's
-  ``param_groups[i]["lr"]``; a group whose optimizer keeps no per-leaf state
-  (``optax.sgd`` without momentum) has nothing to read its leaves from: its
-  leaves show ``None`` (``get_hyperparams`` has its rate). The current rate of :func:`reduce_lr_on_plateau` is
-  :func:`plateau_learning_rate`.
+  * rule states (every per-unit strategy: NorMuon's per-neuron rate,
+    Adam-mini's per-block rate, SCALE, the seed-000 rules, hypergradient
+    descent, a user's :class:`Rule`), their rates recomputed from the
+    statistics and clamped to ``[min_lr, max_lr]``;
+  * rates kept by :func:`record_learning_rate`: :func:`muon` shows Muon's
+    rate (its scheduled ``learning_rate``) on each hidden leaf;
+    :func:`muon` and :func:`normuon` show AdamW's rate on every other leaf
+    (one unit per leaf);
+  * plain optax optimizers under ``optax.inject_hyperparams``: with
+    ``nlr.param_groups(optax.adam, groups)`` each leaf shows its group's
+    injected ``learning_rate`` (a scalar, one unit per leaf), as PyTorch's
+    ``param_groups[i]["lr"]``; a group whose optimizer keeps no per-leaf
+    state (``optax.sgd`` without momentum) has nothing to read its leaves
+    from: its leaves show ``None`` (``get_hyperparams`` has its rate).
+
+  :func:`scale_by_leaf` multipliers (layer-wise rates) multiply the rates of
+  the chain they sit in. A schedule shows its value at the last update's step
+  (before the first update: at step 0). The current rate of
+  :func:`reduce_lr_on_plateau` is :func:`plateau_learning_rate`.
 
   Each leaf holds one value per unit: the leaf's shape at element
   granularity, the shape of its neuron axes at neuron granularity (``(out,)``
   for a Flax ``(in, out)`` kernel), ``(num_blocks,)`` for ``Blocks``, ``()`` at
-  tensor granularity; at ``granularity="global"`` every leaf shows the one
-  rate. Leaves that no strategy
-  governs are ``None``. Before the first update, every unit shows
+  tensor granularity and for one rate per leaf; at ``granularity="global"``
+  every leaf shows the one rate. Leaves that no source governs are ``None``.
+  Before the first update, every unit of a rule shows
   ``clip(learning_rate, min_lr, max_lr)``.
 
   Args:
@@ -147,8 +161,7 @@ def learning_rates(opt_state: optax.OptState) -> optax.Params:
     A pytree of per-unit rates.
 
   Raises:
-    ValueError: if ``opt_state`` holds no per-unit strategy and no injected
-      group rate (the message says so when ``opt_state`` looks restored from
+    ValueError: if ``opt_state`` holds no rate source (the message says so when ``opt_state`` looks restored from
       a checkpoint without a target), or two strategies govern the same leaf
       (use :func:`learning_rates_by_state` then).
 
@@ -189,10 +202,14 @@ def _restored_hint(opt_state: Any) -> str:
 def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
   """``{leaf key: (per-unit rates, min_lr, max_lr)}`` of every governed leaf.
 
-  The key is the parameter's ``"/"``-joined path, whatever optax structure
-  wraps the rule (chain, ``param_groups``, ``multi_transform``, ``masked``,
-  ``inject_hyperparams``, ``scale_sgd``, ...): adding a group or a wrapper
-  never renames a key. When several rule states govern the same parameter
+  The leaves of :func:`learning_rates` that are not ``None``, from the same
+  rate sources. The key is the parameter's ``"/"``-joined path, whatever
+  optax structure wraps the optimizer (chain, ``param_groups``,
+  ``multi_transform``, ``masked``, ``inject_hyperparams``, ``MultiSteps``,
+  ``scale_sgd``, ``muon``, ...): adding a group or a wrapper never renames a
+  key. A rate without clamps (Muon's, AdamW's, a group's) has
+  ``(min_lr, max_lr) = (0, inf)``; :func:`scale_by_leaf` multiplies a leaf's
+  clamps with its rates. When several sources govern the same parameter
   (say, two rules chained), the first one in ``opt_state``'s order keeps the
   path and the next ones get ``path#1``, ``path#2``, ... in that order.
 
@@ -222,14 +239,16 @@ def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Arra
 def rate_summary(opt_state: optax.OptState) -> dict[str, jax.Array]:
   """Per-leaf statistics of the per-unit rates, flat, ready for any logger.
 
-  For every leaf governed by a per-unit strategy, the keys
+  For every leaf of :func:`learning_rates` that is not ``None``, the keys
   ``"<parameter path>/<stat>"`` (``"Dense_0/bias/median"``) with ``stat`` one
   of ``min``, ``median``, ``max``, ``mean``, ``frac_at_min_lr`` and
   ``frac_at_max_lr`` (the fractions of units pinned at each clamp). The keys
-  are the same whatever optax structure wraps the rule: alone, in a chain,
-  in ``param_groups`` or ``multi_transform`` groups, under ``scale_sgd``,
-  ``normuon`` or ``inject_hyperparams``; so adding a group renames no logged
-  series. Where several rule states govern one parameter (two rules in a
+  are the same whatever optax structure wraps the optimizer: alone, in a
+  chain, in ``param_groups`` or ``multi_transform`` groups, under
+  ``scale_sgd``, ``normuon``, ``muon``, ``MultiSteps`` or
+  ``inject_hyperparams``; so adding a group, or switching from ``normuon``
+  to ``muon``, renames no logged series. A leaf with one rate (Muon's, AdamW's,
+  a group's) has ``min = median = max = mean``; its clamps are ``[0, inf)``. Where several rule states govern one parameter (two rules in a
   chain), the first in ``opt_state``'s order keeps the path and the next get
   ``"<path>#1/<stat>"``, ``"<path>#2/<stat>"``, ... Computed with ``jnp``
   only, so it runs inside ``jax.jit`` and returns scalar arrays.

@@ -63,10 +63,13 @@ class RateRecorder:
   recorded leaf are kept too (:meth:`bounds`), for the figures of
   :mod:`optax_neuronlr.plot`.
 
-  Keys and paths are those of :func:`~optax_neuronlr.rate_summary`: a leaf's
-  ``"/"``-joined path (``"Dense_0/kernel"``; ``"l1/kernel"`` for an
-  ``nnx.Optimizer``), whatever optax structure wraps the rules; a parameter
-  governed by a second rule state is ``"<path>#1"``.
+  It records what :func:`~optax_neuronlr.learning_rates` reads, on every
+  optimizer of the package (NorMuon's per-neuron rates, Muon's and AdamW's
+  rates, Adam-mini's per-block rates, the group rates of ``param_groups``,
+  ...). Keys and paths are those of :func:`~optax_neuronlr.rate_summary`: a
+  leaf's ``"/"``-joined path (``"Dense_0/kernel"``; ``"l1/kernel"`` for an
+  ``nnx.Optimizer``), whatever optax structure wraps the optimizer; a
+  parameter governed by a second rule state is ``"<path>#1"``.
 
   Inside a jitted training step, compute the record with :meth:`compute`,
   return it from the step and hand it to :meth:`add`::
@@ -128,7 +131,7 @@ class RateRecorder:
       every: int = 1,
       summary: bool = True,
   ):
-    every = validation.check_int("every", every, low=1)
+    every = int(validation.check_int("every", every, low=1))  # type: ignore[arg-type]
     summary = validation.check_flag("summary", summary)
     if leaves is not None and not isinstance(leaves, (str, re.Pattern)):
       raise TypeError(
@@ -160,7 +163,8 @@ class RateRecorder:
     to :meth:`add`. :meth:`record` runs it jitted.
 
     Args:
-      opt_state: any optax state holding per-unit strategies.
+      opt_state: any optax state that :func:`~optax_neuronlr.learning_rates`
+        reads.
 
     Returns:
       A :class:`RateRecord` (empty summary when ``summary=False``).
@@ -218,7 +222,7 @@ class RateRecorder:
       if self._keys is not None and set(keys) == set(self._keys):
         keys = self._keys  # Same keys, reordered (jit outputs sort dicts).
       values = [record[k] for k in keys]
-      record = RateRecord(keys, self._stack_jit(values), {}, np.zeros((0, 2)))
+      record = RateRecord(keys, self._stack_jit(values), {}, jnp.zeros((0, 2)))
     self._append(step, record)
 
   def _append(self, step: Any, record: RateRecord) -> None:
@@ -229,7 +233,7 @@ class RateRecorder:
       raise ValueError(
           "RateRecorder records one optimizer state structure; got summary "
           f"keys {list(record.keys)} and rate paths {list(paths)} after "
-          f"{list(self._keys)} and {list(self._paths)}. Use one recorder per "
+          f"{list(self._keys)} and {list(self._paths or ())}. Use one recorder per "
           "optimizer, or clear() it."
       )
     self._pending.append((step, record))

@@ -198,3 +198,16 @@ def test_jit_with_donated_state_reuses_every_buffer():
       kept = [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_flatten_with_path(old)[0]
               if x.ndim and not x.is_deleted()]
       assert not kept
+
+
+def test_scale_is_set_on_a_leafs_first_update_even_mid_run():
+  """A leaf whose statistics start mid-run (a group added or reset, a rebuilt
+  state) takes its weight scale on its own first update, not never."""
+  p = {"w": jnp.asarray(np.random.default_rng(6).normal(size=(4, 3)), jnp.float32)}
+  tx = nlr.scale_by_nero(0.01, constraints=False)
+  state = tx.init(p)._replace(count=jnp.asarray(7, jnp.int32))
+  _, state = tx.update(jax.tree.map(jnp.ones_like, p), state, p)
+  want = np.linalg.norm(np.asarray(p["w"]), axis=0).mean()
+  np.testing.assert_allclose(state.scale["w"], want, rtol=1e-6)
+  _, later = tx.update(jax.tree.map(jnp.ones_like, p), state, {"w": 2 * p["w"]})
+  np.testing.assert_allclose(later.scale["w"], want, rtol=1e-6)  # kept afterwards

@@ -19,6 +19,8 @@ another order).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
@@ -41,7 +43,7 @@ def _torch_nero(constraints: bool):
   return build
 
 
-_LARS = dict(weight_decay=1e-2, weight_decay_mask=_kernels, trust_coefficient=0.02,
+_LARS: dict[str, Any] = dict(weight_decay=1e-2, weight_decay_mask=_kernels, trust_coefficient=0.02,
              eps=1e-9, trust_ratio_mask=_kernels, momentum=0.9, nesterov=True)
 _LAMB_RATE = optax.cosine_decay_schedule(1e-2, 50)
 

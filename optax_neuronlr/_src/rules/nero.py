@@ -56,7 +56,7 @@ class Nero(engine.Rule):
 
   Unit statistic ``exp_avg_sq`` ($v_n$, the EMA of the squared norm of the
   direction over the unit: ``reduce="sum"``), leaf statistic ``scale``
-  ($s$, set on the first update from the weights: the mean norm of the
+  ($s$, set on the leaf's first update from the weights: the mean norm of the
   projected neurons when ``constraints`` and the units hold more than one
   element, else the mean norm of the neurons; 0.01 where it is 0).
   """
@@ -89,7 +89,10 @@ class Nero(engine.Rule):
       norms = stats["weight_norm"]
     first = jnp.mean(norms)
     first = jnp.where(first == 0, jnp.asarray(ZERO_SCALE, first.dtype), first)
-    return {"scale": jnp.where(count == 1, first, stats["scale"])}
+    # Set once, on the leaf's first update: a scale of 0 is never kept (0.01
+    # replaces it), so 0 means "not yet set", also for a leaf added mid-run
+    # (nlr.add_param_group, nlr.rebuild_state) or a reset group.
+    return {"scale": jnp.where(stats["scale"] == 0, first, stats["scale"])}
 
   def rate(self, stats, hp, count):
     b = hp["beta"]

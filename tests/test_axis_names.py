@@ -125,3 +125,31 @@ def test_table_shows_source_and_batch(linen):
   assert "source" in header and "batch" in header
   line = next(l for l in table.splitlines() if l.startswith("blocks/fc/kernel"))
   assert "axis_names" in line and "stack 0" in line and "3 x 8 x 16" in line
+
+
+def test_engine_axis_names_and_a_layout_as_neuron_axes(linen):
+  """granularity="neuron" reads its default units from the names; a ModelLayout
+  given as neuron_axes is read by path; either with another granularity is an error."""
+  params, names = linen
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = nlr.scale_by_neuron_norm(1.0, granularity="neuron", axis_names=names)
+  _, state = tx.update(grads, tx.init(params), params)
+  rates = nlr.learning_rates(state)
+  assert jnp.shape(rates["blocks"]["fc"]["kernel"]) == (sm.L, sm.F)
+  assert jnp.shape(rates["blocks"]["query"]["kernel"]) == (sm.L, sm.H, sm.HD)
+  layout = nlr.model_layout(params, axis_names=names)
+  tx = nlr.scale_by_neuron_norm(1.0, granularity="neuron", neuron_axes=layout)
+  _, state = tx.update(grads, tx.init(params), params)
+  assert jnp.shape(nlr.learning_rates(state)["blocks"]["fc"]["kernel"]) == (sm.L, sm.F)
+  with pytest.raises(ValueError, match="axis_names"):
+    nlr.scale_by_neuron_norm(1.0, granularity="element", axis_names=names)
+  with pytest.raises(ValueError, match="neuron_axes"):
+    nlr.scale_by_neuron_norm(1.0, granularity="tensor", neuron_axes=layout)
+
+
+def test_head_selector_over_named_leaves():
+  params = {"a": {"kernel": jnp.zeros((4, 6))}, "b": {"kernel": jnp.zeros((6, 4))}}
+  names = {"a": {"kernel": P("embed", "mlp")}, "b": {"kernel": P("mlp", "embed")}}
+  by = nlr.model_layout(params, axis_names=names, head="b").by_path()
+  assert by["b/kernel"].kind == "head" and by["b/kernel"].source == "given"
+  assert not by["b/kernel"].hidden and by["a/kernel"].hidden

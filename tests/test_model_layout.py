@@ -245,3 +245,19 @@ def test_at_most_one_head_by_name():
   by = nlr.model_layout(params).by_path()
   assert all(l.kind == "mlp" for l in by.values())
   assert "head=" in by["a/head/kernel"].reason
+
+
+def test_nested_stacks_without_names():
+  """A scan inside a scan: two leading stack axes, units per (outer, inner) layer."""
+  params = {"outer": {"inner": {"fc": {"kernel": jnp.zeros((2, 3, 4, 8)),
+                                       "bias": jnp.zeros((2, 3, 8))}},
+                      "ln": {"scale": jnp.zeros((2, 4))}}}
+  by = nlr.model_layout(params).by_path()
+  fc = by["outer/inner/fc/kernel"]
+  assert fc.batch_axes == (0, 1) and fc.matrix == ml.MatrixView((2,), (3,))
+  assert fc.neuron_axes == (0, 1, 3) and fc.source == "shape"
+  assert by["outer/ln/scale"].batch_axes == (0,) and by["outer/ln/scale"].kind == "norm_scale"
+  # A plain model: no leading axis is taken for a stack.
+  plain = {"fc": {"kernel": jnp.zeros((4, 4)), "bias": jnp.zeros(4)},
+           "ln": {"scale": jnp.zeros(4), "bias": jnp.zeros(4)}}
+  assert all(not l.batch_axes for l in nlr.model_layout(plain).leaves)

@@ -133,6 +133,19 @@ def names_by_path(axis_names: Any) -> dict[str, Any]:
   return out
 
 
+def check_axis_names(axis_names: Any, what: str = "axis_names") -> None:
+  """Construction-time check: None, or a tree of PartitionSpecs / tuples of names."""
+  if axis_names is None:
+    return
+  if isinstance(axis_names, str):
+    raise TypeError(f"{what} must be None or a tree like the params of PartitionSpecs or "
+                    f"tuples of axis names, got {type(axis_names).__name__} {axis_names!r}.")
+  try:
+    names_by_path(axis_names)
+  except TypeError as e:
+    raise TypeError(f"{what}: {e}") from None
+
+
 def leaf_names(table: dict[str, Any], where: str, ndim: int) -> Optional[tuple]:
   """The names of the leaf at ``where`` (None: not in the tree), padded with
   None to ``ndim`` (a shorter PartitionSpec leaves the rest unnamed)."""

@@ -162,13 +162,10 @@ def model_layout(
       roles[-1] == axis_names_lib.VOCAB and sum(
           r not in axis_names_lib.BATCH_ROLES for r in roles) >= 2
       for _, roles in named.values())
+  given = head is not None and head is not False
   head_paths, head_source, head_notes = shapes_lib.find_head(
-      [c for i, c in enumerate(cores) if i not in named], False if named_head else head,
-      context)
-  if head is not None and head is not False:
-    selector = paths_lib.Selector(head, "head")
-    head_paths |= {"/".join(keys) for i, (keys, shape) in enumerate(entries)
-                   if i in named and len(shape) >= 2 and selector.selects("/".join(keys))}
+      cores if given else [c for i, c in enumerate(cores) if i not in named],
+      False if named_head else head, context)
 
   leaves = []
   for i, (keys, shape) in enumerate(entries):
@@ -224,6 +221,7 @@ def neuron_defaults(granularity: Any, neuron_axes: Any, axis_names: Any) -> Any:
   """``tree -> {path: axes}``: the layout's neuron axes, the defaults of
   ``granularity="neuron"`` (a ``ModelLayout`` as ``neuron_axes`` is read by path)."""
   neuron = isinstance(granularity, str) and granularity == "neuron"
+  axis_names_lib.check_axis_names(axis_names)
   if axis_names is not None and not neuron:
     raise ValueError(f"axis_names is given but granularity={granularity!r} ignores it; "
                      "it sets the default neuron axes of granularity='neuron'.")

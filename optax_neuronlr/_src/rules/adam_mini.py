@@ -24,6 +24,7 @@ import optax
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.roles import axis_names as axis_names_lib
 from optax_neuronlr._src.roles.kinds import ATTENTION_OUT  # noqa: F401  (the layout's kinds)
 from optax_neuronlr._src.roles.kinds import BIAS  # noqa: F401
 from optax_neuronlr._src.roles.kinds import EMBEDDING  # noqa: F401
@@ -192,6 +193,7 @@ def scale_by_adam_mini(
     validation.check_static(name, value)
   validation.check_dtype("state_dtype", state_dtype)
   validation.check_dtype("mu_dtype", mu_dtype)
+  axis_names_lib.check_axis_names(axis_names)
   if blocks is None:
     check_heads(num_heads, num_kv_heads)
     auto = AutoBlocks(num_heads, num_kv_heads, axis_names)

@@ -44,6 +44,7 @@ from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import user_warnings
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.roles import axis_names as axis_names_lib
 from optax_neuronlr._src.roles import kinds
 from optax_neuronlr._src.roles import layout as layout_lib
 from optax_neuronlr._src.roles import names as names_lib
@@ -388,6 +389,7 @@ def scale_sgd(
   validation.check_static("head", head, example="nlr.scale_sgd")
   validation.check_static("granularity", granularity, example="nlr.scale_sgd")
   validation.check_static("axis_names", axis_names, example="nlr.scale_sgd")
+  axis_names_lib.check_axis_names(axis_names)
   if not (head is None or head is False or isinstance(head, (str, re.Pattern))):
     raise TypeError(f"head must be None, False or a path selector (a regular expression), "
                     f"got {type(head).__name__} {head!r}.")

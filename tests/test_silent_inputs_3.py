@@ -448,3 +448,15 @@ def test_half_precision_hyperparameter_of_a_user_rule():
       learning_rate=0.1)
   _, state = tx.update(params, tx.init(params), params)
   assert float(state.hyperparams["beta"]) == pytest.approx(0.999, rel=1e-7)
+
+
+def test_rebuild_nnx_optimizer_strict_names_parameters_that_would_move():
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+  tx = nlr.param_groups(optax.adam, [{"params": "layers/0"}, {"name": "base"}], rest="base",
+                        learning_rate=0.1)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  with pytest.raises(ValueError, match=r"rebuild_nnx_optimizer: parameters already in a group "
+                                       r"would move.*'base': \['layers/1/bias'"):
+    nlr.rebuild_nnx_optimizer(optimizer, model, tx.with_group({"params": "layers/1"}),
+                              strict=True)

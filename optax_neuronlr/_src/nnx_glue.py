@@ -60,8 +60,10 @@ def rebuild_nnx_optimizer(
   kwargs = {} if graph is None else {"graph": graph}
   params = nnx.as_pure(nnx.state(model, optimizer.wrt, **kwargs))
   old = nnx.as_pure(optimizer.opt_state)
-  if strict and all(isinstance(t, param_groups.ParamGroups) for t in (optimizer.tx, tx)):
-    group_edits.check_no_move(optimizer.tx, tx, old, params, "rebuild_nnx_optimizer")
+  old_tx = optimizer.tx
+  if (strict and isinstance(old_tx, param_groups.ParamGroups)
+      and isinstance(tx, param_groups.ParamGroups)):
+    group_edits.check_no_move(old_tx, tx, old, params, "rebuild_nnx_optimizer")
   fresh = nnx.Optimizer(model, tx, wrt=optimizer.wrt, **kwargs)
   new = migrate.rebuild(tx, old, params, reset=reset, strict=strict,
                  what="rebuild_nnx_optimizer", fresh=nnx.as_pure(fresh.opt_state))

@@ -73,6 +73,7 @@ from optax_neuronlr._src.rules.seed000 import ScaleBySignConsistencyLRState
 from optax_neuronlr._src.rules.seed000 import sign_consistency_lr
 from optax_neuronlr._src.rules.seed000 import SignConsistency
 from optax_neuronlr._src.layerwise import layerwise_multipliers
+from optax_neuronlr._src.model_layout import AXIS_ROLES
 from optax_neuronlr._src.model_layout import LeafRole
 from optax_neuronlr._src.model_layout import MatrixView
 from optax_neuronlr._src.model_layout import model_layout
@@ -145,6 +146,7 @@ __all__ = (
     "learning_rates",
     "learning_rates_by_state",
     "model_layout",
+    "AXIS_ROLES",
     "muon",
     "neuron_norm_sgd",
     "normuon",

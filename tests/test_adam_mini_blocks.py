@@ -179,10 +179,10 @@ def test_nnx_transformer_by_path_and_shape():
   for path, (shape, units) in shapes_units.items():
     assert leaves[path].shape == shape, path
     assert leaves[path].num_units == units, path
-  assert leaves["blocks/0/attn/query/kernel"].kind == am.QUERY_KEY
-  assert leaves["blocks/0/attn/value/kernel"].kind == am.VALUE
-  assert leaves["blocks/0/attn/out/kernel"].kind == am.ATTENTION_OUT
-  assert leaves["head/kernel"].kind == am.DENSE
+  assert leaves["blocks/0/attn/query/kernel"].kind == "query"
+  assert leaves["blocks/0/attn/value/kernel"].kind == "value"
+  assert leaves["blocks/0/attn/out/kernel"].kind == "attention_out"
+  assert leaves["head/kernel"].kind == "head"
 
 
 def test_nnx_state_of_variables_and_of_arrays_agree():
@@ -296,7 +296,7 @@ def test_fused_heads_grouped_query():
 def test_fused_qkv():
   params = _nnx_params(FusedQKVAttention(nnx.Rngs(0)))
   with pytest.warns(UserWarning, match="qkv/kernel"):
-    assert am.adam_mini_partition(params).by_path()["qkv/kernel"].kind == am.UNRECOGNISED
+    assert am.adam_mini_partition(params).by_path()["qkv/kernel"].recognised is False
   partition = am.adam_mini_partition(params, num_heads=HEADS, on_unrecognised="error")
   _check(partition, {
       "qkv/kernel": (Blocks(1, 3 * HEADS), True), "qkv/bias": ("element", False),
@@ -329,7 +329,7 @@ def test_unrecognised_leaves_are_reported():
                  "temperature": ((), "element", False)}
   # Recognised neighbours are unaffected; the conv's bias is a bias.
   leaves = partition.by_path()
-  assert leaves["conv/bias"].spec == "element" and leaves["conv/bias"].kind == am.BIAS
+  assert leaves["conv/bias"].spec == "element" and leaves["conv/bias"].kind == "bias"
   assert leaves["embed/embedding"].spec == Neurons(0)
 
   with pytest.raises(ValueError, match="pos_embedding"):

@@ -202,3 +202,62 @@ def test_adamw_leaves_decay_embeddings_and_head_only(make):
     np.testing.assert_allclose(np.asarray(leaf), want, rtol=1e-6)
   for leaf in (updates["ln"]["scale"], updates["fc"]["bias"], updates["fc"]["kernel"]):
     np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+
+
+def test_sources_of_the_evidence():
+  """Which evidence decided each leaf: the caller, the path, or a shape guess."""
+  base = {"embed": {"embedding": jnp.zeros((10, 4))}, "proj": {"kernel": jnp.zeros((4, 10))},
+          "fc": {"kernel": jnp.zeros((4, 4))}}
+  by = nlr.model_layout(base).by_path()
+  assert by["fc/kernel"].source == "name" and by["embed/embedding"].source == "name"
+  assert by["proj/kernel"].kind == "head" and by["proj/kernel"].source == "shape"
+  given = nlr.model_layout(base, head="fc").by_path()
+  assert given["fc/kernel"].kind == "head" and given["fc/kernel"].source == "given"
+  assert [l.path for l in nlr.model_layout(base).guessed()] == ["proj/kernel"]
+
+
+def test_matrix_view_reads_ints_as_one_axis():
+  """optax's MuonDimensionNumbers(0, 1) form."""
+  assert ml.MatrixView(0, 1) == ml.MatrixView((0,), (1,))
+  assert ml.MatrixView(1, 2).batch_axes(3) == (0,)
+  with pytest.raises(ValueError, match="share an axis"):
+    ml.MatrixView((0, 1), (1,))
+  with pytest.raises(TypeError, match="reduction_axes"):
+    ml.MatrixView("0", (1,))
+
+
+def test_blocks_with_batch_axes_keep_one_set_per_layer():
+  from optax_neuronlr._src import units  # pylint: disable=g-import-not-at-top
+  layout = units.leaf_layout((3, 8, 6), nlr.Blocks(2, 2, batch_axes=(0,)), "q")
+  assert layout.unit_shape == (3, 2) and layout.keep_axes == (0, 2) and layout.size == 24
+  x = jnp.arange(3 * 8 * 6, dtype=jnp.float32).reshape(3, 8, 6)
+  want = np.asarray(x).reshape(3, 8, 2, 3).sum(axis=(1, 3))
+  np.testing.assert_allclose(np.asarray(layout.sum(x, jnp.float32)), want)
+  assert layout.expand(jnp.ones((3, 2))).shape == (3, 8, 6)
+  with pytest.raises(ValueError, match="batch axis"):
+    units.leaf_layout((3, 8, 6), nlr.Blocks(0, 3, batch_axes=(0,)), "q")
+
+
+def test_at_most_one_head_by_name():
+  """Several kernels named like a head, none at the top: no head, and a note."""
+  params = {"a": {"head": {"kernel": jnp.zeros((4, 4))}},
+            "b": {"head": {"kernel": jnp.zeros((4, 4))}}}
+  by = nlr.model_layout(params).by_path()
+  assert all(l.kind == "mlp" for l in by.values())
+  assert "head=" in by["a/head/kernel"].reason
+
+
+def test_nested_stacks_without_names():
+  """A scan inside a scan: two leading stack axes, units per (outer, inner) layer."""
+  params = {"outer": {"inner": {"fc": {"kernel": jnp.zeros((2, 3, 4, 8)),
+                                       "bias": jnp.zeros((2, 3, 8))}},
+                      "ln": {"scale": jnp.zeros((2, 4))}}}
+  by = nlr.model_layout(params).by_path()
+  fc = by["outer/inner/fc/kernel"]
+  assert fc.batch_axes == (0, 1) and fc.matrix == ml.MatrixView((2,), (3,))
+  assert fc.neuron_axes == (0, 1, 3) and fc.source == "shape"
+  assert by["outer/ln/scale"].batch_axes == (0,) and by["outer/ln/scale"].kind == "norm_scale"
+  # A plain model: no leading axis is taken for a stack.
+  plain = {"fc": {"kernel": jnp.zeros((4, 4)), "bias": jnp.zeros(4)},
+           "ln": {"scale": jnp.zeros(4), "bias": jnp.zeros(4)}}
+  assert all(not l.batch_axes for l in nlr.model_layout(plain).leaves)

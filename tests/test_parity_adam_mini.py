@@ -57,8 +57,8 @@ def test_blocks_are_the_references():
   opt.step()
   partition = am.adam_mini_partition(pm.torch_to_flax(model), on_unrecognised="error")
   leaves = partition.by_path()
-  kinds = {"adam": {am.BIAS}, "head": {am.QUERY_KEY}, "one": {am.NORM_SCALE},
-           "row": {am.VALUE, am.ATTENTION_OUT, am.DENSE, am.EMBEDDING}}
+  kinds = {"adam": {"bias"}, "head": {"query", "key"}, "one": {"norm_scale"},
+           "row": {"value", "attention_out", "mlp", "head", "embedding"}}
   for name, param in model.named_parameters():
     leaf = leaves[pm.flax_path(name)]
     branch, decayed = pm.reference_blocks(name)

@@ -207,7 +207,7 @@ _FACTORIES = {
 }
 _NON_NUMERIC = ("granularity", "neuron_axes", "state_dtype", "mu_dtype", "direction", "mode",
                 "threshold_mode", "bias_correction", "multiplicative", "blocks",
-                "mask", "on_unrecognised", "head", "num_heads", "num_kv_heads")
+                "mask", "on_unrecognised", "head", "num_heads", "num_kv_heads", "axis_names")
 _CASES = []
 for _name, (_f, _base) in _FACTORIES.items():
   for _p in inspect.signature(_f).parameters.values():

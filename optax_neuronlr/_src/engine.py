@@ -443,27 +443,6 @@ class LeafStep(NamedTuple):
   observed: tuple[jax.Array, ...]
 
 
-def _default_neuron_axes(granularity: Any, neuron_axes: Any, axis_names: Any) -> Any:
-  """``tree -> {path: axes}``: the layout's neuron axes, the defaults of
-  ``granularity="neuron"`` (a ``ModelLayout`` as ``neuron_axes`` is read by path)."""
-  neuron = isinstance(granularity, str) and granularity == "neuron"
-  if axis_names is not None and not neuron:
-    raise ValueError(f"axis_names is given but granularity={granularity!r} ignores it; "
-                     "it sets the default neuron axes of granularity='neuron'.")
-  if isinstance(neuron_axes, roles_kinds.ModelLayout):
-    if not neuron:
-      raise ValueError(f"neuron_axes is given but granularity={granularity!r} ignores it; "
-                       "use granularity='neuron'.")
-    if axis_names is not None:
-      raise ValueError("axis_names and a ModelLayout as neuron_axes are both given; the "
-                       "layout already holds the names: pass one.")
-    by_path = {l.path: l.neuron_axes for l in neuron_axes.leaves}
-    return lambda tree: by_path
-  if not neuron:
-    return None
-  return lambda tree: roles_layout.default_neuron_axes(tree, axis_names=axis_names)
-
-
 def scale_by_rule(
     rule: Rule,
     learning_rate: optax.ScalarOrSchedule = 1.0,
@@ -562,7 +541,7 @@ def scale_by_rule(
   validation.check_dtype("state_dtype", state_dtype)
   for name, value in (("granularity", granularity), ("leaf_info", leaf_info)):
     validation.check_static(name, value, example="nlr.scale_by_rule")
-  default_axes = _default_neuron_axes(granularity, neuron_axes, axis_names)
+  default_axes = roles_layout.neuron_defaults(granularity, neuron_axes, axis_names)
   if isinstance(neuron_axes, roles_kinds.ModelLayout):
     neuron_axes = None
   units_lib.check_granularity(granularity, neuron_axes)

@@ -5,18 +5,36 @@ one second moment per attention head, per output neuron or per token; SCALE
 normalises matrices per output neuron and keeps momentum on the output head;
 Muon and NorMuon orthogonalise the hidden matrices and train embeddings, the
 output head, norm scales and biases with AdamW. They all read the same facts
-about a leaf from its path and shape, and this module is where those facts
-live: :func:`model_layout` classifies every leaf of a Flax NNX ``nnx.State`` or
-a linen params tree (or any tree of arrays named the Flax way) and gives, per
-leaf, a :class:`LeafRole`:
+about a leaf, and this module is where those facts live: :func:`model_layout`
+classifies every leaf of a Flax NNX ``nnx.State`` or a linen params tree (or
+any tree of arrays) and gives, per leaf, a :class:`LeafRole`. The evidence,
+strongest first (``LeafRole.source``): what the caller gives (``head=``,
+``"given"``); the model's logical axis names (``axis_names=``, the tree
+``nn.get_partition_spec`` / ``nnx.get_partition_spec`` return, mapped to roles
+by :data:`AXIS_ROLES`: ``"axis_names"``, see
+:mod:`optax_neuronlr._src.roles.axis_names`); the leaf's path
+(``"name"``); its shape (``"shape"``, a guess the optimizers warn about once
+when it changes their update).
+
+* ``batch_axes``: the *stack* axes (scanned layers, pipeline stages) and
+  *expert* axes of the leaf, batch axes for every optimizer: one matrix, one
+  set of Adam-mini blocks and one set of neuron units per layer (expert), so
+  that a scanned model trains as its unscanned twin. Without names, a stack
+  axis is a leading axis of one length shared by every leaf of a module with
+  some leaf having more dimensions than its name allows (a ``(L, d)`` norm
+  scale, a ``(L, out)`` bias; ``source="shape"``), and an expert axis the
+  leading axis of an ``(E, in, out)`` kernel under a module named like
+  ``moe``/``experts``. The rows below describe a leaf's *core*, its axes
+  less the batch axes; the batch axes are then added to its neurons and left
+  out of its matrix view;
 
 * ``kind``: one of :data:`KINDS` (below);
 * ``neuron_axes``: the axes that index the leaf's *output neurons*, i.e. all
   its output axes. A ``(d, heads, head_dim)`` query/key/value kernel has
   ``heads * head_dim`` output neurons (axes ``(1, 2)``); every other kernel
   the last axis (Flax kernels are ``(..., in, out)``); a 1-D leaf each element;
-  a 0-d leaf itself. ``granularity="neuron"`` of every rule uses these axes
-  when ``neuron_axes`` is not given;
+  a 0-d leaf itself; plus the batch axes. ``granularity="neuron"`` of every
+  rule uses these axes when ``neuron_axes`` is not given;
 * ``heads``: the unit spec with one unit per attention head (query, key,
   value and attention-output kernels; fused 2-D kernels need ``num_heads``);
 * ``matrix``: how the leaf is seen as matrices (:class:`MatrixView`: the
@@ -39,16 +57,21 @@ case-insensitively, never as substrings. The first rule that applies wins:
 | ``fused_qkv`` [2] | ``kernel`` | ``(d, 3*inner)`` | last | ``(0; 1)``, 3 blocks [3] | yes |
 | ``recurrent`` [4] | a cell's hidden-to-hidden ``kernel`` | ``(h, gates*h)`` | last | ``(0; 1)``, one per gate | yes |
 | ``input`` [4] | a cell's input ``kernel`` | ``(in, gates*h)`` | last | ``(0; 1)``, one per gate | if ``in`` is not tiny [5] |
-| ``conv`` | ``kernel`` | ``(..., in, out)``, 3-D or more, outside attention | last | ``(all but last; last)`` | yes |
-| ``mlp`` | any other ``kernel`` | ``(in, out)`` | last | ``(0; 1)`` | if not tiny [5] |
-| ``other`` | anything else | any | last axis | - | no |
+| ``conv`` | ``kernel`` of a module named like a convolution (``Conv_0``, ``conv1``), or 4-D or more outside attention [6] | ``(..., in, out)`` | last | ``(all but last; last)`` | yes |
+| ``mlp`` | any other ``kernel`` (an expert's included) | ``(in, out)`` | last | ``(0; 1)`` | if not tiny [5] |
+| ``matrix`` [6] | a 2-D leaf without a Flax name (``weight``, ``w``, a bare array) | ``(rows, cols)`` | last | ``(0; 1)`` | if not tiny [5] |
+| ``other`` | anything else (a 3-D kernel outside attention and convolutions [6]) | any | last axis | - | no |
 
 * [1] The output head: the 2-D kernel of a module named one of
   :data:`HEAD_NAMES` (``lm_head``, ``head``, ``classifier``, ...), or of a
   module named ``out``/``output`` at the top of the tree (a read-out; an
-  ``out`` beside ``query``/``key``/``value`` is attention's); failing both, a
-  ``(d, vocab)`` kernel whose transpose is an embedding's shape. ``head=`` (a
-  path selector, or False for none) overrides the search.
+  ``out`` beside ``query``/``key``/``value`` is attention's), the top-level
+  one where several match; failing both, the one top-level ``(d, vocab)``
+  kernel whose transpose is an embedding's shape (``source="shape"``). At
+  most one head is found, none in a tied model: a nested kernel of that shape
+  (a ``q_proj`` when vocab equals d, a byte-level model's MLP up-projection)
+  is never taken. ``head=`` (a path selector, or False for none) overrides
+  the search.
 * [2] Modules ``query``, ``q_proj``, ``wq``, ``q`` / ``key``, ``k_proj``,
   ``wk``, ``k`` / ``value``, ``v_proj``, ``wv``, ``v`` / ``out``, ``o_proj``,
   ``wo``, ``out_proj`` (attention output: an ``out`` module beside
@@ -69,6 +92,11 @@ case-insensitively, never as substrings. The first rule that applies wins:
   block) is not hidden: orthogonalising a ``1 x n`` matrix only rescales it
   (a GRU reading one input feature has a ``(1, 3*h)`` input kernel). Such
   leaves stay with AdamW.
+* [6] Read by shape (``source="shape"``): a ``matrix`` is optax's default
+  view of a 2-D leaf; an unnamed 4-D kernel a convolution. A 3-D kernel that
+  no name explains (a ``DenseGeneral`` ``(in, a, b)``, a Conv1D ``(k, in,
+  out)``, a stack ``(L, in, out)`` without a norm or bias beside it) is not
+  folded into one matrix: pass ``axis_names=`` (or ``matrices=``).
 
 ``model_layout(params).table()`` shows every leaf's row; Adam-mini
 (:func:`optax_neuronlr.adam_mini_blocks`), SCALE

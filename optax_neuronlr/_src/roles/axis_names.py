@@ -24,7 +24,7 @@ low-rank dimensions), ``"heads"``, ``"head_dim"``, ``"joined_heads"``
 
 | axis roles | kind | fan-in; output |
 | --- | --- | --- |
-| ``(norm,)`` | ``norm_scale`` | - |
+| ``(norm,)``, or one axis of a leaf named ``scale`` [2] | ``norm_scale`` | - |
 | any other single axis; ``(heads, head_dim)`` | ``bias`` | - |
 | ``(vocab, embed)`` | ``embedding`` | - |
 | ``(..., vocab)`` | ``head`` | ``(...; vocab)`` |
@@ -38,6 +38,8 @@ low-rank dimensions), ``"heads"``, ``"head_dim"``, ``"joined_heads"``
 [1] Which of the three is read from the module's name (``query``, ``k_proj``,
 ``wv``, ...); failing that, a ``kv_heads`` axis makes a key and any other a
 query (units per head for both).
+[2] Axis names cannot tell a bias from a scale: a leaf named ``bias`` is a
+bias whatever its axis' name.
 
 A leaf whose names are all None (an unannotated ``LayerNorm``) or partly
 None is read from its path and shape instead, and the table says so.
@@ -73,7 +75,8 @@ AXIS_ROLES: dict[str, str] = {
     "exp": k.EXPERT, "expert": k.EXPERT, "experts": k.EXPERT,
     # features
     "vocab": VOCAB,
-    "embed": EMBED, "embed_no_exp": EMBED, "hidden": EMBED, "model": EMBED,
+    "embed": EMBED, "embed_no_exp": EMBED, "embed_tensor_transpose": EMBED, "hidden": EMBED,
+    "model": EMBED,
     "mlp": MLP_AXIS, "mlp_no_fsdp": MLP_AXIS, "q_lora": MLP_AXIS, "kv_lora": MLP_AXIS,
     "heads": HEADS, "q_heads": HEADS, "kv_heads": HEADS,
     "kv": HEAD_DIM, "head_dim": HEAD_DIM, "kv_head_dim": HEAD_DIM, "qk_head_dim": HEAD_DIM,
@@ -82,6 +85,11 @@ AXIS_ROLES: dict[str, str] = {
     "norm": NORM,
     "conv_window": SPATIAL, "kernel_size": SPATIAL,
 }
+"""Logical axis names and their roles: the names of Flax's examples (lm1b, wmt),
+MaxText and NNX's transforms (``layers``, ``stage``, ``exp``, ``vocab``,
+``embed``, ``mlp``, ``heads``, ``q_heads``, ``kv_heads``, ``kv``,
+``joined_kv``, ``norm``, ...). ``activation_<x>`` takes the role of ``<x>``.
+Extend it per call with ``model_layout(..., axis_roles={"my_axis": "stack"})``."""
 
 
 def check_axis_roles(axis_roles: Any) -> dict[str, str]:
@@ -104,16 +112,15 @@ def _is_names(x: Any) -> bool:
 
 
 def _entry(x: Any) -> Any:
-  while not _is_names(x) and hasattr(x, "value"):  # an nnx Variable left whole
-    x = x.value
+  """An entry of the names tree; a Variable object left whole gives its value."""
+  if not _is_names(x) and hasattr(x, "get_value"):
+    x = x.get_value()
   return x
 
 
 def names_by_path(axis_names: Any) -> dict[str, Any]:
   """``{path: per-axis names}`` of an ``axis_names`` tree."""
-  flat = jax.tree_util.tree_flatten_with_path(
-      axis_names, is_leaf=lambda x: _is_names(x) or hasattr(x, "value")
-      and not isinstance(x, jax.Array))[0]
+  flat = jax.tree_util.tree_flatten_with_path(axis_names, is_leaf=_is_names)[0]
   out = {}
   for path, x in flat:
     x = _entry(x)
@@ -124,6 +131,19 @@ def names_by_path(axis_names: Any) -> dict[str, Any]:
           "nn.get_partition_spec / nnx.get_partition_spec return.")
     out[paths_lib.path_str(path)] = x
   return out
+
+
+def check_axis_names(axis_names: Any, what: str = "axis_names") -> None:
+  """Construction-time check: None, or a tree of PartitionSpecs / tuples of names."""
+  if axis_names is None:
+    return
+  if isinstance(axis_names, str):
+    raise TypeError(f"{what} must be None or a tree like the params of PartitionSpecs or "
+                    f"tuples of axis names, got {type(axis_names).__name__} {axis_names!r}.")
+  try:
+    names_by_path(axis_names)
+  except TypeError as e:
+    raise TypeError(f"{what}: {e}") from None
 
 
 def leaf_names(table: dict[str, Any], where: str, ndim: int) -> Optional[tuple]:
@@ -194,7 +214,10 @@ def _core(keys, shape, roles, names, num_heads, num_kv_heads) -> Core:
     return Core(k.OTHER, (), source=src, decays=False, reason="a 0-d leaf")
   last = (n - 1,)
   if n == 1:
-    return Core(k.NORM_SCALE if roles == (NORM,) else k.BIAS, last, source=src)
+    # Axis names cannot tell a bias from a scale: the leaf's name does.
+    leaf = keys[-1].lower() if keys else ""
+    scale = leaf != "bias" and (roles == (NORM,) or leaf == "scale")
+    return Core(k.NORM_SCALE if scale else k.BIAS, last, source=src)
   if roles == (HEADS, HEAD_DIM):
     return Core(k.BIAS, (0, 1), source=src)
   if roles == (VOCAB, EMBED):

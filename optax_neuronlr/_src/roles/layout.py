@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import user_warnings
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.roles import axis_names as axis_names_lib
 from optax_neuronlr._src.roles import kinds as k
@@ -156,12 +157,15 @@ def model_layout(
     batch, roles, note = shapes_lib.batch_of(keys, shape, stacks[i])
     batches[i] = (batch, roles, note)
     cores.append((keys, tuple(s for a, s in enumerate(shape) if a not in batch)))
+  # A head named by its axes (..., vocab) is the head: no other is searched for.
+  named_head = head is None and any(
+      roles[-1] == axis_names_lib.VOCAB and sum(
+          r not in axis_names_lib.BATCH_ROLES for r in roles) >= 2
+      for _, roles in named.values())
+  given = head is not None and head is not False
   head_paths, head_source, head_notes = shapes_lib.find_head(
-      [c for i, c in enumerate(cores) if i not in named], head, context)
-  if head is not None and head is not False:
-    selector = paths_lib.Selector(head, "head")
-    head_paths |= {"/".join(keys) for i, (keys, shape) in enumerate(entries)
-                   if i in named and len(shape) >= 2 and selector.selects("/".join(keys))}
+      cores if given else [c for i, c in enumerate(cores) if i not in named],
+      False if named_head else head, context)
 
   leaves = []
   for i, (keys, shape) in enumerate(entries):
@@ -179,7 +183,8 @@ def model_layout(
       continue
     batch, batch_roles, note = batches[i]
     core_shape = cores[i][1]
-    core = names_lib.classify(keys, core_shape, context, is_head, num_heads, num_kv_heads)
+    core = names_lib.classify(keys, core_shape, context, is_head, num_heads, num_kv_heads,
+                              expert=k.EXPERT in batch_roles)
     source = core.source
     if is_head:
       source = head_source
@@ -210,6 +215,37 @@ def default_neuron_axes(params: Any, *, axis_names: Any = None,
   if layout is None:
     layout = model_layout(params, axis_names=axis_names)
   return {l.path: l.neuron_axes for l in layout.leaves}
+
+
+def neuron_defaults(granularity: Any, neuron_axes: Any, axis_names: Any) -> Any:
+  """``tree -> {path: axes}``: the layout's neuron axes, the defaults of
+  ``granularity="neuron"`` (a ``ModelLayout`` as ``neuron_axes`` is read by path)."""
+  neuron = isinstance(granularity, str) and granularity == "neuron"
+  axis_names_lib.check_axis_names(axis_names)
+  if axis_names is not None and not neuron:
+    raise ValueError(f"axis_names is given but granularity={granularity!r} ignores it; "
+                     "it sets the default neuron axes of granularity='neuron'.")
+  if isinstance(neuron_axes, k.ModelLayout):
+    if not neuron:
+      raise ValueError(f"neuron_axes is given but granularity={granularity!r} ignores it; "
+                       "use granularity='neuron'.")
+    if axis_names is not None:
+      raise ValueError("axis_names and a ModelLayout as neuron_axes are both given; the "
+                       "layout already holds the names: pass one.")
+    by_path = {l.path: l.neuron_axes for l in neuron_axes.leaves}
+    return lambda tree: by_path
+  if not neuron:
+    return None
+  warner = user_warnings.OnceWarner()
+
+  def default_axes(tree):
+    layout = model_layout(tree, axis_names=axis_names)
+    guessed = [l for l in layout.leaves if l.source == "shape" and l.batch_axes]
+    warner.warn([l.path for l in guessed],
+                user_warnings.guess_message("granularity='neuron'", guessed))
+    return default_neuron_axes(tree, layout=layout)
+
+  return default_axes
 
 
 __all__ = ["MatrixView", "model_layout", "hidden_mask", "weight_decay_mask",

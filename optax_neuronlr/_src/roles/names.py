@@ -109,8 +109,11 @@ def _shape_only(keys: Sequence[str], ndim: int) -> Core:
 
 
 def classify(keys: list[str], shape: tuple[int, ...], context: Context, is_head: bool,
-             num_heads: Optional[int], num_kv_heads: Optional[int]) -> Core:
-  """The role of a leaf's core (``shape``: its axes less stack and expert axes)."""
+             num_heads: Optional[int], num_kv_heads: Optional[int],
+             expert: bool = False) -> Core:
+  """The role of a leaf's core (``shape``: its axes less stack and expert axes);
+  ``expert``: one expert's slice of a mixture of experts (an MLP, whatever its
+  module's name: ``wo`` there is no attention output)."""
   name = keys[-1].lower() if keys else ""
   module = keys[-2].lower() if len(keys) >= 2 else ""
   ndim = len(shape)
@@ -134,6 +137,8 @@ def classify(keys: list[str], shape: tuple[int, ...], context: Context, is_head:
       return Core(k.EMBEDDING, (1,))
     return Core(k.OTHER, last, decays=ndim >= 2,
                 reason=f"an 'embedding' with {ndim} dimensions (Embed's is (vocab, d))")
+  if expert and name == "kernel" and ndim == 2:
+    return Core(k.MLP, last, matrix=MatrixView((0,), (1,)), hidden=True)
   return _kernel(keys, module, shape, context, is_head, num_heads, num_kv_heads)
 
 

@@ -64,12 +64,18 @@ def stack_axes(entries: Entries) -> list[int]:
 
 def expert_axis(keys: Sequence[str], core_ndim: int) -> bool:
   """Whether the leaf's first core axis indexes experts."""
-  if not any(names_lib.words(key) & EXPERT_WORDS for key in keys[:-1]):
+  if not in_experts(keys):
     return False
-  natural = names_lib.natural_ndim(keys)
-  if natural is None:
-    natural = 2
+  name = keys[-1].lower() if keys else ""
+  # Experts are MLPs: their kernels (``wi``, ``wo`` included) are (in, out) each.
+  natural = 2 if name not in names_lib.FLAX_LEAF_NAMES or name == "kernel" else (
+      names_lib.natural_ndim(keys) or 2)
   return core_ndim > natural
+
+
+def in_experts(keys: Sequence[str]) -> bool:
+  """Whether a leaf sits under a module named like a mixture of experts."""
+  return any(names_lib.words(key) & EXPERT_WORDS for key in keys[:-1])
 
 
 def _top_level(keys: Sequence[str]) -> bool:
@@ -139,8 +145,7 @@ def batch_of(keys: list[str], shape: tuple[int, ...], stacks: int) -> tuple[
   roles = (k.STACK,) * stacks
   note = None
   if stacks:
-    note = (f"stack axis {', '.join(map(str, batch))} found by shape (shared by every leaf "
-            "of its module); axis_names= says it for sure")
+    note = "stack axis by shape (axis_names= says it for sure)"
   if expert_axis(keys, len(shape) - stacks):
     batch += (stacks,)
     roles += (k.EXPERT,)

@@ -80,6 +80,7 @@ def scale_by_hypergradient_lr(
     multiplicative: bool = False,
     granularity: Any = "global",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -114,7 +115,7 @@ def scale_by_hypergradient_lr(
   $\eta_t / \eta_{t-1}$ before the hypergradient step. A non-finite $h_t$
   (gradients near the float range's end) leaves the rate unchanged.
 
-  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
   :func:`optax_neuronlr.scale_by_rule`.
 
@@ -145,7 +146,7 @@ def scale_by_hypergradient_lr(
   rule = Hypergradient(validation.check_flag("multiplicative", multiplicative))
   return engine.scale_by_rule(
       rule, learning_rate, {"hyper_lr": hyper_lr}, min_lr=min_lr,
-      max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes,
+      max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes, axis_names=axis_names,
       state_dtype=state_dtype, direction=direction,
   )
 

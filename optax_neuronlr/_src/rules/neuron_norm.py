@@ -41,9 +41,13 @@ import numpy as np
 import optax
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import model_layout
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import user_warnings
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.roles import axis_names as axis_names_lib
+from optax_neuronlr._src.roles import kinds
+from optax_neuronlr._src.roles import layout as layout_lib
+from optax_neuronlr._src.roles import names as names_lib
 from optax_neuronlr._src.rules import adam_mini as am
 from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.units import Neurons
@@ -53,7 +57,7 @@ HEAD = "head"
 VECTOR = "vector"
 LABELS = (HIDDEN, HEAD, VECTOR)
 
-HEAD_NAMES = model_layout.HEAD_NAMES
+HEAD_NAMES = names_lib.HEAD_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,7 @@ def scale_by_neuron_norm(
     *,
     granularity: Any = "neuron",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -115,7 +120,7 @@ def scale_by_neuron_norm(
   reference does for embeddings), a 1-D leaf per element (sign descent: each
   element's $|d| / \rho = 1$).
 
-  ``granularity``, ``neuron_axes``, ``state_dtype`` and ``direction``: the
+  ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype`` and ``direction``: the
   engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
 
   Args:
@@ -134,7 +139,7 @@ def scale_by_neuron_norm(
   validation.check_range("eps", eps, low=0.0, low_open=True)
   return engine.scale_by_rule(
       NeuronNorm(), learning_rate, {"eps": eps}, granularity=granularity,
-      neuron_axes=neuron_axes, state_dtype=state_dtype, direction=direction)
+      neuron_axes=neuron_axes, axis_names=axis_names, state_dtype=state_dtype, direction=direction)
 
 
 def neuron_norm_sgd(
@@ -143,6 +148,7 @@ def neuron_norm_sgd(
     *,
     granularity: Any = "neuron",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -153,7 +159,7 @@ def neuron_norm_sgd(
   (1-D leaves per element, i.e. sign descent, at the default units); for a
   transformer use :func:`scale_sgd`, which trains vectors with AdamW.
 
-  ``granularity``, ``neuron_axes``, ``state_dtype`` and ``direction``: the
+  ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype`` and ``direction``: the
   engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
 
   Args:
@@ -172,7 +178,7 @@ def neuron_norm_sgd(
   validation.check_rate("learning_rate", learning_rate)
   return optax.chain(
       scale_by_neuron_norm(learning_rate, eps, granularity=granularity,
-                           neuron_axes=neuron_axes, state_dtype=state_dtype,
+                           neuron_axes=neuron_axes, axis_names=axis_names, state_dtype=state_dtype,
                            direction=direction),
       optax.scale(-1.0))
 
@@ -181,20 +187,29 @@ def neuron_norm_sgd(
 # SCALE for transformers: labels and units from paths and shapes.
 
 
-def _units(tree: Any) -> Any:
-  """Every leaf's output neurons (:func:`optax_neuronlr.model_layout`): both head
-  axes of a ``(d, heads, head_dim)`` query/key/value kernel, else the last axis."""
-  layout = model_layout.model_layout(tree)
-  return layout.treedef.unflatten([Neurons(l.neuron_axes) if l.neuron_axes else "tensor"
-                                   for l in layout.leaves])
+def _units(layout: kinds.ModelLayout) -> dict[str, Any]:
+  """Every leaf's output neurons by path: both head axes of a ``(d, heads,
+  head_dim)`` query/key/value kernel, else the last axis; per layer in a stack."""
+  return {l.path: Neurons(l.neuron_axes) if l.neuron_axes else "tensor"
+          for l in layout.leaves}
 
 
-def scale_sgd_labels(params: Any, *, head: Any = None) -> Any:
+def _label(role: kinds.LeafRole) -> str:
+  core_ndim = len(role.shape) - len(role.batch_axes)
+  name = role.path.split("/")[-1].lower()
+  if core_ndim <= 1 or role.kind in (kinds.BIAS, kinds.NORM_SCALE) or name in ("bias",
+                                                                                "scale"):
+    return VECTOR
+  return HEAD if role.kind == kinds.HEAD else HIDDEN
+
+
+def scale_sgd_labels(params: Any, *, head: Any = None, axis_names: Any = None) -> Any:
   """:func:`scale_sgd`'s label of each leaf: ``"hidden"``, ``"head"`` or ``"vector"``.
 
-  * ``"vector"``: leaves with at most one dimension and every leaf named
-    ``bias`` or ``scale`` (the ``(heads, head_dim)`` biases of attention
-    included): AdamW;
+  * ``"vector"``: biases, norm scales and every leaf with at most one
+    dimension besides its stack axes (the ``(heads, head_dim)`` biases of
+    attention and the ``(layers, d)`` scales of a scanned stack included):
+    AdamW;
   * ``"head"``: the output head's kernel: momentum, then normalised per
     output neuron (per token);
   * ``"hidden"``: every other leaf with two or more dimensions (attention,
@@ -206,61 +221,78 @@ def scale_sgd_labels(params: Any, *, head: Any = None) -> Any:
     head: which kernel is the output head. None (default): the head
       :func:`optax_neuronlr.model_layout` finds (the 2-D kernel of a module
       named ``lm_head``, ``head``, ``output``, ``classifier``, ... or a
-      read-out ``out`` at the top of the tree; else a ``(d, vocab)`` kernel
-      whose transpose is the shape of an ``embedding``); a path selector (a
-      regular expression matching a path or a ``/``-prefix of it); or False
-      for none.
+      read-out ``out`` at the top of the tree; else the one top-level
+      ``(d, vocab)`` kernel whose transpose is the shape of an
+      ``embedding``; none in a tied model); a path selector (a regular
+      expression matching a path or a ``/``-prefix of it); or False for none.
+    axis_names: the model's logical axis names (see
+      :func:`optax_neuronlr.model_layout`).
 
   Returns:
     A tree shaped like ``params``, of the strings above.
   """
-  layout = model_layout.model_layout(params, head=head)
-  labels = []
-  for role in layout.leaves:
-    name = role.path.split("/")[-1].lower()
-    if len(role.shape) <= 1 or name in ("bias", "scale"):
-      labels.append(VECTOR)
-    else:
-      labels.append(HEAD if role.kind == model_layout.HEAD else HIDDEN)
-  return layout.treedef.unflatten(labels)
+  layout = layout_lib.model_layout(params, head=head, axis_names=axis_names)
+  return layout.treedef.unflatten([_label(role) for role in layout.leaves])
 
 
 class _Partition:
-  """Labels and units of one :func:`scale_sgd`, cached per tree signature."""
+  """Labels and units of one :func:`scale_sgd`, cached per tree signature.
 
-  def __init__(self, head: Any):
+  The layout is read once from the full tree (``optax.partition`` calls the
+  labels on it); the units of each group's masked tree are looked up by path
+  in it, so that they do not change with what the group holds.
+  """
+
+  def __init__(self, head: Any, axis_names: Any = None):
     self.head = head
-    self._labels: dict = {}
+    self.axis_names = axis_names
+    self._cache: dict = {}
+    self._units: dict[str, Any] = {}
     self._warned = False
+    self._warner = user_warnings.OnceWarner()
 
-  def labels(self, tree: Any) -> Any:
+  def _layout(self, tree: Any) -> tuple[Any, dict[str, Any]]:
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     key = (treedef, tuple(np.shape(x) for _, x in flat))
     try:
-      return self._labels[key]
+      return self._cache[key]
     except (KeyError, TypeError):
       pass
-    labels = scale_sgd_labels(tree, head=self.head)
+    layout = layout_lib.model_layout(tree, head=self.head, axis_names=self.axis_names)
+    found = (layout.treedef.unflatten([_label(r) for r in layout.leaves]), _units(layout))
     try:
-      self._labels[key] = labels
+      self._cache[key] = found
     except TypeError:
       pass
+    return found
+
+  def labels(self, tree: Any) -> Any:
+    labels, units = self._layout(tree)
+    self._units = units
     return labels
 
-  @staticmethod
-  def units(tree: Any) -> Any:
-    return _units(tree)
+  def units(self, tree: Any) -> Any:
+    paths = paths_lib.leaf_paths(tree)
+    if not all(p in self._units for p in paths):
+      self._units = self._layout(tree)[1]
+    flat, treedef = jax.tree_util.tree_flatten(tree)
+    del flat
+    return treedef.unflatten([self._units[p] for p in paths])
 
   def report(self, params: Any) -> None:
+    layout = layout_lib.model_layout(params, head=self.head, axis_names=self.axis_names)
+    guessed = [l for l in layout.leaves if user_warnings.changed_by_guess(l)]
+    self._warner.warn([l.path for l in guessed],
+                      user_warnings.guess_message("scale_sgd", guessed))
     if self.head is not None or self._warned:
       return
     if HEAD not in jax.tree.leaves(self.labels(params)):
       self._warned = True
       warnings.warn(
           "scale_sgd found no output head (no 2-D kernel of a module named one of "
-          f"{sorted(HEAD_NAMES)}, nor a (d, vocab) kernel matching an embedding): no leaf "
-          "gets momentum. Pass head=<path regex>, or head=False to silence this.",
-          UserWarning, stacklevel=am._user_stacklevel())  # pylint: disable=protected-access
+          f"{sorted(HEAD_NAMES)}, nor one top-level (d, vocab) kernel matching an "
+          "embedding): no leaf gets momentum. Pass head=<path regex>, or head=False to "
+          "silence this.", UserWarning, stacklevel=user_warnings.user_stacklevel())
 
 
 def scale_sgd(
@@ -278,6 +310,7 @@ def scale_sgd(
     granularity: Any = None,
     state_dtype: Any = None,
     mu_dtype: Any = None,
+    axis_names: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SCALE (Glentis et al., 2025): per-neuron normalised SGD for transformers.
 
@@ -327,6 +360,10 @@ def scale_sgd(
     mu_dtype: dtype of the stored first moments (the head's momentum and
       the vectors' AdamW first moment; optax's ``mu_dtype``, the arithmetic
       in at least float32); None: as ``state_dtype``.
+    axis_names: the model's logical axis names (``nn.get_partition_spec``,
+      ``nnx.get_partition_spec``; see :func:`optax_neuronlr.model_layout`),
+      for the labels and units: a scanned stack's units are per layer either
+      way, read from the names rather than guessed.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
@@ -351,12 +388,14 @@ def scale_sgd(
     validation.check_rate("adam_learning_rate", adam_learning_rate)
   validation.check_static("head", head, example="nlr.scale_sgd")
   validation.check_static("granularity", granularity, example="nlr.scale_sgd")
+  validation.check_static("axis_names", axis_names, example="nlr.scale_sgd")
+  axis_names_lib.check_axis_names(axis_names)
   if not (head is None or head is False or isinstance(head, (str, re.Pattern))):
     raise TypeError(f"head must be None, False or a path selector (a regular expression), "
                     f"got {type(head).__name__} {head!r}.")
   if isinstance(head, str):
     paths_lib.Selector(head, "head")  # An invalid regular expression fails here.
-  partition = _Partition(head)
+  partition = _Partition(head, axis_names)
   units = partition.units if granularity is None else granularity
 
   def normalised(direction):

@@ -114,6 +114,7 @@ def scale_by_grad_magnitude_lr(
     *,
     granularity: Any = "element",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -139,7 +140,7 @@ def scale_by_grad_magnitude_lr(
   code (a test pins that direction). Over a long run every unit drifts up to
   ``max_lr``: keep ``max_lr`` modest.
 
-  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
   :func:`optax_neuronlr.scale_by_rule`.
 
@@ -155,7 +156,7 @@ def scale_by_grad_magnitude_lr(
   validation.check_range("alpha", alpha, low=0.0)
   return engine.scale_by_rule(
       GradMagnitude(), learning_rate, {"alpha": alpha}, min_lr=min_lr,
-      max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes,
+      max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes, axis_names=axis_names,
       state_dtype=state_dtype, direction=direction,
   )
 
@@ -170,6 +171,7 @@ def scale_by_grad_history_lr(
     bias_correction: bool = False,
     granularity: Any = "element",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -191,7 +193,7 @@ def scale_by_grad_history_lr(
   ``bias_correction=True`` and a ``max_lr`` suited to the model, and watch the
   clamp fractions of :func:`optax_neuronlr.rate_summary`.
 
-  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
   :func:`optax_neuronlr.scale_by_rule`.
 
@@ -211,7 +213,7 @@ def scale_by_grad_history_lr(
   rule = GradHistory(validation.check_flag("bias_correction", bias_correction))
   return engine.scale_by_rule(
       rule, learning_rate, {"beta": beta, "eps": eps}, min_lr=min_lr,
-      max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes,
+      max_lr=max_lr, granularity=granularity, neuron_axes=neuron_axes, axis_names=axis_names,
       state_dtype=state_dtype, direction=direction,
   )
 
@@ -227,6 +229,7 @@ def scale_by_sign_consistency_lr(
     bias_correction: bool = False,
     granularity: Any = "element",
     neuron_axes: Any = None,
+    axis_names: Any = None,
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -250,7 +253,7 @@ def scale_by_sign_consistency_lr(
   it oscillated. At neuron granularity $s$ is the mean sign over the fan-in.
   The reference calls ``sign_beta`` ``sign_memory``.
 
-  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``state_dtype``
+  ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
   :func:`optax_neuronlr.scale_by_rule`.
 
@@ -273,7 +276,7 @@ def scale_by_sign_consistency_lr(
   return engine.scale_by_rule(
       rule, learning_rate, {"beta": beta, "sign_beta": sign_beta, "eps": eps},
       min_lr=min_lr, max_lr=max_lr, granularity=granularity,
-      neuron_axes=neuron_axes, state_dtype=state_dtype, direction=direction,
+      neuron_axes=neuron_axes, axis_names=axis_names, state_dtype=state_dtype, direction=direction,
   )
 
 

@@ -585,3 +585,21 @@ def test_stacked_newton_schulz_in_chunks_equals_whole(monkeypatch):
   monkeypatch.setattr(ns_lib, "CPU_CHUNK_BYTES", 2 * 8 * 12 * 4)
   chunked = jax.jit(ns_lib.stacked_newton_schulz)(x)
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)  # float32 rounding
+
+
+@pytest.mark.parametrize("name", ["muon", "normuon"])
+def test_inside_optax_masked(name):
+  """optax.masked hands muon a part of the tree: with the full tree's layout the
+  head stays AdamW's; the masked-out leaves pass through unchanged."""
+  factory = {"muon": nlr.muon, "normuon": nlr.normuon}[name]
+  params = _tied_like()
+  mask = {"embed": {"embedding": False}, "fc": {"kernel": True, "bias": True},
+          "proj": {"kernel": True}}
+  tx = optax.masked(factory(0.02, layout=nlr.model_layout(params)), mask)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    state = tx.init(params)
+  updates, _ = jax.jit(tx.update)(params, state, params)
+  np.testing.assert_array_equal(updates["embed"]["embedding"], params["embed"]["embedding"])
+  labels = nlr.normuon_labels(params, layout=nlr.model_layout(params))
+  assert labels["proj"]["kernel"] == "adamw" and labels["fc"]["kernel"] == "hidden"

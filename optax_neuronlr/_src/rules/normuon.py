@@ -48,6 +48,7 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import rate_record
+from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import moments
 from optax_neuronlr._src.rules import muon as muon_lib
@@ -135,7 +136,13 @@ class NorMuon(engine.Rule):
     norm = jnp.sqrt(per_matrix_sum(mean_sq, units) * leaf.unit_size)
     norm_new = jnp.sqrt(per_matrix_sum(mean_sq / (den * den), units) * leaf.unit_size)
     scale = 1.0 if units is None else units.scale
-    return {"gain": scale * (norm / (norm_new + eps))}
+    gain = scale * (norm / (norm_new + eps))
+    spec = units_lib.explicit_spec(stats["v"])
+    if spec is not None:  # the sums are replicated; the statistic keeps v's sharding
+      gain = jax.sharding.reshard(gain, units_lib.on_mesh_of(gain, spec))
+    # count >= 1 here: the select reads the previous gain, so that a donated
+    # state's buffer is updated in place rather than dropped by jit.
+    return {"gain": jnp.where(count >= 1, gain, stats["gain"])}
 
   def rate(self, stats, hp, count):
     return hp["learning_rate"] * stats["gain"] / (jnp.sqrt(stats["v"]) + hp["eps"])

@@ -159,10 +159,21 @@ def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon"
   return out
 
 
-def shape_scale(view: MatrixView, shape: Sequence[int]) -> float:
-  r"""Muon's factor $\sqrt{\max(1, n_{out} / n_{in})}$ of one matrix of the view."""
+def shape_scale(view: MatrixView, shape: Sequence[int],
+                consistent_rms: Optional[float] = None) -> float:
+  r"""Muon's factor $\sqrt{\max(1, n_{out} / n_{in})}$ of one matrix of the view;
+  with ``consistent_rms`` $= c$, Moonlight's $c \sqrt{\max(n_{in}, n_{out})}$."""
   _, fan_in, fan_out = view.shapes(tuple(shape))
+  if consistent_rms is not None:
+    return consistent_rms * math.sqrt(max(fan_in, fan_out))
   return math.sqrt(max(1.0, fan_out / fan_in))
+
+
+def check_consistent_rms(consistent_rms: Any) -> Optional[float]:
+  """``consistent_rms``: None or a positive number (Moonlight's 0.2)."""
+  if consistent_rms is not None:
+    validation.check_range("consistent_rms", consistent_rms, low=0.0, low_open=True)
+  return consistent_rms
 
 
 def _to_matrices(x: jax.Array, view: MatrixView):
@@ -333,10 +344,12 @@ def muon_direction(
     ns_coeffs: Sequence[float] = NS_COEFFS, eps: Any = 1e-7, ns_dtype: Any = None,
     mu_dtype: Any = None, matrices: Any = None, scaled: bool = True,
     what: str = "scale_by_muon", ns_mesh: Any = None,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_muon`, with ``scaled=False`` leaving out the shape factor
-  (NorMuon applies it in its rate)."""
+  (NorMuon applies it in its rate); ``consistent_rms``: see :func:`muon`."""
   validation.check_flag("nesterov", nesterov)
+  check_consistent_rms(consistent_rms)
   check_muon_args(momentum, ns_steps, ns_coeffs, eps, ns_dtype, mu_dtype)
   validation.check_static("matrices", matrices, example="nlr.scale_by_muon")
   ns_coeffs = tuple(ns_coeffs)
@@ -369,7 +382,7 @@ def muon_direction(
     outs = []
     for g, o, view in zip(grads, os_, views):
       if scaled:
-        o = o * shape_scale(view, g.shape)
+        o = o * shape_scale(view, g.shape, consistent_rms)
       outs.append(o.astype(g.dtype))
     return treedef.unflatten(outs), ScaleByMuonState(mu=treedef.unflatten(new_mu))
 
@@ -569,6 +582,8 @@ def muon(
     hidden: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    adam_nesterov: bool = False,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon on the hidden matrices, AdamW on every other leaf.
 
@@ -611,6 +626,15 @@ def muon(
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`scale_by_muon`.
+    adam_nesterov: Nesterov momentum in AdamW (``optax.adamw(nesterov=True)``,
+      i.e. NAdamW) on the non-hidden leaves.
+    consistent_rms: None (default): Muon's shape factor
+      $\sqrt{\max(1, n_{out}/n_{in})}$; a number $c$: Moonlight's
+      "consistent RMS" factor $c\sqrt{\max(n_{in}, n_{out})}$ instead
+      (Liu et al., 2025, "Muon is Scalable for LLM Training",
+      arXiv:2502.16982; ``optax.contrib.muon``'s ``consistent_rms``), with
+      $c = 0.2$ giving updates of AdamW's RMS, so that one rate can serve
+      both parts (``adam_learning_rate=None``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
@@ -618,6 +642,8 @@ def muon(
   """
   validation.check_rate("learning_rate", learning_rate)
   check_ns_mesh(ns_mesh)
+  validation.check_flag("adam_nesterov", adam_nesterov)
+  check_consistent_rms(consistent_rms)
   validation.check_range("weight_decay", weight_decay, low=0.0)
   check_adamw_args(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)
   validation.check_flag("nesterov", nesterov)
@@ -628,12 +654,14 @@ def muon(
     return optax.chain(
         muon_direction(momentum, nesterov=nesterov, ns_steps=ns_steps,
                        ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype,
-                       mu_dtype=mu_dtype, matrices=views, ns_mesh=ns_mesh),
+                       mu_dtype=mu_dtype, matrices=views, ns_mesh=ns_mesh,
+                       consistent_rms=consistent_rms),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
   adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask)
+                      weight_decay=adam_weight_decay, mask=layout_lib.weight_decay_mask,
+                      nesterov=adam_nesterov)
   return partitioned(hidden_tx, adamw, hidden, matrices)
 

@@ -109,6 +109,7 @@ def scale_by_normuon(
     state_dtype: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon's scaling of each matrix: per-neuron normalised Muon.
 
@@ -149,6 +150,9 @@ def scale_by_normuon(
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`optax_neuronlr.scale_by_muon`.
+    consistent_rms: None: the shape factor $\sqrt{\max(1, n_{out}/n_{in})}$;
+      a number $c$: $c\sqrt{\max(n_{in}, n_{out})}$ instead (see
+      :func:`normuon`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -157,6 +161,7 @@ def scale_by_normuon(
   """
   validation.check_beta("beta2", beta2)
   validation.check_range("eps", eps, low=0.0, low_open=True)
+  muon_lib.check_consistent_rms(consistent_rms)
   direction = muon_lib.muon_direction(
       momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=ns_eps,
       ns_dtype=ns_dtype, mu_dtype=mu_dtype, matrices=matrices, scaled=False,
@@ -172,7 +177,7 @@ def scale_by_normuon(
         views(tree), tree, is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
   def scales(tree):
-    return jax.tree.map(lambda v, x: muon_lib.shape_scale(v, jnp.shape(x)),
+    return jax.tree.map(lambda v, x: muon_lib.shape_scale(v, jnp.shape(x), consistent_rms),
                         views(tree), tree,
                         is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
@@ -203,6 +208,8 @@ def normuon(
     hidden: Any = None,
     matrices: Any = None,
     ns_mesh: Any = None,
+    adam_nesterov: bool = False,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon (Li et al., 2025) on the hidden matrices, AdamW elsewhere.
 
@@ -254,6 +261,12 @@ def normuon(
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
       :func:`optax_neuronlr.scale_by_muon`.
+    adam_nesterov: Nesterov momentum in AdamW (NAdamW) on the other leaves.
+    consistent_rms: None (default): the shape factor
+      $\sqrt{\max(1, n_{out}/n_{in})}$; a number $c$ (Moonlight's 0.2):
+      $c\sqrt{\max(n_{in}, n_{out})}$ instead, so that the hidden matrices'
+      updates have about AdamW's RMS and one rate serves both parts (Liu et
+      al., 2025, arXiv:2502.16982; ``optax.contrib.muon``'s ``consistent_rms``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
@@ -273,6 +286,8 @@ def normuon(
   muon_lib.check_muon_args(momentum, ns_steps, ns_coeffs, ns_eps, ns_dtype, mu_dtype)
   validation.check_dtype("state_dtype", state_dtype)
   muon_lib.check_ns_mesh(ns_mesh)
+  validation.check_flag("adam_nesterov", adam_nesterov)
+  muon_lib.check_consistent_rms(consistent_rms)
   adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
 
   def hidden_tx(views):
@@ -280,11 +295,13 @@ def normuon(
         scale_by_normuon(learning_rate, momentum, beta2, eps,
                          nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
                          ns_eps=ns_eps, ns_dtype=ns_dtype, mu_dtype=mu_dtype,
-                         state_dtype=state_dtype, matrices=views, ns_mesh=ns_mesh),
+                         state_dtype=state_dtype, matrices=views, ns_mesh=ns_mesh,
+                         consistent_rms=consistent_rms),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
   adamw = optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                      weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask)
+                      weight_decay=adam_weight_decay, mask=model_layout.weight_decay_mask,
+                      nesterov=adam_nesterov)
   return muon_lib.partitioned(hidden_tx, adamw, hidden, matrices)
 

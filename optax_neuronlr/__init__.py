@@ -50,6 +50,12 @@ from optax_neuronlr._src.rules.muon import muon
 from optax_neuronlr._src.rules.muon import normuon_labels
 from optax_neuronlr._src.rules.muon import scale_by_muon
 from optax_neuronlr._src.rules.muon import ScaleByMuonState
+from optax_neuronlr._src.rules.nero import nero
+from optax_neuronlr._src.rules.nero import Nero
+from optax_neuronlr._src.rules.nero import project_neurons
+from optax_neuronlr._src.rules.nero import ProjectNeuronsState
+from optax_neuronlr._src.rules.nero import scale_by_nero
+from optax_neuronlr._src.rules.nero import ScaleByNeroState
 from optax_neuronlr._src.rules.neuron_norm import neuron_norm_sgd
 from optax_neuronlr._src.rules.neuron_norm import NeuronNorm
 from optax_neuronlr._src.rules.neuron_norm import scale_by_neuron_norm
@@ -72,6 +78,11 @@ from optax_neuronlr._src.rules.seed000 import ScaleByGradMagnitudeLRState
 from optax_neuronlr._src.rules.seed000 import ScaleBySignConsistencyLRState
 from optax_neuronlr._src.rules.seed000 import sign_consistency_lr
 from optax_neuronlr._src.rules.seed000 import SignConsistency
+from optax_neuronlr._src.rules.trust_ratio import lamb
+from optax_neuronlr._src.rules.trust_ratio import lars
+from optax_neuronlr._src.rules.trust_ratio import scale_by_trust_ratio
+from optax_neuronlr._src.rules.trust_ratio import ScaleByTrustRatioState
+from optax_neuronlr._src.rules.trust_ratio import TrustRatio
 from optax_neuronlr._src.layerwise import layerwise_multipliers
 from optax_neuronlr._src.model_layout import LeafRole
 from optax_neuronlr._src.model_layout import MatrixView
@@ -111,11 +122,13 @@ __all__ = (
     "MatrixView",
     "ModelLayout",
     "NeuronNorm",
+    "Nero",
     "Neurons",
     "NorMuon",
     "ScaleByNorMuonState",
     "OptimizerLayout",
     "ParamGroups",
+    "ProjectNeuronsState",
     "RateRecord",
     "RateRecorder",
     "ReduceLROnPlateauState",
@@ -126,9 +139,12 @@ __all__ = (
     "ScaleByGradMagnitudeLRState",
     "ScaleByLeafState",
     "ScaleByMuonState",
+    "ScaleByNeroState",
     "ScaleByNeuronNormState",
     "ScaleBySignConsistencyLRState",
+    "ScaleByTrustRatioState",
     "SignConsistency",
+    "TrustRatio",
     "adam_hd",
     "add_param_group",
     "adam_mini",
@@ -141,11 +157,14 @@ __all__ = (
     "grad_history_lr",
     "grad_magnitude_lr",
     "hypergradient_lr",
+    "lamb",
+    "lars",
     "layerwise_multipliers",
     "learning_rates",
     "learning_rates_by_state",
     "model_layout",
     "muon",
+    "nero",
     "neuron_norm_sgd",
     "normuon",
     "normuon_labels",
@@ -154,6 +173,7 @@ __all__ = (
     "path_labels",
     "plateau_learning_rate",
     "plot",
+    "project_neurons",
     "rate_summary",
     "rebuild_nnx_optimizer",
     "rebuild_state",
@@ -163,6 +183,7 @@ __all__ = (
     "scale_by_adam_mini",
     "scale_by_leaf",
     "scale_by_muon",
+    "scale_by_nero",
     "scale_by_normuon",
     "scale_by_reduce_lr_on_plateau",
     "scale_by_neuron_norm",
@@ -171,6 +192,7 @@ __all__ = (
     "scale_by_hypergradient_lr",
     "scale_by_grad_magnitude_lr",
     "scale_by_sign_consistency_lr",
+    "scale_by_trust_ratio",
     "scale_sgd",
     "scale_sgd_labels",
     "schedules",

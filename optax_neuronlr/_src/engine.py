@@ -64,6 +64,7 @@ from optax_neuronlr._src import rule_checks
 from optax_neuronlr._src import rule_state
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
+from optax_neuronlr._src import weight_stats
 from optax_neuronlr._src.rule_state import RuleState  # pylint: disable=unused-import
 
 Hyper = Mapping[str, jax.Array]
@@ -128,6 +129,14 @@ class Rule:
       over a unit.
     state_name: name of the rule's state class (default: the class name +
       ``"State"``).
+    weights: names of statistics of the current parameters that
+      :meth:`update` and :meth:`update_leaf` read, computed by the engine per
+      unit (``"norm"``, ``"sum_sq"``, ``"mean"``, ``"rms"``,
+      ``"centered_norm"``; see :mod:`optax_neuronlr._src.weight_stats`), as
+      ``stats["weight_<name>"]``. A rule that declares any needs ``params``
+      at ``update``. They are not kept in the state: a rate that depends on
+      the weights keeps what it needs as a statistic, so that the rates read
+      back are the applied ones.
 
   Each method gets ``hp``, a dict of this step's scalars (``learning_rate``,
   ``min_lr``, ``max_lr`` and the rule's ``hyperparams``), and ``count``, the
@@ -138,7 +147,9 @@ class Rule:
   receives this step's reduced observations of the whole leaf and a
   :class:`LeafContext` (the leaf's path, shape, units, and a static value
   per leaf that ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in
-  :meth:`rate` then holds the leaf statistics too.
+  :meth:`rate` then holds the leaf statistics too. Version 2.2 adds
+  ``weights``: per-unit statistics of the parameters (LARS/LAMB's trust
+  ratios, Nero's weight scale).
 
   The engine checks what each method returns (names, shapes, real dtypes) at
   trace time and raises an error naming the rule, the method and the
@@ -171,6 +182,7 @@ class Rule:
   element_stats: ClassVar[tuple[str, ...]] = ()
   leaf_stats: ClassVar[tuple[str, ...]] = ()
   hyperparams: ClassVar[tuple[str, ...]] = ()
+  weights: ClassVar[tuple[str, ...]] = ()
   reduce: ClassVar[str] = "mean"
   state_name: ClassVar[str] = ""
 
@@ -612,6 +624,8 @@ def scale_by_rule(
     unit_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.unit_stats}
     leaf_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.leaf_stats}
     infos = _leaf_infos(leaf_info, updates, treedef) if rule.leaf_stats else None
+    if rule.weights and params is None:
+      raise weight_stats.no_params_error(rule)
     elem_old = {n: treedef.flatten_up_to(getattr(state, n)) for n in rule.element_stats}
 
     leaves: list[LeafStep] = []
@@ -640,10 +654,13 @@ def scale_by_rule(
           path=leaf_paths[i], layout=layout, grad=g, grad_compute=gc, direction=d,
           dtype=dtype, elements=elements, observed=observed))
 
+    seen = _weights(rule, params, treedef, leaves, is_global)
+
     def new_stats(old, observed, dtype, i=None):
       where = "(all leaves: granularity='global')" if i is None else leaves[i].path
       unit_shape = () if i is None else leaves[i].layout.unit_shape
-      new = rule.update(old, observed, hp, prev_hp, count)
+      w = seen[0 if i is None else i]
+      new = _without(rule.update({**old, **w}, observed, hp, prev_hp, count), w)
       rule_checks.check_stats(rule, "update", new, rule.unit_stats, unit_shape, where,
                               kind="unit statistics")
       new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
@@ -651,7 +668,7 @@ def scale_by_rule(
         layout = leaves[i].layout
         context = LeafContext(leaves[i].path, layout.shape, layout.unit_shape,
                               layout.size, infos[i])
-        merged = {**new, **{n: v[i] for n, v in leaf_old.items()}}
+        merged = {**new, **{n: v[i] for n, v in leaf_old.items()}, **w}
         new_leaf = rule.update_leaf(merged, observed, hp, count, context)
         rule_checks.check_stats(rule, "update_leaf", new_leaf, rule.leaf_stats, (),
                                 where, kind="leaf statistics")
@@ -699,6 +716,29 @@ def scale_by_rule(
     return treedef.unflatten(outs), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _weights(rule: Rule, params: Any, treedef, leaves: list["LeafStep"],
+             is_global: bool) -> list[Stats]:
+  """The weight statistics ``rule`` declares: one dict per leaf (a single
+  one for ``granularity="global"``); empty dicts when it declares none."""
+  if not rule.weights:
+    return [{}] * max(len(leaves), 1)
+  ws = [_as_array(w) for w in treedef.flatten_up_to(params)]
+  if is_global:
+    dtype = jnp.result_type(*[leaf.dtype for leaf in leaves]) if leaves else jnp.float32
+    return [weight_stats.global_stats(
+        rule.weights, [leaf.layout for leaf in leaves], ws, dtype)]
+  return [weight_stats.leaf_stats(rule.weights, leaf.layout, w, leaf.dtype)
+          for leaf, w in zip(leaves, ws)]
+
+
+def _without(new: Any, weights: Stats) -> Any:
+  """What ``update`` returned, less the weight statistics it was given (a
+  rule may return its ``stats`` argument updated)."""
+  if not weights or not isinstance(new, Mapping):
+    return new
+  return {k: v for k, v in new.items() if k not in weights}
 
 
 def _leaf_infos(leaf_info: Any, tree: Any, treedef) -> list[Any]:

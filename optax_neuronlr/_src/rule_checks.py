@@ -9,7 +9,9 @@ the wrong way. Three kinds of checks:
   ``unit_stats``, ``element_stats``, ``leaf_stats`` and ``hyperparams`` are
   tuples of distinct identifiers (``hyperparams`` may be a dict of defaults),
   no hyperparameter takes an engine scalar's name, ``reduce`` is ``"mean"``
-  or ``"sum"``, the rule is hashable;
+  or ``"sum"``, ``weights`` names statistics the engine computes (and no
+  declared statistic is named like one, ``weight_<name>``), the rule is
+  hashable;
 * the hyperparameter values, when the transform is built
   (:func:`check_hyperparams`): real scalars, as the package's own (no
   strings, bools, None, lists, complex numbers or NaN), then the rule's own
@@ -31,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.weight_stats import PREFIX as WEIGHT_PREFIX
+from optax_neuronlr._src.weight_stats import WEIGHT_STATS
 
 ENGINE_SCALARS = ("learning_rate", "min_lr", "max_lr")
 REDUCTIONS = ("mean", "sum")
@@ -95,6 +99,19 @@ def check_declaration(rule: Any) -> None:
   if rule.reduce not in REDUCTIONS:
     raise ValueError(
         f"{rule.name}.reduce must be one of {REDUCTIONS}, got {rule.reduce!r}.")
+  weights = _names(rule, "weights")
+  for name in weights:
+    if name not in WEIGHT_STATS:
+      raise ValueError(
+          f"{rule.name}.weights names {name!r}, which the engine does not compute; "
+          f"choose among {WEIGHT_STATS}.")
+    if weights.count(name) > 1:
+      raise TypeError(f"{rule.name}.weights names {name!r} twice.")
+  clash = [n for n in every if n.startswith(WEIGHT_PREFIX)]
+  if clash:
+    raise TypeError(
+        f"{rule.name}: the statistic {clash[0]!r} takes the prefix {WEIGHT_PREFIX!r}, "
+        "which is kept for the weight statistics the engine passes in; rename it.")
   if stats["leaf_stats"] and not stats["unit_stats"]:
     raise TypeError(f"{rule.name}: leaf_stats need at least one unit statistic.")
   try:

@@ -20,6 +20,11 @@ The rows ``muon`` and ``normuon`` run ``nlr.muon`` against ``torch.optim.Muon``
 and ``nlr.normuon`` against the NorMuon reference's ``normuon_update`` (restated
 in :mod:`optax_neuronlr.parity.normuon`), on plain matrices and on an NNX
 transformer block with 3-D attention kernels, in float64 only.
+
+The rows ``nero``, ``nero-unconstrained``, ``lars-tensor``,
+``lars-tensor-default`` and ``lamb-tensor`` run the rules that see the
+weights against pytorch-optimizer's ``Nero`` and optax's ``lars`` / ``lamb``
+(:mod:`optax_neuronlr.parity.relative`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import jax
 import torch
 
 from optax_neuronlr.parity import param_group_changes
+from optax_neuronlr.parity import relative
 from optax_neuronlr.parity import seed004
 from optax_neuronlr.parity.harness import Result
 from optax_neuronlr.parity.cases import CASES
@@ -41,7 +47,7 @@ from optax_neuronlr.parity.harness import DTYPES, exit_status, format_table, run
 DEFAULT_STEPS = 50
 ADAM_MINI = "adam-mini"
 MUON_ROWS = ("muon", "normuon")
-NAMES = (*CASES, *param_group_changes.NAMES, ADAM_MINI, *MUON_ROWS)
+NAMES = (*CASES, *param_group_changes.NAMES, ADAM_MINI, *MUON_ROWS, *relative.NAMES)
 
 
 def _positive_int(text: str) -> int:
@@ -75,6 +81,8 @@ def _run(name: str, steps: int, dtypes: Sequence[str]) -> Result:
   if name in MUON_ROWS:
     from optax_neuronlr.parity import normuon  # pylint: disable=g-import-not-at-top
     return normuon.run_case(name, steps, dtypes)
+  if name in relative.CASES:
+    return run_case(relative.CASES[name], steps, dtypes)
   if name in param_group_changes.ROWS:
     return param_group_changes.run_case(name, steps, dtypes)
   return run_case(CASES[name], steps, dtypes)

@@ -22,7 +22,7 @@ from .settings import (EVALS, EXTEND, GRID_POINTS, LONG_METHODS, LONG_SEEDS, QUI
                        QUICK_GRID_POINTS, QUICK_RESULTS, QUICK_SEEDS, REFINE, RESULTS, SEEDS,
                        USER_RESULTS, WIDTH_METHODS, WIDTHS)
 from .tasks import TASKS
-from .width import run_width
+from .width import merge_width, run_width
 
 DESCRIPTION = ("Does it help? Every method against the scheduled NAdamW, tuned like "
                "practitioners tune.")
@@ -102,6 +102,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       f"{' '.join(map(str, WIDTHS))}, multiples of 8) instead of the tasks, for "
                       f"{', '.join(WIDTH_METHODS)} (--methods selects among every built-in) "
                       "and the --method-from methods; writes width.json/.csv/.md/.png")
+  p.add_argument("--without-target", action="store_true",
+                 help="do not add NAdamW (the target) to a task whose --out lacks it: for a "
+                      "part of the study run in its own process and --merge'd later")
   p.add_argument("--merge", type=pathlib.Path, default=None, metavar="DIR",
                  help="merge the study in DIR (e.g. a task run in another process with its "
                       "own --out) into --out's, then rewrite --out's files")
@@ -139,7 +142,7 @@ def budget_of(args: argparse.Namespace) -> Budget:
                 refine=REFINE, seeds=args.seeds or (QUICK_SEEDS if args.quick else SEEDS),
                 evals=QUICK_EVALS if args.quick else EVALS,
                 timing=not args.quick, quick=args.quick, jobs=args.jobs,
-                extend=0 if args.quick else EXTEND)
+                extend=0 if args.quick else EXTEND, add_target=not args.without_target)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -155,7 +158,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     write_outputs(read_study(args.out), args.out)
     return
   if args.merge is not None:
-    write_outputs(merge_study(read_study(args.out), read_study(args.merge)), args.out)
+    if (args.merge / "convergence.json").exists():
+      other = read_study(args.merge)
+      base = (read_study(args.out) if (args.out / "convergence.json").exists()
+              else {"version": other.get("version"), "tasks": {}, "config": {}})
+      write_outputs(merge_study(base, other), args.out)
+    merge_width(args.out, args.merge)
     log(f"merged {args.merge} into {args.out}")
     return
   if args.quick:

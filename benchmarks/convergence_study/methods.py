@@ -182,8 +182,10 @@ def relative_methods() -> list[Method]:
              f"nlr.nero at its default rate {NERO_DEFAULT:g}, untuned", requires=("nero",),
              fixed=NERO_DEFAULT),
       *[Method(f"lamb[{g}]", RELATIVE,
-               lambda r, g=g: nlr.lamb(r.lr, weight_decay=WEIGHT_DECAY, granularity=g),
-               "adam", f"nlr.lamb(granularity={g!r}), weight_decay={WEIGHT_DECAY:g}",
+               lambda r, g=g: nlr.lamb(r.lr, weight_decay=WEIGHT_DECAY, mask=_decay_mask,
+                                       granularity=g),
+               "adam", f"nlr.lamb(granularity={g!r}), weight_decay={WEIGHT_DECAY:g} (kernels "
+                       "and embeddings)",
                requires=("lamb",)) for g in ("neuron", "tensor")],
   ]
 

@@ -87,6 +87,7 @@ class Budget:
   quick: bool
   jobs: int = 2  # threads compiling ahead
   extend: int = 2  # extensions of a grid whose best rate sits on its edge
+  add_target: bool = True  # run NAdamW on a task whose --out lacks it
 
   def json(self, seeds: Optional[int] = None) -> dict[str, Any]:
     """The budget as stored in the JSON (``seeds``: a task's own seed count)."""

@@ -48,10 +48,12 @@ def task_methods(task: Task, selected: Sequence[Method]) -> list[Method]:
   return [m for m in selected if task.only is None or m.key in task.only or m.family == USER]
 
 
-def reference_first(chosen: Sequence[Method], kept: dict[str, Any]) -> list[Method]:
-  """The methods to run, the target (NAdamW) first, added unless chosen or kept."""
+def reference_first(chosen: Sequence[Method], kept: dict[str, Any],
+                    add: bool = True) -> list[Method]:
+  """The methods to run, the target (NAdamW) first, added (with ``add``) unless chosen
+  or kept."""
   chosen = list(chosen)
-  if not any(m.key == REFERENCE for m in chosen) and REFERENCE not in kept:
+  if add and not any(m.key == REFERENCE for m in chosen) and REFERENCE not in kept:
     chosen = [next(m for m in builtin_methods() if m.key == REFERENCE)] + chosen
   return sorted(chosen, key=lambda m: m.key != REFERENCE)  # the target first, else in order
 
@@ -126,7 +128,7 @@ def run_task(task: Task, selected: Sequence[Method], budget: Budget,
   if existing is not None and not compatible:
     log(f"{task.name}: replacing the stored results (other steps or evaluations)")
   kept = dict(existing["methods"]) if compatible else {}
-  chosen = reference_first(task_methods(task, selected), kept)
+  chosen = reference_first(task_methods(task, selected), kept, budget.add_target)
   start = time.perf_counter()
   prepared, results, errors = run_methods(task, problem, chosen, budget, seeds, kept, log)
   time_methods(problem, prepared, results)

@@ -44,7 +44,8 @@ CSV_COLUMNS = ("task", "steps", "method", "schedule", "rate", "mean", "std", "se
 # batch and data fixed), each method tuned per width on the same grid.
 WIDTHS = (32, 64, 128, 256)
 WIDTH_HEAD_DIM = 8
-WIDTH_STEPS = 200
+WIDTH_STEPS = 120
+WIDTH_BATCH = 8  # sequences of 32 characters per step (the study's char_lm: 16)
 WIDTH_SEEDS = 1  # the grid's own seed: one run per rate and width
 WIDTH_METHODS = ("nadamw", "adamw", "muon", "normuon", "adam_mini", "scale_sgd",
                  "grad_history_lr[neuron] x muon", "nero", "lamb[neuron]")

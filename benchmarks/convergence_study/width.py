@@ -2,7 +2,8 @@
 
 muP's question, asked of every method: the ``char_lm`` transformer at widths
 ``d`` (``--widths``; heads ``d / 8``, MLP ``4d``; depth, steps, batch and data
-fixed), each method's peak rate tuned per width on the same grid (seed 0 and
+fixed: 2 layers, ``WIDTH_STEPS`` steps of ``WIDTH_BATCH`` x 32 characters, to fit 2
+CPU cores up to d = 256), each method's peak rate tuned per width on the same grid (seed 0 and
 ``WIDTH_SEEDS - 1`` more seeds, the rate picked on the validation split, losses
 reported on the test split). Reported per method: the best rate at each width,
 its drift in decades per doubling of the width (the least-squares slope of
@@ -33,7 +34,8 @@ import numpy as np
 from .methods import Method
 from .protocol import Budget, rate_grid
 from .records import clean
-from .settings import (GRID_POINTS, WIDTH_COLUMNS, WIDTH_HEAD_DIM, WIDTH_SEEDS, WIDTH_STEPS)
+from .settings import (WIDTH_BATCH, WIDTH_COLUMNS, WIDTH_HEAD_DIM, WIDTH_SEEDS,
+                       WIDTH_STEPS)
 from .tasks import Problem, char_lm_problem, load_example
 from .training import execute
 from .tuning import prepare
@@ -46,8 +48,9 @@ def width_problem(width: int, quick: bool) -> Problem:
   """The char_lm task at width ``width`` (heads ``width / WIDTH_HEAD_DIM``)."""
   if width < WIDTH_HEAD_DIM or width % WIDTH_HEAD_DIM:
     raise ValueError(f"--widths: {width} is not a positive multiple of {WIDTH_HEAD_DIM}")
+  sizes = {"d_model": width, "heads": width // WIDTH_HEAD_DIM}
   return char_lm_problem(load_example("char_lm"), quick,
-                         {"d_model": width, "heads": width // WIDTH_HEAD_DIM},
+                         sizes if quick else {**sizes, "batch": WIDTH_BATCH},
                          steps=20 if quick else WIDTH_STEPS)
 
 
@@ -203,15 +206,31 @@ def run_width(out: pathlib.Path, widths: Sequence[int], chosen: Sequence[Method]
   steps = 20 if budget.quick else WIDTH_STEPS
   sweep = load_width(out, steps, budget.quick, log)
   tuned = [m for m in chosen if m.fixed is None]
-  for width in widths:
+  sweep.update(grid_points=budget.grid_points, seeds=seeds, steps=steps,
+               commands=sweep.get("commands", []) + [command])
+  for width in widths:  # written after each width: a long sweep keeps what it finished
     start = time.perf_counter()
     entry = sweep_width(width, tuned, budget, seeds, log)
     old = sweep["widths"].get(str(width), {}).get("methods", {})
     entry["methods"] = {**old, **entry["methods"]}
     entry["seconds"] = time.perf_counter() - start
     sweep["widths"][str(width)] = entry
-  sweep.update(grid_points=budget.grid_points, seeds=seeds, steps=steps,
-               commands=sweep.get("commands", []) + [command],
-               grid=GRID_POINTS)
-  write_width(sweep, out)
+    write_width(sweep, out)
   return sweep
+
+
+def merge_width(out: pathlib.Path, other: pathlib.Path) -> bool:
+  """Merges ``other``'s width sweep (same steps and mode) into ``out``'s and rewrites
+  ``out``'s files; False if ``other`` has none."""
+  path = other / "width.json"
+  if not path.exists():
+    return False
+  new = json.loads(path.read_text())
+  base = load_width(out, new["steps"], new["quick"], lambda text: None)
+  for w, entry in new["widths"].items():
+    old = base["widths"].get(w, {}).get("methods", {})
+    base["widths"][w] = {**entry, "methods": {**old, **entry["methods"]}}
+  base.update(grid_points=new["grid_points"], seeds=new["seeds"],
+              commands=base.get("commands", []) + new.get("commands", []))
+  write_width(base, out)
+  return True

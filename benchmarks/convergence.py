@@ -119,8 +119,8 @@ Run from the repository root::
     python benchmarks/convergence.py --tasks '^char_lm$'         # one task at a time, merged
     python benchmarks/convergence.py --tasks '^char_lm_x3$'
     python benchmarks/convergence.py --widths 32 64 128 256     # the width sweep
-    python benchmarks/convergence.py --tasks '^char_lm$' --methods nero --without-target \
-        --out /tmp/part && python benchmarks/convergence.py --merge /tmp/part
+    python benchmarks/convergence.py --tasks '^char_lm$' --methods nero --without-target --out /tmp/part
+    python benchmarks/convergence.py --merge /tmp/part   # into benchmarks/results/
     python benchmarks/convergence.py --replot           # rewrite tables, CSV, figures
 
 ``--quick`` runs 2 grid rates, the 2 refinement rates and 2 seeds for 20 steps
@@ -130,6 +130,7 @@ dedicated timing; its numbers only show that everything runs.
 The code is the package ``benchmarks/convergence_study/``, one job per module
 (its ``__init__`` lists them; the constants are in its ``settings``); this file
 is only the command line's entry point.
+"""
 
 from __future__ import annotations
 

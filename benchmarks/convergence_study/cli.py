@@ -14,7 +14,7 @@ from typing import Optional
 import jax
 
 from .methods import Method, builtin_methods, load_user_method
-from .outputs import load_study, merge_study, read_study, write_outputs
+from .outputs import load_study, merge_study, read_study, write_json, write_outputs
 from .protocol import Budget
 from .retime import retime
 from .run import Log, run_study, select
@@ -182,6 +182,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   chosen = [m for m in builtins if args.methods is None or re.search(args.methods, m.key)]
   chosen += user
   study = run_study(load_study(args.out, args.quick, log), select(TASKS, args.tasks), chosen,
-                    budget, command, log)
+                    budget, command, log, lambda partial: write_json(partial, args.out))
   write_outputs(study, args.out)
   log(f"\n{(time.perf_counter() - start) / 60:.1f} min; written to {args.out}")

@@ -37,6 +37,12 @@ def write_outputs(study: dict[str, Any], out: pathlib.Path) -> None:
       plot_rates(name, task, out / f"rates_{name}.png")
 
 
+def write_json(study: dict[str, Any], out: pathlib.Path) -> None:
+  """``convergence.json`` alone (a checkpoint during a run; ``--replot`` writes the rest)."""
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "convergence.json").write_text(json.dumps(clean(study), separators=(",", ":")))
+
+
 def load_study(out: pathlib.Path, quick: bool,
                log: Callable[[str], None]) -> dict[str, Any]:
   """``out``'s study to merge into: empty if there is none, if it has another format

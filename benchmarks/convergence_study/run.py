@@ -59,11 +59,13 @@ def reference_first(chosen: Sequence[Method], kept: dict[str, Any],
 
 
 def run_methods(task: Task, problem: Problem, chosen: Sequence[Method], budget: Budget,
-                seeds: int, kept: dict[str, Any], log: Log
+                seeds: int, kept: dict[str, Any], log: Log,
+                on_result: Optional[Callable[[list[MethodResult], dict[str, str]], None]] = None,
                 ) -> tuple[list[Prepared], list[MethodResult], dict[str, str]]:
   """Compiles the methods ahead in ``budget.jobs`` worker threads (XLA's compilation is
   single-threaded) and runs them in order in the main thread. Returns their programs,
-  results and build or tuning errors (whose stale results are dropped from ``kept``)."""
+  results and build or tuning errors (whose stale results are dropped from ``kept``);
+  ``on_result(results, errors)`` after each method (a checkpoint)."""
   results, prepared, errors = [], [], {}
   with concurrent.futures.ThreadPoolExecutor(budget.jobs) as pool:
     futures = [pool.submit(prepare, problem, m, program_sizes(m, budget, seeds),
@@ -83,6 +85,8 @@ def run_methods(task: Task, problem: Problem, chosen: Sequence[Method], budget: 
       log(f"{task.name:10s} {method.key:36s} rate {r.rate:<8.3g} ratio {r.ratio:<4g} "
           f"val {np.mean(r.seeds.final_loss):<8.4g} test {np.mean(r.seeds.final_test):<8.4g}"
           f" tuning failed {int(r.tuning[2].sum())}  {time.perf_counter() - t0:.0f} s")
+      if on_result is not None:
+        on_result(results, errors)
   return prepared, results, errors
 
 
@@ -106,14 +110,16 @@ def in_table_order(methods: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_task(task: Task, selected: Sequence[Method], budget: Budget,
-             existing: Optional[dict[str, Any]], command: str, log: Log) -> dict[str, Any]:
+             existing: Optional[dict[str, Any]], command: str, log: Log,
+             checkpoint: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
   """The selected methods on one task, merged into ``existing`` (the task's entry in
   ``--out``'s JSON) when its steps and evaluations match; the task's JSON entry.
 
   NAdamW (the target) runs first; it is added when neither selected nor in
   ``existing``. ``budget.jobs`` worker threads
   compile the methods' programs ahead (XLA's compilation is single-threaded); the
-  main thread runs them in order, then times every method's step alone.
+  main thread runs them in order, then times every method's step alone;
+  ``checkpoint(entry)`` gets the task's entry so far after each method.
   """
   try:
     problem = build_problem(task, budget.quick, budget.evals)
@@ -130,10 +136,22 @@ def run_task(task: Task, selected: Sequence[Method], budget: Budget,
   kept = dict(existing["methods"]) if compatible else {}
   chosen = reference_first(task_methods(task, selected), kept, budget.add_target)
   start = time.perf_counter()
-  prepared, results, errors = run_methods(task, problem, chosen, budget, seeds, kept, log)
+  entry = lambda results, errors: task_entry(task, problem, budget, seeds, existing, compatible,
+                                             kept, results, errors, command,
+                                             time.perf_counter() - start)
+  on_result = None if checkpoint is None else lambda rs, es: checkpoint(entry(rs, es))
+  prepared, results, errors = run_methods(task, problem, chosen, budget, seeds, kept, log,
+                                          on_result)
   time_methods(problem, prepared, results)
-  seconds = time.perf_counter() - start
-  log(f"{task.name}: {seconds:.0f} s")
+  log(f"{task.name}: {time.perf_counter() - start:.0f} s")
+  return entry(results, errors)
+
+
+def task_entry(task: Task, problem: Problem, budget: Budget, seeds: int,
+               existing: Optional[dict[str, Any]], compatible: bool, kept: dict[str, Any],
+               results: Sequence[MethodResult], errors: dict[str, str], command: str,
+               seconds: float) -> dict[str, Any]:
+  """A task's JSON entry: the ``results`` run now, merged with the ``kept`` ones."""
   new = {r.method.key: method_json(r) for r in results}
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(problem.init,
                                                                 jax.random.key(0))))
@@ -178,16 +196,24 @@ def study_config(study: dict[str, Any], chosen: Sequence[Method], unavailable: d
 
 
 def run_study(study: dict[str, Any], tasks: Sequence[Task], chosen: Sequence[Method],
-              budget: Budget, command: str, log: Log) -> dict[str, Any]:
+              budget: Budget, command: str, log: Log,
+              checkpoint: Optional[Callable[[dict[str, Any]], None]] = None
+              ) -> dict[str, Any]:
   """``study`` (``--out``'s, :func:`outputs.load_study`) with the chosen methods run on
   ``tasks`` (those whose ``nlr`` names are missing listed, not run), its tasks in
-  ``TASKS``' order and its configuration merged."""
+  ``TASKS``' order and its configuration merged; ``checkpoint(study)`` after each
+  method."""
   unavailable = {m.key: f"needs nlr.{', nlr.'.join(m.missing())}"
                  for m in chosen if not m.available()}
+  def save(name: str, entry: dict[str, Any]) -> None:
+    if checkpoint is not None:
+      checkpoint({**study, "tasks": {**study["tasks"], name: entry}, "version": VERSION,
+                  "config": study_config(study, chosen, unavailable, budget, command)})
+
   for task in tasks:
     study["tasks"][task.name] = run_task(
         task, [m for m in chosen if m.available()], budget, study["tasks"].get(task.name),
-        command, log)
+        command, log, lambda entry, name=task.name: save(name, entry))
   order = [t.name for t in TASKS]
   study["tasks"] = dict(sorted(study["tasks"].items(),
                                key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))

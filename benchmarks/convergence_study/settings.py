@@ -44,11 +44,12 @@ CSV_COLUMNS = ("task", "steps", "method", "schedule", "rate", "mean", "std", "se
 # batch and data fixed), each method tuned per width on the same grid.
 WIDTHS = (32, 64, 128, 256)
 WIDTH_HEAD_DIM = 8
-WIDTH_STEPS = 120
-WIDTH_BATCH = 8  # sequences of 32 characters per step (the study's char_lm: 16)
+WIDTH_STEPS = 100
+WIDTH_BATCH = 4  # sequences of 32 characters per step (the study's char_lm: 16)
+WIDTH_LAYERS = 1  # (the study's char_lm: 2); sized so that d = 256 fits 2 shared CPU cores
 WIDTH_SEEDS = 1  # the grid's own seed: one run per rate and width
-WIDTH_METHODS = ("nadamw", "adamw", "muon", "normuon", "adam_mini", "scale_sgd",
-                 "grad_history_lr[neuron] x muon", "nero", "lamb[neuron]")
+WIDTH_METHODS = ("nadamw", "muon", "normuon", "adam_mini", "scale_sgd", "adamw", "nero",
+                 "lamb[neuron]", "grad_history_lr[neuron] x muon")  # in the order run
 WIDTH_COLUMNS = ("task", "width", "method", "best_rate", "best_loss", "loss_at_small_rate",
                  "drift_decades")
 

@@ -2,8 +2,8 @@
 
 muP's question, asked of every method: the ``char_lm`` transformer at widths
 ``d`` (``--widths``; heads ``d / 8``, MLP ``4d``; depth, steps, batch and data
-fixed: 2 layers, ``WIDTH_STEPS`` steps of ``WIDTH_BATCH`` x 32 characters, to fit 2
-CPU cores up to d = 256), each method's peak rate tuned per width on the same grid (seed 0 and
+fixed: ``WIDTH_LAYERS`` layer, ``WIDTH_STEPS`` steps of ``WIDTH_BATCH`` x 32
+characters, to fit 2 shared CPU cores up to d = 256), each method's peak rate tuned per width on the same grid (seed 0 and
 ``WIDTH_SEEDS - 1`` more seeds, the rate picked on the validation split, losses
 reported on the test split). Reported per method: the best rate at each width,
 its drift in decades per doubling of the width (the least-squares slope of
@@ -19,7 +19,6 @@ kept.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import json
 import math
@@ -34,8 +33,8 @@ import numpy as np
 from .methods import Method
 from .protocol import Budget, rate_grid
 from .records import clean
-from .settings import (WIDTH_BATCH, WIDTH_COLUMNS, WIDTH_HEAD_DIM, WIDTH_SEEDS,
-                       WIDTH_STEPS)
+from .settings import (WIDTH_BATCH, WIDTH_COLUMNS, WIDTH_HEAD_DIM, WIDTH_LAYERS,
+                       WIDTH_SEEDS, WIDTH_STEPS)
 from .tasks import Problem, char_lm_problem, load_example
 from .training import execute
 from .tuning import prepare
@@ -50,40 +49,37 @@ def width_problem(width: int, quick: bool) -> Problem:
     raise ValueError(f"--widths: {width} is not a positive multiple of {WIDTH_HEAD_DIM}")
   sizes = {"d_model": width, "heads": width // WIDTH_HEAD_DIM}
   return char_lm_problem(load_example("char_lm"), quick,
-                         sizes if quick else {**sizes, "batch": WIDTH_BATCH},
+                         sizes if quick else {**sizes, "batch": WIDTH_BATCH,
+                                              "layers": WIDTH_LAYERS},
                          steps=20 if quick else WIDTH_STEPS)
 
 
-def sweep_width(width: int, chosen: Sequence[Method], budget: Budget, seeds: int,
-                log: Log) -> dict[str, Any]:
-  """Every method's grid at one width: ``{key: {"rates", "val", "test", "failed"}}``
-  (``val`` / ``test``: final losses, one row per seed)."""
+def sweep_method(method: Method, width: int, budget: Budget, seeds: int,
+                 log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+  """One method's grid at one width: its entry ``{"rates", "val", "test", "failed"}``
+  (``val`` / ``test``: final losses, one row per seed; or ``{"error"}``) and the
+  width's description."""
+  t0 = time.perf_counter()
   problem = width_problem(width, budget.quick)
-  out: dict[str, Any] = {}
-  with concurrent.futures.ThreadPoolExecutor(budget.jobs) as pool:
-    futures = [pool.submit(prepare, problem, m, [budget.grid_points], False, budget.evals)
-               for m in chosen]
-    for method, future in zip(chosen, futures):
-      t0 = time.perf_counter()
-      rates = rate_grid(method.rates, budget.grid_points)
-      try:
-        compiled = future.result().compiled[budget.grid_points]
-        runs = [execute(compiled, problem, rates, [1.0] * len(rates), [seed] * len(rates),
-                        budget.evals) for seed in range(seeds)]
-      except Exception as e:  # pylint: disable=broad-except  (report it, go on)
-        out[method.key] = {"error": f"{type(e).__name__}: {e}"}
-        log(f"width {width:4d} {method.key:36s} failed: {out[method.key]['error']}")
-        continue
-      out[method.key] = {"rates": rates, "val": [r.final_loss for r in runs],
-                         "test": [r.final_test for r in runs],
-                         "failed": [r.failed for r in runs],
-                         "seconds": sum(r.seconds for r in runs)}
-      best = best_index(out[method.key])
-      log(f"width {width:4d} {method.key:36s} best rate "
-          f"{'-' if best is None else rates[best]:<8} {time.perf_counter() - t0:.0f} s")
   shapes = jax.eval_shape(problem.init, jax.random.key(0))
-  return {"parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)),
-          "description": problem.description, "methods": out}
+  about = {"parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)),
+           "description": problem.description}
+  rates = rate_grid(method.rates, budget.grid_points)
+  try:
+    compiled = prepare(problem, method, [budget.grid_points], False,
+                       budget.evals).compiled[budget.grid_points]
+    runs = [execute(compiled, problem, rates, [1.0] * len(rates), [seed] * len(rates),
+                    budget.evals) for seed in range(seeds)]
+  except Exception as e:  # pylint: disable=broad-except  (report it, go on)
+    log(f"width {width:4d} {method.key:36s} failed: {type(e).__name__}: {e}")
+    return {"error": f"{type(e).__name__}: {e}"}, about
+  entry = {"rates": rates, "val": [r.final_loss for r in runs],
+           "test": [r.final_test for r in runs], "failed": [r.failed for r in runs],
+           "seconds": time.perf_counter() - t0}
+  best = best_index(entry)
+  log(f"width {width:4d} {method.key:36s} best rate "
+      f"{'-' if best is None else rates[best]:<8} {time.perf_counter() - t0:.0f} s")
+  return entry, about
 
 
 def mean_losses(entry: dict[str, Any], split: str) -> np.ndarray:
@@ -176,7 +172,8 @@ def width_markdown(sweep: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
   return "\n".join([
       "# Width sweep: one rate for every width?", "",
       f"The `char_lm` transformer at widths d = {', '.join(map(str, widths))} (heads d/8, "
-      f"MLP 4d; 2 layers, {sweep['steps']} steps, batch and data fixed); each method's "
+      f"MLP 4d; {WIDTH_LAYERS} layer, {sweep['steps']} steps of {WIDTH_BATCH} x 32 characters, data "
+      f"fixed); each method's "
       f"peak rate tuned per width on the same {sweep['grid_points']}-rate grid, "
       f"{sweep['seeds']} seed(s), picked on the validation split; test loss reported. "
       "`*`: the best rate sits on the grid's edge. Drift: least-squares slope of "
@@ -208,14 +205,15 @@ def run_width(out: pathlib.Path, widths: Sequence[int], chosen: Sequence[Method]
   tuned = [m for m in chosen if m.fixed is None]
   sweep.update(grid_points=budget.grid_points, seeds=seeds, steps=steps,
                commands=sweep.get("commands", []) + [command])
-  for width in widths:  # written after each width: a long sweep keeps what it finished
-    start = time.perf_counter()
-    entry = sweep_width(width, tuned, budget, seeds, log)
-    old = sweep["widths"].get(str(width), {}).get("methods", {})
-    entry["methods"] = {**old, **entry["methods"]}
-    entry["seconds"] = time.perf_counter() - start
-    sweep["widths"][str(width)] = entry
-    write_width(sweep, out)
+  # One method at every width, then the next: a sweep cut short keeps whole methods;
+  # written after each width.
+  for method in tuned:
+    for width in widths:
+      entry, about = sweep_method(method, width, budget, seeds, log)
+      slot = sweep["widths"].setdefault(str(width), {"methods": {}})
+      slot.update(about)
+      slot["methods"][method.key] = entry
+      write_width(sweep, out)
   return sweep
 
 

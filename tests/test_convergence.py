@@ -202,7 +202,8 @@ def test_welch_against_a_restated_formula():
 
 def test_holm():
   assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
-  assert stats.holm([0.9, 0.8]) == pytest.approx([0.9, 0.9])
+  assert stats.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+  assert stats.holm([0.8, 0.02]) == pytest.approx([0.8, 0.04])
   assert stats.holm([]) == []
 
 
@@ -213,16 +214,18 @@ def test_verdicts_are_holm_corrected():
   seeds = lambda values: [{"failed": False, "final": {"test_loss": float(v)},
                            "val_curve": {"loss": [3.0, float(v)]}} for v in values]
   method = lambda values: {"seeds": seeds(values), "summary": {
-      "state_bytes_per_param": 8.0, "ms_per_step": 1.0}}
+      "state_bytes_per_param": 8.0, "ms_per_step": 1.0, "test_loss_mean": float(np.mean(values))}}
   base = 2.0 + 0.01 * rng.standard_normal(7)
+  small = base.mean() + 0.017 + 0.01 * rng.standard_normal(7)  # Welch's p = 0.034
   task = {"eval_steps": [0, 100], "methods": {
-      "nadamw": method(base), "big": method(base - 0.2), "small": method(base + 0.0125),
+      "nadamw": method(base), "big": method(base - 0.2), "small": method(small),
       "same": method(base + 1e-4 * rng.standard_normal(7))}}
   stats.finalise_task(task)
   s = {k: m["summary"] for k, m in task["methods"].items()}
   assert s["nadamw"]["verdict"] == "target" and s["big"]["verdict"] == "win"
   assert s["same"]["verdict"] == "tie"
-  assert s["small"]["p_value"] < 0.05 or s["small"]["verdict"] == "tie"
+  assert s["small"]["p_value"] < 0.05 < s["small"]["p_holm"]  # significant alone, not after Holm
+  assert s["small"]["verdict"] == "tie"
   for k in ("big", "small", "same"):
     assert s[k]["p_holm"] >= s[k]["p_value"]
     assert (s[k]["verdict"] != "tie") == (s[k]["p_holm"] < settings.ALPHA)
@@ -232,7 +235,7 @@ def test_steps_to_target_interpolates_to_one_percent():
   m = {"seeds": [{"val_curve": {"loss": [4.0, 3.0, 2.0, 1.0]}}]}
   steps = [0, 100, 200, 300]
   assert stats.steps_to(m, steps, 2.5) == 150
-  assert stats.steps_to(m, steps, 2.97) == 103  # 100 + 3 (1% of 300 = 3 steps)
+  assert stats.steps_to(m, steps, 2.97) == 105  # 103, rounded up to 1% of 300 (3 steps)
   assert stats.steps_to(m, steps, 0.5) is None
   assert stats.steps_to(m, steps, 1.0) == 300
 

@@ -102,6 +102,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       f"{' '.join(map(str, WIDTHS))}, multiples of 8) instead of the tasks, for "
                       f"{', '.join(WIDTH_METHODS)} (--methods selects among every built-in) "
                       "and the --method-from methods; writes width.json/.csv/.md/.png")
+  p.add_argument("--fast-compile", action="store_true",
+                 help="compile without XLA's optimisations (as --quick does): faster "
+                      "compilation, slower steps; the same model and optimizer (float "
+                      "rounding may differ)")
   p.add_argument("--without-target", action="store_true",
                  help="do not add NAdamW (the target) to a task whose --out lacks it: for a "
                       "part of the study run in its own process and --merge'd later")
@@ -166,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     merge_width(args.out, args.merge)
     log(f"merged {args.merge} into {args.out}")
     return
-  if args.quick:
+  if args.quick or args.fast_compile:
     # Compilation dominates the quick run: about 2x faster without XLA's optimisations.
     jax.config.update("jax_disable_most_optimizations", True)
   budget = budget_of(args)

@@ -196,9 +196,10 @@ def load_width(out: pathlib.Path, steps: int, quick: bool, log: Log) -> dict[str
 
 
 def run_width(out: pathlib.Path, widths: Sequence[int], chosen: Sequence[Method],
-              budget: Budget, command: str, log: Log) -> dict[str, Any]:
+              budget: Budget, command: str, log: Log, rerun: bool = False) -> dict[str, Any]:
   """The sweep over ``widths`` for the ``chosen`` methods (untuned ones skipped), merged
-  into ``out``'s and written there."""
+  into ``out``'s and written there; a (method, width) already there is kept unless
+  ``rerun`` (so that an interrupted sweep resumes)."""
   seeds = min(WIDTH_SEEDS, budget.seeds) if budget.quick else WIDTH_SEEDS
   steps = 20 if budget.quick else WIDTH_STEPS
   sweep = load_width(out, steps, budget.quick, log)
@@ -209,6 +210,10 @@ def run_width(out: pathlib.Path, widths: Sequence[int], chosen: Sequence[Method]
   # written after each width.
   for method in tuned:
     for width in widths:
+      done = sweep["widths"].get(str(width), {}).get("methods", {}).get(method.key, {})
+      if "rates" in done and not rerun:
+        log(f"width {width:4d} {method.key:36s} kept from {out}")
+        continue
       entry, about = sweep_method(method, width, budget, seeds, log)
       slot = sweep["widths"].setdefault(str(width), {"methods": {}})
       slot.update(about)

@@ -16,6 +16,7 @@ import jax
 from .methods import Method, builtin_methods, load_user_method
 from .outputs import load_study, merge_study, read_study, write_json, write_outputs
 from .protocol import Budget
+from .reanalyse import reanalyse
 from .retime import retime
 from .run import Log, run_study, select
 from .settings import (EVALS, EXTEND, GRID_POINTS, LONG_METHODS, LONG_SEEDS, QUICK_EVALS,
@@ -112,6 +113,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--merge", type=pathlib.Path, default=None, metavar="DIR",
                  help="merge the study in DIR (e.g. a task run in another process with its "
                       "own --out) into --out's, then rewrite --out's files")
+  p.add_argument("--reanalyse", type=pathlib.Path, default=None, metavar="DIR",
+                 help="recompute the verdicts of the study in DIR (e.g. benchmarks/results/v2, "
+                      "against --reference) with Welch's degrees of freedom and Holm's "
+                      "correction, into DIR/welch_holm.csv")
+  p.add_argument("--reference", default="adamw",
+                 help="the reference method of --reanalyse (default %(default)s)")
   p.add_argument("--retime", action="store_true",
                  help="re-measure ms/step of the study in --out and rewrite its files")
   p.add_argument("--replot", action="store_true",
@@ -157,6 +164,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   user = user_methods(args.method_from, args.grid, builtins)
   if args.retime:
     retime(args.out, log, user)
+    return
+  if args.reanalyse is not None:
+    rows = reanalyse(args.reanalyse, args.reference)
+    log(f"{len(rows)} verdicts written to {args.reanalyse / 'welch_holm.csv'}")
     return
   if args.replot:
     write_outputs(read_study(args.out), args.out)

@@ -25,7 +25,7 @@ import char_lm  # noqa: E402  pylint: disable=wrong-import-position
 
 import optax_neuronlr as nlr  # noqa: E402  pylint: disable=wrong-import-position
 
-# The study's best peak rates on char_lm (benchmarks/results/summary.csv).
+# The v2 study's best peak rates on char_lm (benchmarks/results/v2/summary.csv).
 PEAK = {"adam_mini": 0.0178, "normuon": 0.0178}
 ADAMW_PEAK = 0.01  # NorMuon's AdamW leaves: the scheduled AdamW's best rate
 SIZES = dict(d_model=32, heads=4, layers=2, seq_len=32, batch=16, eval_batches=8)

@@ -37,6 +37,12 @@ def write_outputs(study: dict[str, Any], out: pathlib.Path) -> None:
       plot_rates(name, task, out / f"rates_{name}.png")
 
 
+def write_json(study: dict[str, Any], out: pathlib.Path) -> None:
+  """``convergence.json`` alone (a checkpoint during a run; ``--replot`` writes the rest)."""
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "convergence.json").write_text(json.dumps(clean(study), separators=(",", ":")))
+
+
 def load_study(out: pathlib.Path, quick: bool,
                log: Callable[[str], None]) -> dict[str, Any]:
   """``out``'s study to merge into: empty if there is none, if it has another format
@@ -53,6 +59,35 @@ def load_study(out: pathlib.Path, quick: bool,
     log(f"{path}: a {'full' if quick else 'quick'} study; replaced, not merged")
     return empty
   return study
+
+
+def merge_study(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+  """``base`` with ``other``'s tasks merged in: a task of the same steps and evaluations
+  gets ``other``'s methods (they replace ``base``'s of the same key), runs and errors;
+  any other task of ``other`` replaces ``base``'s. For studies run in parallel
+  processes, each with its own ``--out``."""
+  if base.get("version") != other.get("version"):
+    raise ValueError("--merge: the two studies have different formats")
+  for name, task in other["tasks"].items():
+    mine = base["tasks"].get(name)
+    if (mine is None or "methods" not in mine or "methods" not in task
+        or mine["steps"] != task["steps"] or mine["budget"]["evals"] != task["budget"]["evals"]):
+      base["tasks"][name] = task
+      continue
+    mine["methods"] = {**mine["methods"], **task["methods"]}
+    mine["runs"] = mine.get("runs", []) + task.get("runs", [])
+    mine["seconds"] = sum(r["seconds"] for r in mine["runs"])
+    mine["errors"] = {**{k: v for k, v in mine.get("errors", {}).items()
+                         if k not in task["methods"]}, **task.get("errors", {})}
+  cfg, new = base.setdefault("config", {}), other.get("config", {})
+  cfg["methods"] = {**cfg.get("methods", {}), **new.get("methods", {})}
+  cfg["commands"] = cfg.get("commands", []) + new.get("commands", [])
+  ran = {k for t in base["tasks"].values() for k in t.get("methods", {})}
+  cfg["unavailable_methods"] = {k: v for k, v in {**cfg.get("unavailable_methods", {}),
+                                                  **new.get("unavailable_methods", {})}.items()
+                                if k not in ran}
+  cfg["wall_seconds"] = sum(t.get("seconds", 0.0) for t in base["tasks"].values())
+  return base
 
 
 def read_study(out: pathlib.Path) -> dict[str, Any]:

@@ -77,7 +77,10 @@ def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
   panels = family_panels(task)
   fig, axes = panel_axes(len(panels))
   steps = np.asarray(task["eval_steps"])
-  target = task["target"].get("val_loss")
+  target = None
+  ref = task["methods"].get(task["target"].get("method"))
+  if ref is not None:
+    target = float(band(seed_curves(ref))[0][-1])  # NAdamW's final mean validation loss
   for ax, (title, names) in zip(axes, panels):
     for i, method in enumerate(names):
       style = line_style(method, i)
@@ -94,7 +97,7 @@ def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
   for ax in axes[::2]:
     ax.set_ylabel(f"validation {task['loss']}\n(mean over seeds, min-max band)")
   fig.suptitle(f"{task['title']}: each method at its chosen peak rate, warm-up-cosine "
-               "schedule unless (constant); dash-dot: the target (scheduled AdamW)",
+               "schedule unless (constant); dash-dot: the target (scheduled NAdamW)",
                fontsize=11)
   finite = np.asarray([v for m in task["methods"].values() for run in m["seeds"]
                        for v in run["val_curve"]["loss"] if v is not None])
@@ -105,18 +108,62 @@ def plot_curves(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
   save(fig, path)
 
 
+def tuning_runs(m: dict[str, Any]) -> list[dict[str, Any]]:
+  """A method's tuning runs (grid, extensions, refinement) at its chosen ratio."""
+  ratio = m["summary"].get("ratio", 1.0)
+  return [run for run in m["grid"] + m.get("extend", []) + m.get("refine", [])
+          if run.get("ratio", 1.0) == ratio]
+
+
+def plot_width(sweep: dict[str, Any], path: pathlib.Path) -> None:
+  """The muP plot: final test loss against the peak rate, one curve per width, one panel
+  per method (mean over the sweep's seeds; failed rates left out)."""
+  widths = sorted(int(w) for w in sweep["widths"])
+  keys = list(dict.fromkeys(k for w in widths for k, e in
+                            sweep["widths"][str(w)]["methods"].items() if "rates" in e))
+  fig, axes = panel_axes(max(1, len(keys)))
+  colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(1, len(widths))))
+  for ax, key in zip(axes, keys):
+    for color, w in zip(colors, widths):
+      e = sweep["widths"][str(w)]["methods"].get(key)
+      if not e or "rates" not in e:
+        continue
+      test = np.asarray([[np.nan if v is None else v for v in row] for row in e["test"]])
+      failed = np.asarray(e["failed"], bool).any(axis=0)
+      loss = np.where(failed, np.nan, test.mean(axis=0))
+      ax.plot(e["rates"], loss, marker="o", ms=3, color=color, label=f"d={w}")
+      if np.isfinite(loss).any():
+        i = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.nan)))
+        ax.plot([e["rates"][i]], [loss[i]], "*", color=color, ms=11)
+    ax.set_xscale("log")
+    ax.set_title(key, fontsize=10)
+    ax.set_xlabel("peak rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+  for ax in axes[::2]:
+    ax.set_ylabel("final test cross-entropy (nats/char)")
+  finite = [v for w in widths for e in sweep["widths"][str(w)]["methods"].values()
+            if "test" in e for row in e["test"] for v in row if v is not None]
+  if finite:
+    low = min(finite)
+    axes[0].set_ylim(low * 0.97, min(max(finite), low * 1.6))
+  fig.suptitle(f"Width sweep (char_lm, {sweep['steps']} steps): test loss against the "
+               "peak rate, one curve per width (star: best)", fontsize=11)
+  save(fig, path)
+
+
 def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
   """Final validation loss against the peak rate (seed 0: grid and refinement), every
   method; x: failed."""
   panels = family_panels(task)
   fig, axes = panel_axes(len(panels))
   finite = [run["final"]["val_loss"] for m in task["methods"].values()
-            for run in m["grid"] + m.get("refine", []) if not run["failed"]]
+            for run in tuning_runs(m) if not run["failed"]]
   top = max(finite) * 1.5 if finite else 1.0
   for ax, (title, names) in zip(axes, panels):
     for i, method in enumerate(names):
       m = task["methods"][method]
-      runs = sorted(m["grid"] + m.get("refine", []), key=lambda run: run["rate"])
+      runs = sorted(tuning_runs(m), key=lambda run: run["rate"])
       rates = np.asarray([run["rate"] for run in runs])
       loss = np.asarray([np.nan if run["failed"] else run["final"]["val_loss"] for run in runs])
       style = line_style(method, i)

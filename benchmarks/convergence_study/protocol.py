@@ -32,6 +32,27 @@ def round_rate(rate: float) -> float:
   return float(f"{rate:.3g}")
 
 
+def edge_side(best: float, rates: Sequence[float]) -> int:
+  """-1 if ``best`` is the lowest of ``rates``, +1 if the highest, else 0."""
+  return -1 if best <= min(rates) else 1 if best >= max(rates) else 0
+
+
+def extended_rates(rates: Sequence[float], side: int, points: int = 2) -> list[float]:
+  """``points`` rates beyond the ``side`` edge (-1 low, +1 high) of ``rates``, continuing
+  their half-decade spacing (a grid whose best rate sits on its edge is extended)."""
+  edge = min(rates) if side < 0 else max(rates)
+  return [round_rate(edge * 10 ** (0.5 * side * k)) for k in range(1, points + 1)]
+
+
+def check_sensitive(key: str, losses: np.ndarray, failed: np.ndarray) -> None:
+  """Raises if the grid's finite final losses are all equal: the tuned rate changes
+  nothing, so the chosen rate would be arbitrary."""
+  ok = np.asarray(losses)[~np.asarray(failed) & np.isfinite(losses)]
+  if ok.size > 1 and float(ok.max() - ok.min()) <= 1e-7 * max(1.0, float(abs(ok).max())):
+    raise ValueError(f"{key}: every rate of the grid gives the same loss ({ok[0]:.6g}); "
+                     "its tuned rate changes nothing")
+
+
 def refined_rates(best: float, factors: Sequence[float]) -> list[float]:
   """The refinement's rates around the grid's ``best``."""
   return [round_rate(best * f) for f in factors]
@@ -65,6 +86,8 @@ class Budget:
   timing: bool  # a dedicated single-run timing (False: from the vmapped seed runs)
   quick: bool
   jobs: int = 2  # threads compiling ahead
+  extend: int = 2  # extensions of a grid whose best rate sits on its edge
+  add_target: bool = True  # run NAdamW on a task whose --out lacks it
 
   def json(self, seeds: Optional[int] = None) -> dict[str, Any]:
     """The budget as stored in the JSON (``seeds``: a task's own seed count)."""

@@ -34,9 +34,9 @@ def runset_json(runs: Optional[RunSet]) -> list[dict[str, Any]]:
   out = []
   if runs is None:
     return out
-  for i, (rate, seed) in enumerate(zip(runs.rates, runs.seeds)):
+  for i, (rate, ratio, seed) in enumerate(zip(runs.rates, runs.ratios, runs.seeds)):
     out.append({
-        "rate": rate, "seed": seed, "failed": bool(runs.failed[i]),
+        "rate": rate, "ratio": ratio, "seed": seed, "failed": bool(runs.failed[i]),
         "final": {f"val_{k}": v[i, -1] for k, v in runs.val.items()}
                  | {f"test_{k}": v[i] for k, v in runs.test.items()},
         "val_curve": {k: v[i] for k, v in runs.val.items()},
@@ -50,7 +50,10 @@ def method_json(r: MethodResult) -> dict[str, Any]:
   """A method's JSON entry: what it is, every run, its summary."""
   return {"method": r.method.name, "schedule": r.method.schedule, "family": r.method.family,
           "settings": r.method.settings, "grid_kind": r.method.rates,
-          "grid": runset_json(r.grid), "refine": runset_json(r.refine),
+          "ratios": list(r.method.ratios), "fixed_rate": r.method.fixed,
+          "grid": runset_json(r.grid),
+          "extend": [run for s in r.extensions for run in runset_json(s)],
+          "refine": runset_json(r.refine),
           "seeds": runset_json(r.seeds), "grid_seconds": r.grid.seconds,
           "refine_seconds": r.refine.seconds if r.refine else 0.0,
           "seed_seconds": r.seeds.seconds, "summary": summarise(r)}

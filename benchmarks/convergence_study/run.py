@@ -1,8 +1,9 @@
 """Runs the study: the selected methods on each task, merged into the stored results.
 
-:func:`run_task` gives one task's JSON entry (AdamW first, the other methods
-compiled ahead in worker threads and run one at a time in the main thread, then
-timed one at a time); :func:`study_config` the merged study's configuration.
+:func:`run_task` gives one task's JSON entry (NAdamW, the target, first; the
+methods compiled ahead in worker threads and run one at a time in the main
+thread, then timed one at a time); :func:`study_config` the merged study's
+configuration.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from .costs import time_step
 from .methods import Method, builtin_methods
 from .protocol import Budget, rate_grid
 from .records import method_json
-from .settings import RATE_RANGES, REFERENCE, VERSION
+from .settings import RATE_RANGES, REFERENCE, USER, VERSION
 from .tasks import TASKS, Problem, Task, build_problem
-from .tuning import MethodResult, Prepared, prepare, run_method
+from .tuning import MethodResult, Prepared, prepare, program_sizes, run_method
 
 Log = Callable[[str], None]
 
@@ -42,66 +43,62 @@ def select(rows: Sequence[Any], pattern: Optional[str]) -> list[Any]:
 
 
 def task_methods(task: Task, selected: Sequence[Method]) -> list[Method]:
-  """The selected methods that the task runs (a variant runs only its ``only``)."""
-  return [m for m in selected if task.only is None or m.key in task.only]
+  """The selected methods that the task runs (a variant runs only its ``only``, and
+  every user method)."""
+  return [m for m in selected if task.only is None or m.key in task.only or m.family == USER]
 
 
-def reference_first(chosen: Sequence[Method],
-                    kept: dict[str, Any]) -> tuple[list[Method], Optional[float]]:
-  """The methods to run, AdamW first (added unless chosen or kept), and AdamW's
-  stored rate when it is kept and not rerun (else None: it is tuned first)."""
+def reference_first(chosen: Sequence[Method], kept: dict[str, Any],
+                    add: bool = True) -> list[Method]:
+  """The methods to run, the target (NAdamW) first, added (with ``add``) unless chosen
+  or kept."""
   chosen = list(chosen)
-  reference = next(m for m in builtin_methods() if m.key == REFERENCE)
-  adam_rate = None
-  if not any(m.key == REFERENCE for m in chosen):
-    if REFERENCE in kept:
-      adam_rate = kept[REFERENCE]["summary"]["rate"]
-    else:
-      chosen = [reference] + chosen
-  chosen = sorted(chosen, key=lambda m: m.key != REFERENCE)  # AdamW first, else in order
-  return chosen, adam_rate
+  if add and not any(m.key == REFERENCE for m in chosen) and REFERENCE not in kept:
+    chosen = [next(m for m in builtin_methods() if m.key == REFERENCE)] + chosen
+  return sorted(chosen, key=lambda m: m.key != REFERENCE)  # the target first, else in order
 
 
 def run_methods(task: Task, problem: Problem, chosen: Sequence[Method], budget: Budget,
-                seeds: int, adam_rate: Optional[float], kept: dict[str, Any], log: Log
-                ) -> tuple[list[Prepared], list[MethodResult], dict[str, str], Optional[float]]:
+                seeds: int, kept: dict[str, Any], log: Log,
+                on_result: Optional[Callable[[list[MethodResult], dict[str, str]], None]] = None,
+                ) -> tuple[list[Prepared], list[MethodResult], dict[str, str]]:
   """Compiles the methods ahead in ``budget.jobs`` worker threads (XLA's compilation is
   single-threaded) and runs them in order in the main thread. Returns their programs,
-  results, build errors (whose stale results are dropped from ``kept``) and AdamW's rate."""
-  sizes = [budget.grid_points, seeds] + ([len(budget.refine)] if budget.refine else [])
+  results and build or tuning errors (whose stale results are dropped from ``kept``);
+  ``on_result(results, errors)`` after each method (a checkpoint)."""
   results, prepared, errors = [], [], {}
   with concurrent.futures.ThreadPoolExecutor(budget.jobs) as pool:
-    futures = [pool.submit(prepare, problem, m, sizes, budget.timing, budget.evals)
-               for m in chosen]
+    futures = [pool.submit(prepare, problem, m, program_sizes(m, budget, seeds),
+                           budget.timing, budget.evals) for m in chosen]
     for method, future in zip(chosen, futures):  # in order; later methods compile meanwhile
       t0 = time.perf_counter()
       try:
         p = future.result()
+        r = run_method(problem, p, budget, seeds)
       except Exception as e:  # pylint: disable=broad-except  (an API mismatch: report it)
         errors[method.key] = f"{type(e).__name__}: {e}"
         kept.pop(method.key, None)  # no stale results beside the error
-        log(f"{task.name:10s} {method.key:36s} failed to build: {errors[method.key]}")
+        log(f"{task.name:10s} {method.key:36s} failed: {errors[method.key]}")
         continue
-      r = run_method(problem, p, budget, seeds, adam_rate if adam_rate is not None else 0.0)
-      if method.key == REFERENCE:
-        adam_rate = r.rate
       prepared.append(p)
       results.append(r)
-      log(f"{task.name:10s} {method.key:36s} rate {r.rate:<8.3g} "
-          f"val {np.mean(r.seeds.final_loss):<10.4g} tuning failed {int(r.tuning[2].sum())}"
-          f"  {time.perf_counter() - t0:.0f} s")
-  return prepared, results, errors, adam_rate
+      log(f"{task.name:10s} {method.key:36s} rate {r.rate:<8.3g} ratio {r.ratio:<4g} "
+          f"val {np.mean(r.seeds.final_loss):<8.4g} test {np.mean(r.seeds.final_test):<8.4g}"
+          f" tuning failed {int(r.tuning[2].sum())}  {time.perf_counter() - t0:.0f} s")
+      if on_result is not None:
+        on_result(results, errors)
+  return prepared, results, errors
 
 
 def time_methods(problem: Problem, prepared: Sequence[Prepared],
-                 results: Sequence[MethodResult], adam_rate: float) -> None:
-  """Sets each result's ms/step (and its ratio to AdamW's) from the compiled
+                 results: Sequence[MethodResult]) -> None:
+  """Sets each result's ms/step (and its ratio to the target's) from the compiled
   single-run timers, one at a time."""
-  ref = next(((p.timer, r.rate) for p, r in zip(prepared, results)
+  ref = next(((p.timer, r.rate, r.ratio) for p, r in zip(prepared, results)
               if p.method.key == REFERENCE and p.timer is not None), None)
   for p, r in zip(prepared, results):
     if p.timer is not None:
-      r.ms_per_step, r.ms_vs_adamw = time_step(problem, p.timer, r.rate, adam_rate, ref)
+      r.ms_per_step, r.ms_vs_target = time_step(problem, p.timer, r.rate, r.ratio, ref)
       r.ms_source = "single jitted run"
 
 
@@ -113,14 +110,16 @@ def in_table_order(methods: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_task(task: Task, selected: Sequence[Method], budget: Budget,
-             existing: Optional[dict[str, Any]], command: str, log: Log) -> dict[str, Any]:
+             existing: Optional[dict[str, Any]], command: str, log: Log,
+             checkpoint: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
   """The selected methods on one task, merged into ``existing`` (the task's entry in
   ``--out``'s JSON) when its steps and evaluations match; the task's JSON entry.
 
-  AdamW (the target, and the AdamW rate of the Muon-family methods) runs first; it
-  is added when neither selected nor in ``existing``. ``budget.jobs`` worker threads
+  NAdamW (the target) runs first; it is added when neither selected nor in
+  ``existing``. ``budget.jobs`` worker threads
   compile the methods' programs ahead (XLA's compilation is single-threaded); the
-  main thread runs them in order, then times every method's step alone.
+  main thread runs them in order, then times every method's step alone;
+  ``checkpoint(entry)`` gets the task's entry so far after each method.
   """
   try:
     problem = build_problem(task, budget.quick, budget.evals)
@@ -135,13 +134,24 @@ def run_task(task: Task, selected: Sequence[Method], budget: Budget,
   if existing is not None and not compatible:
     log(f"{task.name}: replacing the stored results (other steps or evaluations)")
   kept = dict(existing["methods"]) if compatible else {}
-  chosen, adam_rate = reference_first(task_methods(task, selected), kept)
+  chosen = reference_first(task_methods(task, selected), kept, budget.add_target)
   start = time.perf_counter()
-  prepared, results, errors, adam_rate = run_methods(task, problem, chosen, budget, seeds,
-                                                     adam_rate, kept, log)
-  time_methods(problem, prepared, results, adam_rate or 0.0)
-  seconds = time.perf_counter() - start
-  log(f"{task.name}: {seconds:.0f} s")
+  entry = lambda results, errors: task_entry(task, problem, budget, seeds, existing, compatible,
+                                             kept, results, errors, command,
+                                             time.perf_counter() - start)
+  on_result = None if checkpoint is None else lambda rs, es: checkpoint(entry(rs, es))
+  prepared, results, errors = run_methods(task, problem, chosen, budget, seeds, kept, log,
+                                          on_result)
+  time_methods(problem, prepared, results)
+  log(f"{task.name}: {time.perf_counter() - start:.0f} s")
+  return entry(results, errors)
+
+
+def task_entry(task: Task, problem: Problem, budget: Budget, seeds: int,
+               existing: Optional[dict[str, Any]], compatible: bool, kept: dict[str, Any],
+               results: Sequence[MethodResult], errors: dict[str, str], command: str,
+               seconds: float) -> dict[str, Any]:
+  """A task's JSON entry: the ``results`` run now, merged with the ``kept`` ones."""
   new = {r.method.key: method_json(r) for r in results}
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(problem.init,
                                                                 jax.random.key(0))))
@@ -170,10 +180,11 @@ def study_config(study: dict[str, Any], chosen: Sequence[Method], unavailable: d
              if k not in ran}
   methods_cfg = {**old.get("methods", {}),
                  **{m.key: {"method": m.name, "schedule": m.schedule, "family": m.family,
-                            "settings": m.settings, "grid": m.rates} for m in chosen}}
+                            "settings": m.settings, "grid": m.rates, "ratios": list(m.ratios),
+                            "fixed_rate": m.fixed} for m in chosen}}
   return {
       "quick": budget.quick, "grid_points": budget.grid_points, "refine": list(budget.refine),
-      "seeds": budget.seeds, "evals": budget.evals,
+      "seeds": budget.seeds, "evals": budget.evals, "extend": budget.extend,
       "schedule": "optax.warmup_cosine_decay_schedule(0.0, peak, steps // 10, steps, "
                   "0.1 * peak); constant: the peak",
       "grids": {k: rate_grid(k, budget.grid_points) for k in RATE_RANGES},
@@ -185,16 +196,24 @@ def study_config(study: dict[str, Any], chosen: Sequence[Method], unavailable: d
 
 
 def run_study(study: dict[str, Any], tasks: Sequence[Task], chosen: Sequence[Method],
-              budget: Budget, command: str, log: Log) -> dict[str, Any]:
+              budget: Budget, command: str, log: Log,
+              checkpoint: Optional[Callable[[dict[str, Any]], None]] = None
+              ) -> dict[str, Any]:
   """``study`` (``--out``'s, :func:`outputs.load_study`) with the chosen methods run on
   ``tasks`` (those whose ``nlr`` names are missing listed, not run), its tasks in
-  ``TASKS``' order and its configuration merged."""
+  ``TASKS``' order and its configuration merged; ``checkpoint(study)`` after each
+  method."""
   unavailable = {m.key: f"needs nlr.{', nlr.'.join(m.missing())}"
                  for m in chosen if not m.available()}
+  def save(name: str, entry: dict[str, Any]) -> None:
+    if checkpoint is not None:
+      checkpoint({**study, "tasks": {**study["tasks"], name: entry}, "version": VERSION,
+                  "config": study_config(study, chosen, unavailable, budget, command)})
+
   for task in tasks:
     study["tasks"][task.name] = run_task(
         task, [m for m in chosen if m.available()], budget, study["tasks"].get(task.name),
-        command, log)
+        command, log, lambda entry, name=task.name: save(name, entry))
   order = [t.name for t in TASKS]
   study["tasks"] = dict(sorted(study["tasks"].items(),
                                key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))

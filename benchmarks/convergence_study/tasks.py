@@ -108,7 +108,8 @@ def rows(train: tuple[jax.Array, jax.Array], idx: jax.Array) -> tuple[jax.Array,
 
 
 def digits_problem(example: types.ModuleType, quick: bool) -> Problem:
-  """The MLP of compare_strategies on digits; 300 of its train rows for validation."""
+  """The MLP of compare_strategies on digits; 300 of its train rows for validation, its
+  test split for the reported scores."""
   data = example.load_data()
   perm = np.random.default_rng(0).permutation(data.x_train.shape[0])
   val, train = perm[:300], perm[300:]
@@ -159,36 +160,54 @@ def rnn_problem(example: types.ModuleType, quick: bool) -> Problem:
 # The study's transformer: smaller than the example's default, to fit 2 cores.
 CHAR_LM_SIZES = dict(d_model=32, heads=4, layers=2, seq_len=32, batch=16, eval_batches=8)
 CHAR_LM_QUICK_SIZES = dict(d_model=16, heads=2, layers=1, seq_len=16, batch=8, eval_batches=2)
+TEST_WINDOWS = 480  # non-overlapping test windows of the held-out text's second half
 
 
-def char_lm_problem(example: types.ModuleType, quick: bool) -> Problem:
-  """The character transformer of char_lm; validation on its held-out topics."""
+def held_out_splits(stream: np.ndarray, example: types.ModuleType, c: Any
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """The held-out topics cut in two: validation windows (random, from the first half:
+  what the rate is picked on) and test windows (non-overlapping, from the second half:
+  what is reported)."""
+  half = len(stream) // 2
+  val = example.make_batches(stream[:half], c.eval_batches, c.batch, c.seq_len, seed=1)
+  w = c.seq_len + 1
+  n = min(TEST_WINDOWS, (len(stream) - half) // w)
+  test = stream[half:half + n * w].reshape(n, w)
+  return val.reshape(-1, w), test
+
+
+def char_lm_problem(example: types.ModuleType, quick: bool,
+                    sizes: Optional[dict[str, int]] = None,
+                    steps: Optional[int] = None) -> Problem:
+  """The character transformer of char_lm; validation and test on its held-out topics
+  (``sizes`` overrides :data:`CHAR_LM_SIZES`, ``steps`` the 800 steps: the width sweep)."""
   corpus = example.load_corpus()
-  c = dataclasses.replace(example.Config(),
-                          **(CHAR_LM_QUICK_SIZES if quick else CHAR_LM_SIZES))
+  base = CHAR_LM_QUICK_SIZES if quick else CHAR_LM_SIZES
+  c = dataclasses.replace(example.Config(), **{**base, **(sizes or {})})
   graphdef, init = nnx_init(lambda rngs: example.CharTransformer(c, corpus.vocab_size, rngs))
   windows = jnp.arange(c.seq_len + 1)
 
   def loss(params, batch):
     return example.loss_fn(nnx.merge(graphdef, params), batch)
 
-  def scores(params, val):
-    return {"loss": loss(params, val)}
+  def scores(params, split):
+    return {"loss": loss(params, split)}
 
   def sample(key, steps):
     return jax.random.randint(key, (steps, c.batch), 0, len(corpus.train) - c.seq_len - 1)
 
-  val = example.make_batches(corpus.val, c.eval_batches, c.batch, c.seq_len, seed=1)
-  arrays = {"train": jnp.asarray(corpus.train),
-            "val": jnp.asarray(val.reshape(-1, c.seq_len + 1))}
-  n_val = c.eval_batches * c.batch
+  val, test = held_out_splits(corpus.val, example, c)
+  arrays = {"train": jnp.asarray(corpus.train), "val": jnp.asarray(val),
+            "test": jnp.asarray(test)}
   return Problem(init, loss, scores, sample,
                  lambda text, starts: text[starts[:, None] + windows], arrays,
-                 steps=20 if quick else 800, head="head",
+                 steps=steps or (20 if quick else 800), head="head",
                  description=f"transformer d={c.d_model}, {c.layers} layers, {c.heads} "
                              f"heads, batch {c.batch} x {c.seq_len} characters; "
-                             f"{len(corpus.train):,} train characters, {n_val} held-out "
-                             f"windows; cross-entropy in nats per character")
+                             f"{len(corpus.train):,} train characters; held-out topics: "
+                             f"{len(val)} validation windows (first half), {len(test)} "
+                             f"test windows (second half); cross-entropy in nats per "
+                             "character")
 
 
 TASKS = (

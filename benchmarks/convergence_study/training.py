@@ -49,14 +49,14 @@ def train_step(problem: Problem, tx: optax.GradientTransformation) -> Callable:
 
 
 def make_runner(problem: Problem, method: Method, evals: int) -> Callable:
-  """``(rates, seeds, adam_rate, data) -> outputs``: whole runs, jitted and vmapped over
-  runs (``adam_rate``: the scheduled AdamW's peak, shared by the runs)."""
+  """``(rates, ratios, seeds, data) -> outputs``: whole runs, jitted and vmapped over
+  runs (``ratios``: the method's second tuned number, see ``Method.ratios``)."""
   every = problem.steps // evals
 
-  def one_run(rate, seed, adam_rate, data):
+  def one_run(rate, ratio, seed, data):
     k_init, k_data = jax.random.split(jax.random.key(seed))
     params = problem.init(k_init)
-    tx = method.optimizer(rate, adam_rate, problem)
+    tx = method.optimizer(rate, ratio, problem)
     step = train_step(problem, tx)
     idx = problem.sample(k_data, every * evals)
     idx = idx.reshape((evals, every) + idx.shape[1:])
@@ -73,7 +73,7 @@ def make_runner(problem: Problem, method: Method, evals: int) -> Callable:
       out["test"] = problem.scores(params, data["test"])
     return out
 
-  return jax.jit(jax.vmap(one_run, in_axes=(0, 0, None, None)))
+  return jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0, None)))
 
 
 @dataclasses.dataclass
@@ -81,6 +81,7 @@ class RunSet:
   """The outputs of one vmapped call: one entry per run."""
 
   rates: list[float]
+  ratios: list[float]
   seeds: list[int]
   eval_steps: list[int]
   val: dict[str, np.ndarray]  # score -> (runs, evals + 1)
@@ -95,6 +96,11 @@ class RunSet:
     return self.val["loss"][:, -1]
 
   @property
+  def final_test(self) -> np.ndarray:
+    """The final test loss of each run (the validation loss for a task without one)."""
+    return self.test["loss"] if "loss" in self.test else self.final_loss
+
+  @property
   def failed(self) -> np.ndarray:
     """Non-finite, or worse than at initialisation."""
     final, first = self.final_loss, self.val["loss"][:, 0]
@@ -102,16 +108,16 @@ class RunSet:
 
 
 def execute(compiled: Callable, problem: Problem, rates: Sequence[float],
-            seeds: Sequence[int], adam_rate: float, evals: int) -> RunSet:
-  """Runs ``compiled`` (from :func:`make_runner`) at ``rates`` x ``seeds`` (paired), on the
-  host when done."""
+            ratios: Sequence[float], seeds: Sequence[int], evals: int) -> RunSet:
+  """Runs ``compiled`` (from :func:`make_runner`) at ``rates`` x ``ratios`` x ``seeds``
+  (paired), on the host when done."""
   start = time.perf_counter()
   out = jax.device_get(jax.block_until_ready(
-      compiled(jnp.asarray(rates, jnp.float32), jnp.asarray(seeds, jnp.int32),
-               jnp.float32(adam_rate), problem.data)))
+      compiled(jnp.asarray(rates, jnp.float32), jnp.asarray(ratios, jnp.float32),
+               jnp.asarray(seeds, jnp.int32), problem.data)))
   seconds = time.perf_counter() - start
   every = problem.steps // evals
-  return RunSet(list(rates), list(seeds), [k * every for k in range(evals + 1)],
+  return RunSet(list(rates), list(ratios), list(seeds), [k * every for k in range(evals + 1)],
                 {k: np.asarray(v, np.float64) for k, v in out["val"].items()},
                 {k: np.asarray(v, np.float64) for k, v in out.get("test", {}).items()},
                 np.asarray(out["train_loss"], np.float64),
@@ -119,11 +125,11 @@ def execute(compiled: Callable, problem: Problem, rates: Sequence[float],
 
 
 def make_timer(problem: Problem, method: Method) -> Callable:
-  """``(rate, adam_rate, params, indices, data) -> params``: one run of ``len(indices)``
+  """``(rate, ratio, params, indices, data) -> params``: one run of ``len(indices)``
   training steps in a ``lax.scan``, jitted (the optimizer state is initialised inside)."""
 
-  def run(rate, adam_rate, params, idx, data):
-    tx = method.optimizer(rate, adam_rate, problem)
+  def run(rate, ratio, params, idx, data):
+    tx = method.optimizer(rate, ratio, problem)
     step = train_step(problem, tx)
     return jax.lax.scan(lambda c, i: step(c, i, data), (params, tx.init(params)), idx)[0][0]
 

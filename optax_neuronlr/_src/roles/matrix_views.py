@@ -131,10 +131,14 @@ def view_lookup(matrices: Any, tree: Any) -> Callable[[str], Optional[MatrixView
   return lookup
 
 
-def shape_scale(view: MatrixView, shape: Sequence[int]) -> float:
-  r"""Muon's factor $\sqrt{\max(1, n_{out} / n_{in})}$ of one matrix of the view
+def shape_scale(view: MatrixView, shape: Sequence[int],
+                consistent_rms: Optional[float] = None) -> float:
+  r"""Muon's factor $\sqrt{\max(1, n_{out} / n_{in})}$ of one matrix of the view;
+  with ``consistent_rms`` $= c$, Moonlight's $c \sqrt{\max(n_{in}, n_{out})}$
   (1 for a zero-size matrix, whose update is empty)."""
   _, fan_in, fan_out = view.shapes(tuple(shape))
   if fan_in == 0:
     return 1.0
+  if consistent_rms is not None:
+    return consistent_rms * math.sqrt(max(fan_in, fan_out))
   return math.sqrt(max(1.0, fan_out / fan_in))

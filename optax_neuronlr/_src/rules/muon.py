@@ -98,6 +98,13 @@ class ScaleByMuonState(NamedTuple):
   mu: Any
 
 
+def check_consistent_rms(consistent_rms: Any) -> Optional[float]:
+  """``consistent_rms``: None or a positive number (Moonlight's 0.2)."""
+  if consistent_rms is not None:
+    validation.check_range("consistent_rms", consistent_rms, low=0.0, low_open=True)
+  return consistent_rms
+
+
 # --------------------------------------------------------------------------
 # The direction.
 
@@ -120,10 +127,12 @@ def muon_direction(
     mu_dtype: Any = None, matrices: Any = None, scaled: bool = True,
     what: str = "scale_by_muon", ns_mesh: Any = None, layout: Any = None,
     axis_names: Any = None, axis_roles: Any = None,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_muon`, with ``scaled=False`` leaving out the shape factor
-  (NorMuon applies it in its rate)."""
+  (NorMuon applies it in its rate); ``consistent_rms``: see :func:`muon`."""
   validation.check_flag("nesterov", nesterov)
+  check_consistent_rms(consistent_rms)
   check_muon_args(momentum, ns_steps, ns_coeffs, eps, ns_dtype, mu_dtype)
   validation.check_static("matrices", matrices, example="nlr.scale_by_muon")
   plan_lib.check_layout(layout, axis_names)
@@ -163,7 +172,7 @@ def muon_direction(
     outs = []
     for g, o, view in zip(grads, os_, views):
       if scaled:
-        o = o * shape_scale(view, g.shape)
+        o = o * shape_scale(view, g.shape, consistent_rms)
       outs.append(o.astype(g.dtype))
     return treedef.unflatten(outs), ScaleByMuonState(mu=treedef.unflatten(new_mu))
 
@@ -281,6 +290,8 @@ def muon(
     axis_names: Any = None,
     axis_roles: Any = None,
     layout: Any = None,
+    adam_nesterov: bool = False,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon on the hidden matrices, AdamW on every other leaf.
 
@@ -335,6 +346,15 @@ def muon(
       is a part (the other leaves ``optax.MaskedNode``, skipped), whose
       layout can differ from the whole model's (an output head found as the
       embedding's transpose): pass ``layout=nlr.model_layout(full_params)``.
+    adam_nesterov: Nesterov momentum in AdamW (``optax.adamw(nesterov=True)``,
+      i.e. NAdamW) on the non-hidden leaves.
+    consistent_rms: None (default): Muon's shape factor
+      $\sqrt{\max(1, n_{out}/n_{in})}$; a number $c$: Moonlight's
+      "consistent RMS" factor $c\sqrt{\max(n_{in}, n_{out})}$ instead
+      (Liu et al., 2025, "Muon is Scalable for LLM Training",
+      arXiv:2502.16982; ``optax.contrib.muon``'s ``consistent_rms``), with
+      $c = 0.2$ giving updates of AdamW's RMS, so that one rate can serve
+      both parts (``adam_learning_rate=None``).
 
   A layout guessed from shapes (leaves without Flax names, stack axes found
   by shape) or one without any hidden matrix is reported by one warning at
@@ -356,6 +376,8 @@ def muon(
   """
   validation.check_rate("learning_rate", learning_rate)
   check_ns_mesh(ns_mesh)
+  validation.check_flag("adam_nesterov", adam_nesterov)
+  check_consistent_rms(consistent_rms)
   validation.check_range("weight_decay", weight_decay, low=0.0)
   check_adamw_args(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)
   validation.check_flag("nesterov", nesterov)
@@ -366,7 +388,8 @@ def muon(
     return optax.chain(
         muon_direction(momentum, nesterov=nesterov, ns_steps=ns_steps,
                        ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype,
-                       mu_dtype=mu_dtype, matrices=views, ns_mesh=ns_mesh),
+                       mu_dtype=mu_dtype, matrices=views, ns_mesh=ns_mesh,
+                       consistent_rms=consistent_rms),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0),
@@ -375,7 +398,8 @@ def muon(
   def adamw_tx(decay_mask):
     return rate_record.with_recorded_rate(
         optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                    weight_decay=adam_weight_decay, mask=decay_mask),
+                    weight_decay=adam_weight_decay, mask=decay_mask,
+                    nesterov=adam_nesterov),
         adam_lr)
 
   return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,

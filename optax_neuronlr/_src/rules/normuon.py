@@ -73,14 +73,15 @@ class MatrixUnits:
   blocks: Optional[tuple[int, int]] = None
 
 
-def matrix_units(view: muon_lib.MatrixView, shape: Sequence[int]) -> MatrixUnits:
+def matrix_units(view: muon_lib.MatrixView, shape: Sequence[int],
+                 consistent_rms: Optional[float] = None) -> MatrixUnits:
   """The :class:`MatrixUnits` of a leaf of ``shape`` seen through ``view``
   (units: every axis but the fan-in, in order)."""
   unit_axes = [a for a in range(len(shape)) if a not in view.reduction_axes]
   blocks = None
   if view.blocks is not None:
     blocks = (unit_axes.index(view.blocks[0]), view.blocks[1])
-  return MatrixUnits(muon_lib.shape_scale(view, shape),
+  return MatrixUnits(muon_lib.shape_scale(view, shape, consistent_rms),
                      tuple(unit_axes.index(a) for a in view.output_axes), blocks)
 
 
@@ -170,6 +171,7 @@ def scale_by_normuon(
     axis_names: Any = None,
     axis_roles: Any = None,
     layout: Any = None,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon's scaling of each matrix: per-neuron normalised Muon.
 
@@ -215,6 +217,9 @@ def scale_by_normuon(
     axis_roles: more axis names for the vocabulary, ``{name: role}``.
     layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
       path (see :func:`optax_neuronlr.scale_by_muon`).
+    consistent_rms: None: the shape factor $\sqrt{\max(1, n_{out}/n_{in})}$;
+      a number $c$: $c\sqrt{\max(n_{in}, n_{out})}$ instead (see
+      :func:`normuon`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -223,6 +228,7 @@ def scale_by_normuon(
   """
   validation.check_beta("beta2", beta2)
   validation.check_range("eps", eps, low=0.0, low_open=True)
+  muon_lib.check_consistent_rms(consistent_rms)
   direction = muon_lib.muon_direction(
       momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=ns_eps,
       ns_dtype=ns_dtype, mu_dtype=mu_dtype, matrices=matrices, scaled=False,
@@ -241,7 +247,7 @@ def scale_by_normuon(
         views(tree), tree, is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
   def scales(tree):
-    return jax.tree.map(lambda v, x: matrix_units(v, jnp.shape(x)),
+    return jax.tree.map(lambda v, x: matrix_units(v, jnp.shape(x), consistent_rms),
                         views(tree), tree,
                         is_leaf=lambda v: isinstance(v, muon_lib.MatrixView))
 
@@ -275,6 +281,8 @@ def normuon(
     axis_names: Any = None,
     axis_roles: Any = None,
     layout: Any = None,
+    adam_nesterov: bool = False,
+    consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon (Li et al., 2025) on the hidden matrices, AdamW elsewhere.
 
@@ -335,6 +343,12 @@ def normuon(
       path; pass ``nlr.model_layout(full_params)`` inside
       ``optax.multi_transform`` / ``optax.masked`` (see
       :func:`optax_neuronlr.muon`).
+    adam_nesterov: Nesterov momentum in AdamW (NAdamW) on the other leaves.
+    consistent_rms: None (default): the shape factor
+      $\sqrt{\max(1, n_{out}/n_{in})}$; a number $c$ (Moonlight's 0.2):
+      $c\sqrt{\max(n_{in}, n_{out})}$ instead, so that the hidden matrices'
+      updates have about AdamW's RMS and one rate serves both parts (Liu et
+      al., 2025, arXiv:2502.16982; ``optax.contrib.muon``'s ``consistent_rms``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (an ``optax.partition``
@@ -354,6 +368,8 @@ def normuon(
   muon_lib.check_muon_args(momentum, ns_steps, ns_coeffs, ns_eps, ns_dtype, mu_dtype)
   validation.check_dtype("state_dtype", state_dtype)
   muon_lib.check_ns_mesh(ns_mesh)
+  validation.check_flag("adam_nesterov", adam_nesterov)
+  muon_lib.check_consistent_rms(consistent_rms)
   adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
 
   def hidden_tx(views):
@@ -361,14 +377,16 @@ def normuon(
         scale_by_normuon(learning_rate, momentum, beta2, eps,
                          nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
                          ns_eps=ns_eps, ns_dtype=ns_dtype, mu_dtype=mu_dtype,
-                         state_dtype=state_dtype, matrices=views, ns_mesh=ns_mesh),
+                         state_dtype=state_dtype, matrices=views, ns_mesh=ns_mesh,
+                         consistent_rms=consistent_rms),
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
   def adamw_tx(decay_mask):
     return rate_record.with_recorded_rate(
         optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                    weight_decay=adam_weight_decay, mask=decay_mask),
+                    weight_decay=adam_weight_decay, mask=decay_mask,
+                    nesterov=adam_nesterov),
         adam_lr)
 
   return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,

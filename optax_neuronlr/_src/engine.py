@@ -64,7 +64,7 @@ from optax_neuronlr._src import rule_checks
 from optax_neuronlr._src import rule_state
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
-from optax_neuronlr._src.rule_state import RuleState  # pylint: disable=unused-import
+from optax_neuronlr._src.rule_state import RuleState  # noqa: F401  # pylint: disable=unused-import
 
 Hyper = Mapping[str, jax.Array]
 Stats = dict[str, jax.Array]

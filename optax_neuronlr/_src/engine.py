@@ -173,11 +173,14 @@ class Rule:
   hyperparams: ClassVar[tuple[str, ...]] = ()
   reduce: ClassVar[str] = "mean"
   state_name: ClassVar[str] = ""
+  # The rule's name in tables and logs: the class name unless the class sets
+  # ``name = "..."`` (a class attribute, not inherited by subclasses).
+  name: ClassVar[str] = "Rule"
 
-  @property
-  def name(self) -> str:
-    """The rule's name in tables and logs (a subclass may set ``name = ...``)."""
-    return type(self).__name__
+  def __init_subclass__(cls, **kwargs: Any) -> None:
+    super().__init_subclass__(**kwargs)
+    if "name" not in cls.__dict__:
+      cls.name = cls.__name__
 
   def scalar_names(self) -> tuple[str, ...]:
     """Names of the scalars in ``hp`` and in a state's ``applied`` tuple."""
@@ -595,7 +598,7 @@ def scale_by_rule(
           f"{rule.name}: update got a {type(state).__name__}, not the state "
           f"this transform's init builds ({state_cls.__name__})."
       )
-    count = optax.safe_increment(state.count)
+    count = jnp.asarray(optax.safe_increment(state.count))
     hp = step_scalars(lr_at(state.count))
     prev_hp = dict(zip(names, state.applied))
     layouts, treedef = units_lib.tree_layouts(updates, granularity, neuron_axes)
@@ -648,6 +651,8 @@ def scale_by_rule(
                               kind="unit statistics")
       new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
       if rule.leaf_stats:
+        # Per-leaf statistics rule out granularity="global": a leaf and its info.
+        assert i is not None and infos is not None
         layout = leaves[i].layout
         context = LeafContext(leaves[i].path, layout.shape, layout.unit_shape,
                               layout.size, infos[i])
@@ -725,13 +730,14 @@ def _global_reduce(
   """Sums (or means) of each observed quantity over every element of the tree."""
   if not leaves:
     return ()
-  totals = None
+  totals: Optional[tuple[jax.Array, ...]] = None
   size = 0
   for leaf in leaves:
     size += math.prod(leaf.layout.shape)
     totals = leaf.observed if totals is None else tuple(
         a + b for a, b in zip(totals, leaf.observed)
     )
+  assert totals is not None  # leaves is not empty
   if reduction == "mean":
     totals = tuple(t / max(size, 1) for t in totals)
   return totals

@@ -313,9 +313,9 @@ def _classify(keys: list[str], shape: tuple[int, ...], context: _Context,
   name = keys[-1].lower() if keys else ""
   module = keys[-2].lower() if len(keys) >= 2 else ""
   ndim = len(shape)
-  last = (ndim - 1,) if ndim else ()
+  last: tuple[int, ...] = (ndim - 1,) if ndim else ()
 
-  def role(kind, neuron_axes=last, heads=None, matrix=None, hidden=False, reason=""):
+  def role(kind, neuron_axes: tuple[int, ...] = last, heads=None, matrix=None, hidden=False, reason=""):
     decays = kind in (EMBEDDING, HEAD, QUERY, KEY, VALUE, ATTENTION_OUT, FUSED_QKV, MLP,
                       CONV, RECURRENT, INPUT) or (
                           kind == OTHER and ndim >= 2 and name not in ("bias", "scale"))
@@ -373,7 +373,7 @@ def _classify(keys: list[str], shape: tuple[int, ...], context: _Context,
       return role(OTHER, reason=f"a fused q/k/v kernel with {ndim} dimensions (expected 2)")
     grouped = num_kv_heads is not None and num_heads is not None and num_kv_heads != num_heads
     blocks = None if grouped or shape[1] % 3 else (1, 3)
-    heads = None if num_heads is None else Blocks(1, num_heads + 2 * kv_heads)
+    heads = None if num_heads is None else Blocks(1, num_heads + 2 * (kv_heads or num_heads))
     return role(FUSED_QKV, heads=heads, matrix=MatrixView((0,), (1,), blocks), hidden=True)
   if ndim == 2 and context.is_cell(keys):
     gates = context.fused_gates.get(tuple(keys[:-2]))

@@ -256,8 +256,9 @@ def param_groups(
       for i, n in enumerate(found.depths):
         if n is not None and i not in claimed:
           outranked[i] = True
-      counts[claimed[0]] += 1
-      return names[claimed[0]]
+      first = next(iter(claimed))
+      counts[first] += 1
+      return names[first]
 
     out = paths_lib.map_with_paths(label_of, params)
     if doubly:
@@ -329,6 +330,14 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
       group each leaf goes to; ``"frozen"`` for leaves ``rest="freeze"``
       freezes).
   """
+
+  optimizer: Any
+  groups: tuple[dict[str, Any], ...]
+  defaults: dict[str, Any]
+  rest: str
+  allow_empty: bool
+  names: tuple[str, ...]
+  labels: Any
 
   def __new__(cls, init, update, *, optimizer=None, groups=(), defaults=None,
               rest="error", allow_empty=False, names=(), labels=None):

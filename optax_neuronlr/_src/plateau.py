@@ -193,7 +193,7 @@ def scale_by_reduce_lr_on_plateau(
         best=best,
         num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
         cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32),
-        count=optax.safe_increment(state.count),
+        count=jnp.asarray(optax.safe_increment(state.count)),
         applied_lr=lr,
     )
     return updates, new_state

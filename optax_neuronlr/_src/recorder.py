@@ -42,7 +42,7 @@ class RateRecord:
   keys: tuple[str, ...]
   summary: jax.Array
   rates: dict[str, jax.Array]
-  bounds: jax.Array
+  bounds: Any  # jax.Array (or an empty NumPy array)
 
 
 jax.tree_util.register_dataclass(
@@ -229,7 +229,7 @@ class RateRecorder:
       raise ValueError(
           "RateRecorder records one optimizer state structure; got summary "
           f"keys {list(record.keys)} and rate paths {list(paths)} after "
-          f"{list(self._keys)} and {list(self._paths)}. Use one recorder per "
+          f"{list(self._keys)} and {list(self._paths or ())}. Use one recorder per "
           "optimizer, or clear() it."
       )
     self._pending.append((step, record))

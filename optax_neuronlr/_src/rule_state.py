@@ -44,6 +44,7 @@ alone (:func:`is_rule_state`): a class built here, carrying a rule.
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Any, NamedTuple
 
 import jax
@@ -104,7 +105,8 @@ def base_state_class(rule_cls: type) -> type:
   """The NamedTuple state of a rule class (its default instance's state)."""
   fields = state_fields(rule_cls)
   name = rule_cls.state_name or f"{rule_cls.__name__}State"
-  state_cls = NamedTuple(name, [(f, Any) for f in fields])
+  # The functional form, with fields known only at run time.
+  state_cls: Any = typing.cast(Any, NamedTuple)(name, [(f, Any) for f in fields])
   setattr(state_cls, _MARK, True)
   state_cls.rule = None  # the default instance, set by rule_state_class
   state_cls.is_global = False

@@ -76,7 +76,7 @@ def _run(name: str, steps: int, dtypes: Sequence[str]) -> Result:
     from optax_neuronlr.parity import normuon  # pylint: disable=g-import-not-at-top
     return normuon.run_case(name, steps, dtypes)
   if name in param_group_changes.ROWS:
-    return param_group_changes.run_case(name, steps, dtypes)
+    return param_group_changes.run_case(name, steps, tuple(dtypes))
   return run_case(CASES[name], steps, dtypes)
 
 

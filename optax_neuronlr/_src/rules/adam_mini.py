@@ -201,7 +201,8 @@ def _spec_str(spec: UnitSpec) -> str:
   if isinstance(spec, Blocks):
     return f"Blocks({spec.axis}, {spec.num_blocks})"
   if isinstance(spec, Neurons):
-    axes = spec.axes[0] if len(spec.axes) == 1 else spec.axes
+    axes = units_lib.neuron_axes_of(spec)
+    axes = axes[0] if len(axes) == 1 else axes
     return f"Neurons({axes})"
   return repr(spec) if not isinstance(spec, str) else spec
 
@@ -434,8 +435,9 @@ def _library_dirs() -> tuple[str, ...]:
   dirs = [_PACKAGE_DIR]
   for name in ("optax", "jax", "flax"):
     module = sys.modules.get(name)
-    if module is not None and getattr(module, "__file__", None):
-      dirs.append(os.path.dirname(os.path.abspath(module.__file__)))
+    file = getattr(module, "__file__", None)
+    if file:
+      dirs.append(os.path.dirname(os.path.abspath(file)))
   return tuple(d + os.sep for d in dirs)
 
 

@@ -243,7 +243,7 @@ def orthogonalise(
   dtype = x.dtype if ns_dtype is None else engine.element_dtype(x.dtype, ns_dtype)
   o = newton_schulz(stack.astype(dtype), ns_steps, ns_coeffs, eps)
   out = back(o.astype(x.dtype))
-  if sharded:
+  if spec is not None and sharded:
     out = jax.sharding.reshard(out, units_lib.on_mesh_of(out, spec))
   return out
 

@@ -96,7 +96,7 @@ def test_api_page_documents_public_names_only(site):
 
 def test_notebook_pages_load_a_math_renderer(site):
   """mkdocs-jupyter writes ``<script src="">`` unless given a MathJax URL."""
-  page = (site / "notebooks" / "04_write_your_own_rule" / "index.html").read_text()
+  page = (site / "notebooks" / "05_write_your_own_rule" / "index.html").read_text()
   assert "$$" in page or "\\[" in page  # the notebook has display math
   sources = re.findall(r'<script[^>]*\bsrc="([^"]*)"', page)
   assert "" not in sources, "empty <script src> on a notebook page"

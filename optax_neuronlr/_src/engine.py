@@ -133,18 +133,18 @@ class Rule:
   ``min_lr``, ``max_lr`` and the rule's ``hyperparams``), and ``count``, the
   number of updates including this one (``t``, starting at 1).
 
-  Version 2.1 of the API (backwards compatible: a rule that does not use
-  them is unchanged) adds ``leaf_stats`` and :meth:`update_leaf`, which
-  receives this step's reduced observations of the whole leaf and a
-  :class:`LeafContext` (the leaf's path, shape, units, and a static value
-  per leaf that ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in
-  :meth:`rate` then holds the leaf statistics too.
+  Per-leaf statistics are optional: a rule that declares ``leaf_stats``
+  defines :meth:`update_leaf`, which receives this step's reduced
+  observations of the whole leaf and a :class:`LeafContext` (the leaf's path,
+  shape, units, and a static value per leaf that
+  ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in :meth:`rate`
+  then holds the leaf statistics too. A rule without them never sees either.
 
   The engine checks what each method returns (names, shapes, real dtypes) at
   trace time and raises an error naming the rule, the method and the
   statistic; see the docs page "Writing a rule".
 
-  Example: a rate inversely proportional to an EMA of the unit's RMS gradient::
+  Example: a rate inversely proportional to an EMA of the unit's RMS gradient:
 
       @dataclasses.dataclass(frozen=True)
       class InverseRMS(nlr.Rule):

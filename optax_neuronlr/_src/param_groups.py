@@ -107,7 +107,7 @@ def param_groups(
   """PyTorch-style parameter groups, each with its own hyperparameters.
 
   ``torch.optim.SGD([{"params": model.part1.parameters(), "lr": 1e-3},
-  {"params": model.part2.parameters(), "lr": 1e-2}], momentum=0.9)`` becomes::
+  {"params": model.part2.parameters(), "lr": 1e-2}], momentum=0.9)`` becomes:
 
     nlr.param_groups(optax.sgd, [
         {"params": r"part1/.*", "learning_rate": 1e-3},
@@ -129,7 +129,7 @@ def param_groups(
 
   PyTorch's "everything else" group (``[{"params": model.head.parameters(),
   "lr": 1e-2}, {"params": rest_of_model}]``) is the group that ``rest``
-  names; it may leave ``"params"`` out::
+  names; it may leave ``"params"`` out:
 
     nlr.param_groups(optax.adam, [
         {"params": "head", "learning_rate": 1e-2},

@@ -97,7 +97,7 @@ def scale_by_reduce_lr_on_plateau(
   by ``optax.scale(-1.0)``. Each update takes the monitored value as
   ``update(..., value=loss)``. It first applies the current rate, then steps
   the plateau logic on ``value`` exactly as one ``scheduler.step(value)`` does
-  (in PyTorch order: ``optimizer.step(); scheduler.step(value)``)::
+  (in PyTorch order: ``optimizer.step(); scheduler.step(value)``):
 
     if is_better(value, best):  best, bad = value, 0
     else:                       bad += 1

@@ -69,7 +69,7 @@ class RateRecorder:
   governed by a second rule state is ``"<path>#1"``.
 
   Inside a jitted training step, compute the record with :meth:`compute`,
-  return it from the step and hand it to :meth:`add`::
+  return it from the step and hand it to :meth:`add`:
 
     recorder = nlr.RateRecorder(leaves=r".*kernel")
 

@@ -111,11 +111,10 @@ def base_state_class(rule_cls: type) -> type:
   state_cls.rule = None  # the default instance, set by rule_state_class
   state_cls.is_global = False
   state_cls.__doc__ = (
-      f"State of :func:`scale_by_rule` for :class:`{rule_cls.__name__}`: ``count``, "
+      f"State of `scale_by_rule` for `{rule_cls.__name__}`: `count`, "
       f"unit statistics {rule_cls.unit_stats}, element statistics "
-      f"{rule_cls.element_stats}, leaf statistics {rule_cls.leaf_stats}, ``applied`` "
-      "and ``direction_state`` (see "
-      ":class:`optax_neuronlr.RuleState`)."
+      f"{rule_cls.element_stats}, leaf statistics {rule_cls.leaf_stats}, `applied` "
+      "and `direction_state` (see `optax_neuronlr.RuleState`)."
   )
   state_cls.__module__ = rule_cls.__module__
   return state_cls

@@ -41,7 +41,11 @@ from optax_neuronlr.parity.harness import DTYPES, exit_status, format_table, run
 DEFAULT_STEPS = 50
 ADAM_MINI = "adam-mini"
 MUON_ROWS = ("muon", "normuon")
-NAMES = (*CASES, *param_group_changes.NAMES, ADAM_MINI, *MUON_ROWS)
+# The README's order: by reference document (000 ... 004; a document's
+# param-group rows after its other rows), then Muon and NorMuon, then
+# Adam-mini (the README gives it a table of its own).
+NAMES = (*sorted((*CASES, *param_group_changes.NAMES), key=lambda name: name[:3]),
+         *MUON_ROWS, ADAM_MINI)
 
 
 def _positive_int(text: str) -> int:

@@ -16,7 +16,7 @@ def test_notebook_executes(path, tmp_path):
   notebook = nbformat.read(path, as_version=4)
   assert any(c.cell_type == "code" for c in notebook.cells), "a notebook without code"
   client = nbclient.NotebookClient(
-      notebook, timeout=120, kernel_name="python3",
+      notebook, timeout=300, kernel_name="python3",
       resources={"metadata": {"path": str(tmp_path)}})
   client.execute()
   errors = [o for c in notebook.cells if c.cell_type == "code"

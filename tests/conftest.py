@@ -100,8 +100,15 @@ SLOW_MODULES = frozenset({
     "test_multiprocess.py",   # two JAX processes
     "test_quickstart.py",     # README's training loops
     "test_sharding.py",       # 8-device runs in subprocesses
+    "test_contract.py",       # every optimizer of tests/registry.py x every contract
+    "test_fuzz.py",           # hypothesis over every optimizer
 })
 SLOW_TESTS = (
+    "test_adam_mini.py::test_nnx_transformer_as_is",
+    "test_adam_mini.py::test_linen_transformer_as_is",
+    "test_adam_mini.py::test_inject_hyperparams_binds_every_hyperparameter",
+    "test_adam_mini.py::test_unrecognised_leaves_are_reported_once_per_optimizer",
+    "test_adam_mini_blocks.py::test_linen_transformer_by_path_and_shape",
     "test_docs.py::test_mkdocs_build_strict",  # builds the site (the module's fixture)
     "test_examples.py::test_compare_strategies_quick",
     "test_examples.py::test_hypergradient_digits_quick",

@@ -70,7 +70,6 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any, Optional
 
 import jax

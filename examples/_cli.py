@@ -10,6 +10,14 @@ import argparse
 import os
 
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
+# Where the examples write their figures by default: an ignored folder of the
+# working directory (created when needed), never the repository's root.
+RESULTS_DIR = "results"
+
+
+def default_figure(name: str) -> str:
+  """``results/<name>``, the default ``--out`` of an example."""
+  return os.path.join(RESULTS_DIR, name)
 
 
 def figure_path(text: str) -> str:
@@ -21,6 +29,8 @@ def figure_path(text: str) -> str:
   if os.path.isdir(text):
     raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
   folder = os.path.dirname(os.path.abspath(text))
+  if os.path.normpath(os.path.dirname(text)) == RESULTS_DIR:
+    os.makedirs(folder, exist_ok=True)  # the default folder (ignored by git)
   if not os.path.isdir(folder):
     raise argparse.ArgumentTypeError(f"the folder of {text!r} does not exist")
   if not os.access(folder, os.W_OK):

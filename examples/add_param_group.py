@@ -327,7 +327,7 @@ def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=tl.positive_int, default=None,
                       help=f"seeds (default {SEEDS}, {QUICK['seeds']} with --quick)")
-  parser.add_argument("--out", type=_cli.figure_path, default="add_param_group.png",
+  parser.add_argument("--out", type=_cli.figure_path, default=_cli.default_figure("add_param_group.png"),
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help=f"a short smoke run: {QUICK['before']} + {QUICK['after']} steps")

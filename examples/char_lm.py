@@ -54,7 +54,7 @@ import dataclasses
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import jax
@@ -376,7 +376,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--steps", type=_positive_int, default=None,
                  help=f"training steps per run (default {Config.steps}, "
                       f"{QUICK.steps} with --quick)")
-  p.add_argument("--out", type=_cli.figure_path, default="char_lm.png",
+  p.add_argument("--out", type=_cli.figure_path, default=_cli.default_figure("char_lm.png"),
                  help="where to write the figure (default: %(default)s)")
   p.add_argument("--quick", action="store_true",
                  help="a short run for tests: a tiny model, one rate per optimizer")

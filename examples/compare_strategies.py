@@ -1,11 +1,16 @@
-"""Compare the per-unit learning-rate rules of optax_neuronlr with SGD and Adam.
+"""Compare the optimizers of optax_neuronlr with SGD, Adam and AdamW.
 
 Trains the same small Flax NNX MLP (64 -> 64 -> 64 -> 10, ReLU) on
 scikit-learn's bundled digits data set (no download; standardised, fixed 75/25
 train/test split) with every optimizer below. The initialisation, the minibatch
 order, the number of epochs and the batch size are the same for every run:
 
-* ``optax.sgd(0.1)``, ``optax.sgd(0.01, momentum=0.9)`` (the same effective
+* the recommended optimizers, as a user would first call them: ``nlr.normuon(0.02)``
+  and ``nlr.muon(0.02)`` (the hidden matrix orthogonalised, AdamW on the
+  input and output layers and the biases), ``nlr.adam_mini(1e-3)``, beside
+  ``optax.adamw(1e-3)``;
+* to port and study the reference document 000:
+  ``optax.sgd(0.1)``, ``optax.sgd(0.01, momentum=0.9)`` (the same effective
   step, ``lr / (1 - momentum) = 0.1``), ``optax.adam(1e-3)``, and
   ``optax.sgd(1.0)``: what a rule whose units all sit at ``max_lr=1.0`` is;
 * ``nlr.grad_magnitude_lr``, ``nlr.grad_history_lr`` and
@@ -17,14 +22,15 @@ order, the number of epochs and the batch size are the same for every run:
 
 It prints a table (final train loss, test accuracy, wall time including JIT
 compilation, and for the per-unit rules the fraction of units pinned at
-``max_lr``) and writes a PNG with the train-loss curves and a histogram of the
-final per-neuron rates of the neuron-granularity runs. No setting is tuned for
+``max_lr``) and writes a PNG (default ``results/compare_strategies.png``) with
+the train-loss curves and a histogram of the final per-neuron rates of the
+neuron-granularity runs. No setting is tuned for
 any optimizer; whatever the numbers are, they are printed.
 
 Run from the repository root::
 
     python examples/compare_strategies.py                 # under a minute on 2 CPU cores
-    python examples/compare_strategies.py --quick         # ~10 s: 4 of the runs, 2 epochs
+    python examples/compare_strategies.py --quick         # ~15 s: 6 of the runs, 2 epochs
     python examples/compare_strategies.py --epochs 60 --out /tmp/figure.png
 """
 
@@ -66,8 +72,11 @@ EPOCHS = 40
 QUICK_EPOCHS = 2
 NUM_CLASSES = 10
 # --quick compiles only these (compilation, ~1 s per optimizer, dominates it):
-# one baseline, every rule, both granularities, one bias-corrected variant.
+# two recommended optimizers, one baseline, every reference rule, both
+# granularities, one bias-corrected variant.
 QUICK_RUNS = (
+    "normuon lr=0.02",
+    "adam_mini lr=1e-3",
     "adam lr=1e-3",
     "grad_magnitude_lr [element]",
     "grad_history_lr [neuron]",
@@ -144,6 +153,12 @@ def strategies(quick: bool) -> list[Strategy]:
   drawn in the figure), then the bias-corrected variants with ``max_lr=0.1``.
   """
   runs = [
+      # The recommended optimizers (the README's "Which optimizer should I use?").
+      Strategy("normuon lr=0.02", None, lambda: nlr.normuon(0.02)),
+      Strategy("muon lr=0.02", None, lambda: nlr.muon(0.02)),
+      Strategy("adam_mini lr=1e-3", None, lambda: nlr.adam_mini(1e-3)),
+      Strategy("adamw lr=1e-3", None, lambda: optax.adamw(1e-3)),
+      # Port and study: the reference-000 rules against SGD and Adam.
       Strategy("sgd lr=0.1", None, lambda: optax.sgd(0.1)),
       # What a rule pinned at max_lr=1.0 everywhere reduces to:
       Strategy("sgd lr=1.0 (= max_lr)", None, lambda: optax.sgd(1.0)),
@@ -262,7 +277,7 @@ def print_table(results: Sequence[Result], epochs: int) -> None:
 def plot(results: Sequence[Result], epochs: int, out: str) -> None:
   """Loss curves of every run (left); per-neuron rate histograms (right)."""
   names = list(dict.fromkeys(r.strategy.name for r in results))
-  colors = dict(zip(names, plt.get_cmap("tab10").colors))
+  colors = dict(zip(names, plt.get_cmap("tab20").colors))
   neuron_runs = [r for r in results if r.strategy.granularity == "neuron"]
   fig = plt.figure(figsize=(16, 8), layout="constrained")
   left, right = fig.subfigures(1, 2, width_ratios=(1.15, 1))
@@ -325,7 +340,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--epochs", type=positive_int, default=None,
                       help=f"training epochs per run (default {EPOCHS}, "
                            f"{QUICK_EPOCHS} with --quick)")
-  parser.add_argument("--out", type=_cli.figure_path, default="compare_strategies.png",
+  parser.add_argument("--out", type=_cli.figure_path, default=_cli.default_figure("compare_strategies.png"),
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help=f"a short run for tests: {len(QUICK_RUNS)} of the "

@@ -452,7 +452,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--epochs", type=positive_int, default=None,
                       help=f"training epochs per run, {BATCH_SIZE}-example batches "
                            f"(default {EPOCHS}, {QUICK_EPOCHS} with --quick)")
-  parser.add_argument("--out", type=_cli.figure_path, default="hypergradient_digits.png",
+  parser.add_argument("--out", type=_cli.figure_path, default=_cli.default_figure("hypergradient_digits.png"),
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--beta-scale", type=positive_float, default=None,
                       metavar="F",

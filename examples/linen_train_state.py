@@ -193,7 +193,7 @@ def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=positive_int, default=None,
                       help=f"training steps (default {STEPS}, {QUICK_STEPS} with --quick)")
-  parser.add_argument("--out", type=_cli.figure_path, default="linen_train_state.png",
+  parser.add_argument("--out", type=_cli.figure_path, default=_cli.default_figure("linen_train_state.png"),
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help=f"a short smoke run: {QUICK_STEPS} steps")

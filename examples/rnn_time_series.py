@@ -555,7 +555,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--steps", type=positive_int, default=None,
                       help=f"training steps per run (default {STEPS}, {QUICK_STEPS} with "
                            "--quick)")
-  parser.add_argument("--out", type=_cli.figure_path, default="rnn_time_series.png",
+  parser.add_argument("--out", type=_cli.figure_path, default=_cli.default_figure("rnn_time_series.png"),
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help="a short smoke run: one rate per baseline, one rule, "

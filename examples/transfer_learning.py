@@ -476,7 +476,7 @@ def parse_args() -> argparse.Namespace:
                            f"{QUICK_SEEDS} with --quick)")
   parser.add_argument("--steps", type=positive_int, default=None,
                       help=f"fine-tuning steps (default {STEPS}, {QUICK_STEPS} with --quick)")
-  parser.add_argument("--out", type=_cli.figure_path, default="transfer_learning.png",
+  parser.add_argument("--out", type=_cli.figure_path, default=_cli.default_figure("transfer_learning.png"),
                       help="where to write the figure (default: %(default)s)")
   parser.add_argument("--quick", action="store_true",
                       help=f"a short smoke run: {len(QUICK_METHODS)} methods, one rate, "

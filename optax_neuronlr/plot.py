@@ -92,7 +92,7 @@ def _short_log_ticks(axis: Any, lo: float, hi: float) -> None:
 
   decades = math.log10(hi / lo)
   if decades < 0.5:
-    subs = np.arange(1.0, 10.0)
+    subs = tuple(float(s) for s in range(1, 10))
   elif decades < 1.5:
     subs = (1.0, 2.0, 5.0)
   else:

@@ -88,3 +88,45 @@ class Quadratic:
 @pytest.fixture
 def quadratic() -> Quadratic:
   return Quadratic()
+
+
+# Tests over about 10 s on 2 CPU cores (pytest --durations): `pytest -m "not
+# slow"` is the fast subset (CONTRIBUTING.md). A whole module by file name, or
+# single tests by "file::name" prefix (parametrized ids included). A new slow
+# test may carry @pytest.mark.slow itself instead.
+SLOW_MODULES = frozenset({
+    "test_convergence.py",    # the study's quick run, in a subprocess
+    "test_notebooks.py",      # executes every notebook
+    "test_multiprocess.py",   # two JAX processes
+    "test_quickstart.py",     # README's training loops
+    "test_sharding.py",       # 8-device runs in subprocesses
+    "test_contract.py",       # every optimizer of tests/registry.py x every contract
+    "test_fuzz.py",           # hypothesis over every optimizer
+})
+SLOW_TESTS = (
+    "test_adam_mini.py::test_nnx_transformer_as_is",
+    "test_adam_mini.py::test_linen_transformer_as_is",
+    "test_adam_mini.py::test_inject_hyperparams_binds_every_hyperparameter",
+    "test_adam_mini.py::test_unrecognised_leaves_are_reported_once_per_optimizer",
+    "test_adam_mini_blocks.py::test_linen_transformer_by_path_and_shape",
+    "test_docs.py::test_mkdocs_build_strict",  # builds the site (the module's fixture)
+    "test_examples.py::test_compare_strategies_quick",
+    "test_examples.py::test_hypergradient_digits_quick",
+    "test_examples.py::test_rnn_time_series_quick",
+    "test_examples.py::test_transfer_learning_quick",
+    "test_examples.py::test_linen_train_state_quick",
+    "test_examples.py::test_char_lm_quick",
+    "test_examples.py::test_add_param_group_quick",
+    "test_examples.py::test_bad_out_is_a_usage_error_before_training",
+    "test_examples.py::test_hypergradient_digits_inf_beta_scale_is_a_usage_error",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    name = item.nodeid.rsplit("/", 1)[-1]
+    uses_site = "site" in getattr(item, "fixturenames", ())
+    if (name.split("::")[0] in SLOW_MODULES or name.startswith(SLOW_TESTS)
+        or (name.startswith("test_docs.py::") and uses_site)):
+      item.add_marker(pytest.mark.slow)

@@ -10,7 +10,6 @@ that no rule recognises are reported, never silently one block.
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import flax.linen as nn

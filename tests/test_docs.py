@@ -94,14 +94,92 @@ def test_api_page_documents_public_names_only(site):
   assert "<blockquote>\n<blockquote>" not in api
 
 
-def test_notebook_pages_load_a_math_renderer(site):
-  """mkdocs-jupyter writes ``<script src="">`` unless given a MathJax URL."""
-  page = (site / "notebooks" / "04_write_your_own_rule" / "index.html").read_text()
+def test_notebook_pages_load_the_sites_katex_only(site):
+  """One renderer: the notebook pages draw their math with the site's KaTeX,
+  and mkdocs-jupyter's MathJax loader is gone (no empty ``<script src="">``)."""
+  page = (site / "notebooks" / "05_write_your_own_rule" / "index.html").read_text()
   assert "$$" in page or "\\[" in page  # the notebook has display math
   sources = re.findall(r'<script[^>]*\bsrc="([^"]*)"', page)
   assert "" not in sources, "empty <script src> on a notebook page"
-  assert any(re.search(r"mathjax|katex", s, flags=re.I) and re.match(r"https?://", s)
-             for s in sources), sources
+  assert any(s.endswith("vendor/katex/katex.min.js") for s in sources), sources
+  assert not re.search(r"mathjax", page, flags=re.I), "a MathJax loader on a notebook page"
+
+
+def test_built_site_loads_nothing_from_other_sites(site):
+  """Offline (or behind a proxy) every page works: no script, stylesheet,
+  font or preconnect from another site, and the KaTeX files are in the site."""
+  remote = re.compile(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="(?:https?:)?//[^"]*"')
+  found = {str(p.relative_to(site)): remote.findall(p.read_text())
+           for p in site.rglob("*.html")}
+  found = {k: v for k, v in found.items() if v}
+  assert not found, found
+  for css in site.rglob("*.css"):
+    assert not re.search(r"url\((?:['\"])?(?:https?:)?//", css.read_text()), css
+  vendor = site / "vendor" / "katex"
+  for name in ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js"):
+    assert (vendor / name).is_file(), name
+  # Every font the stylesheet names first (woff2, what browsers load) is there.
+  fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", (vendor / "katex.min.css").read_text())
+  assert fonts and all((vendor / f).is_file() for f in fonts), fonts
+
+
+def test_api_returns_one_row_per_value(site):
+  """A "Returns:" section describes one value, however many lines it takes:
+  never one table row per source line."""
+  api = (site / "api" / "index.html").read_text()
+  sections = re.findall(r'doc-section-title">Returns:</span>(.*?)</table>', api, flags=re.S)
+  assert len(sections) > 20
+  rows = [len(re.findall(r"<tr\b", s[s.index("<tbody"):])) for s in sections]
+  split = [i for i, n in enumerate(rows) if n != 1]
+  assert not split, [re.sub(r"<[^>]+>", " ", sections[i])[:200] for i in split]
+
+
+# reST that Markdown shows as it is: a directive or a literal-block marker.
+REST_DIRECTIVE = re.compile(r"^\s*\.\. [\w-]+::", flags=re.M)
+REST_LITERAL_MARKER = re.compile(r"\S::[ \t]*$", flags=re.M)
+
+
+def _public_docstrings():
+  """(name, docstring) of every public name, its public methods and a
+  transform that ``rule_transform`` builds, as ``help()`` shows them."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  objects = {name: getattr(nlr, name) for name in nlr.__all__}
+  objects["rule_transform(GradHistory)"] = nlr.rule_transform(nlr.GradHistory)
+  objects["rule_transform(GradHistory, alias=True)"] = nlr.rule_transform(
+      nlr.GradHistory, alias=True)
+  for name, obj in objects.items():
+    if doc := inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None:
+      yield name, doc
+    if inspect.isclass(obj):
+      for attr, member in vars(obj).items():
+        if not attr.startswith("_") and callable(member) and (doc := inspect.getdoc(member)):
+          yield f"{name}.{attr}", doc
+
+
+def test_docstrings_have_no_rest_blocks():
+  """help() shows Markdown: no reST directive (``.. code-block::``) and no
+  ``text::`` literal marker in any public docstring."""
+  bad = sorted(name for name, doc in _public_docstrings()
+               if REST_DIRECTIVE.search(doc) or REST_LITERAL_MARKER.search(doc))
+  assert not bad, bad
+
+
+def test_generated_docstrings_are_markdown():
+  """What rule_transform and a rule's state class write: Markdown code
+  (single backticks), no reST roles or double backticks."""
+  docs = [nlr.rule_transform(nlr.GradHistory).__doc__,
+          nlr.rule_transform(nlr.GradHistory, alias=True).__doc__,
+          nlr.GradHistory().state_class().__doc__]
+  for doc in docs:
+    head = doc.split("\n\n")[:2]  # the generated part, before the rule's own docstring
+    for part in head:
+      assert not re.search(r":(?:func|class|meth):`|``", part), part
+  assert "`optax_neuronlr.scale_by_rule`" in docs[0]
+
+
+def test_api_page_has_no_rest_directives(site):
+  text = html.unescape(re.sub(r"<[^>]+>", "", (site / "api" / "index.html").read_text()))
+  assert not REST_DIRECTIVE.search(text), REST_DIRECTIVE.search(text)
 
 
 def _documented_docstrings():
@@ -162,14 +240,16 @@ def test_built_pages_have_no_rest_math(site):
   assert not found, f"reST math shows as literal text in: {found}"
 
 
-def test_extra_javascript_loads_a_math_renderer():
+def test_extra_javascript_loads_one_math_renderer_from_the_site():
   config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
   scripts = [s if isinstance(s, str) else s["path"]
              for s in config.get("extra_javascript", [])]
-  assert any(re.search(r"katex|mathjax", s, flags=re.I) for s in scripts), scripts
-  for script in scripts:
-    if not re.match(r"https?://", script):
-      assert (ROOT / "docs" / script).is_file(), script
+  styles = config.get("extra_css", [])
+  assert any(re.search(r"katex", s, flags=re.I) for s in scripts), scripts
+  assert not any(re.search(r"mathjax", s, flags=re.I) for s in scripts), scripts
+  for path in [*scripts, *styles]:
+    assert not re.match(r"(https?:)?//", path), path  # served by the site itself
+    assert (ROOT / "docs" / path).is_file(), path
 
 
 def test_no_rest_math_in_package():

@@ -26,8 +26,20 @@ def run_quick(script: str, tmp_path) -> str:
 def test_compare_strategies_quick(tmp_path):
   stdout = run_quick("compare_strategies.py", tmp_path)
   assert "test acc" in stdout
-  for name in ("adam lr=1e-3", "grad_magnitude_lr", "grad_history_lr"):
+  for name in ("normuon lr=0.02", "adam_mini lr=1e-3", "adam lr=1e-3", "grad_magnitude_lr",
+               "grad_history_lr"):
     assert name in stdout
+  # The recommended optimizers come first, the reference-000 rules after.
+  assert stdout.index("normuon lr=0.02") < stdout.index("grad_magnitude_lr")
+
+
+def test_examples_write_figures_into_results_by_default():
+  """The default --out of every example is results/<script>.png (git-ignored)."""
+  for script in SCRIPTS:
+    text = (ROOT / "examples" / script).read_text()
+    assert f'default=_cli.default_figure("{script[:-3]}.png")' in text, script
+    assert '.png",' not in text.replace("default_figure(", ""), script
+  assert "/results/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_hypergradient_digits_quick(tmp_path):

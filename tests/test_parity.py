@@ -272,3 +272,17 @@ def test_module_runs_and_torch_stays_optional():
   probe = "import sys, optax_neuronlr; assert 'torch' not in sys.modules"
   run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stderr
+
+
+def test_rows_print_in_the_readmes_order():
+  """`python -m optax_neuronlr.parity` prints its rows in the order of the
+  README's parity table (Adam-mini, which has a table of its own, last)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from optax_neuronlr.parity import __main__ as parity_main  # pylint: disable=g-import-not-at-top
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  table = readme[readme.index("PyTorch parity, 50 steps"):]
+  table = table[:table.index("\n\n", table.index("| case |"))]
+  rows = [r for r in re.findall(r"^\| ([\w-]+) \|", table, flags=re.M) if r not in ("case", "---")]
+  assert rows[:3] == ["000-ex1", "000-ex2", "000-ex3"] and rows[-7:-5] == ["muon", "normuon"]
+  assert list(parity_main.NAMES) == [*rows, "adam-mini"]

@@ -122,7 +122,7 @@ def intro(cfg: dict[str, Any]) -> list[str]:
       "step after compilation (x NAdamW); *min/max clamp* fraction of units at `min_lr` / "
       "`max_lr` at the end. The same numbers, one row per task x steps x method x "
       "schedule: `summary.csv` (`mean`, `std`: test loss; `p_value`: uncorrected).",
-      *([f"Not run (their `nlr` names are missing): "
+      *(["Not run (their `nlr` names are missing): "
          + ", ".join(f"{k} ({v})" for k, v in cfg["unavailable_methods"].items()) + "."]
         if cfg.get("unavailable_methods") else []),
   ]
@@ -181,7 +181,7 @@ def task_section(name: str, task: dict[str, Any]) -> list[str]:
       f"{task['description']}; {task['steps']} steps, {task['parameters']:,} parameters; "
       f"{budget_text(task['budget'])}. Target: the scheduled NAdamW's final test "
       f"{task['loss']} {fmt(target.get('test_loss'), 4)}.",
-      *([f"Failed to build: " + "; ".join(f"{k} ({v})" for k, v in task["errors"].items())
+      *(["Failed to build: " + "; ".join(f"{k} ({v})" for k, v in task["errors"].items())
          + "."] if task.get("errors") else []),
       "",
   ]

@@ -67,7 +67,7 @@ from optax_neuronlr._src import validation
 from optax_neuronlr._src import weight_stats
 from optax_neuronlr._src.roles import kinds as roles_kinds
 from optax_neuronlr._src.roles import layout as roles_layout
-from optax_neuronlr._src.rule_state import RuleState  # pylint: disable=unused-import
+from optax_neuronlr._src.rule_state import RuleState  # noqa: F401  # pylint: disable=unused-import
 
 Hyper = Mapping[str, jax.Array]
 Stats = dict[str, jax.Array]
@@ -148,12 +148,12 @@ class Rule:
   ``min_lr``, ``max_lr`` and the rule's ``hyperparams``), and ``count``, the
   number of updates including this one (``t``, starting at 1).
 
-  Version 2.1 of the API (backwards compatible: a rule that does not use
-  them is unchanged) adds ``leaf_stats`` and :meth:`update_leaf`, which
-  receives this step's reduced observations of the whole leaf and a
-  :class:`LeafContext` (the leaf's path, shape, units, and a static value
-  per leaf that ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in
-  :meth:`rate` then holds the leaf statistics too. Version 2.2 adds
+  Per-leaf statistics are optional: a rule that declares ``leaf_stats``
+  defines :meth:`update_leaf`, which receives this step's reduced
+  observations of the whole leaf and a :class:`LeafContext` (the leaf's path,
+  shape, units, and a static value per leaf that
+  ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in :meth:`rate`
+  then holds the leaf statistics too. A rule without them never sees either. A rule may also declare
   ``weights``: per-unit statistics of the parameters (LARS/LAMB's trust
   ratios, Nero's weight scale).
 
@@ -161,7 +161,7 @@ class Rule:
   trace time and raises an error naming the rule, the method and the
   statistic; see the docs page "Writing a rule".
 
-  Example: a rate inversely proportional to an EMA of the unit's RMS gradient::
+  Example: a rate inversely proportional to an EMA of the unit's RMS gradient:
 
       @dataclasses.dataclass(frozen=True)
       class InverseRMS(nlr.Rule):
@@ -191,11 +191,14 @@ class Rule:
   weights: ClassVar[tuple[str, ...]] = ()
   reduce: ClassVar[str] = "mean"
   state_name: ClassVar[str] = ""
+  # The rule's name in tables and logs: the class name unless the class sets
+  # ``name = "..."`` (a class attribute, not inherited by subclasses).
+  name: ClassVar[str] = "Rule"
 
-  @property
-  def name(self) -> str:
-    """The rule's name in tables and logs (a subclass may set ``name = ...``)."""
-    return type(self).__name__
+  def __init_subclass__(cls, **kwargs: Any) -> None:
+    super().__init_subclass__(**kwargs)
+    if "name" not in cls.__dict__:
+      cls.name = cls.__name__
 
   def scalar_names(self) -> tuple[str, ...]:
     """Names of the scalars in ``hp`` and in a state's ``applied`` tuple."""
@@ -636,7 +639,7 @@ def scale_by_rule(
           f"{rule.name}: update got a {type(state).__name__}, not the state "
           f"this transform's init builds ({state_cls.__name__})."
       )
-    count = optax.safe_increment(state.count)
+    count = jnp.asarray(optax.safe_increment(state.count))
     hp = step_scalars(lr_at(state.count))
     prev_hp = dict(zip(names, state.applied))
     layouts, treedef = units_lib.tree_layouts(updates, granularity, neuron_axes,
@@ -698,6 +701,7 @@ def scale_by_rule(
                               kind="unit statistics")
       new = {n: jnp.asarray(new[n]).astype(dtype) for n in rule.unit_stats}
       if leaf_step:
+        assert i is not None and infos is not None
         layout = leaves[i].layout
         context = LeafContext(leaves[i].path, layout.shape, layout.unit_shape,
                               layout.size, infos[i])
@@ -787,13 +791,14 @@ def _global_reduce(
   """Sums (or means) of each observed quantity over every element of the tree."""
   if not leaves:
     return ()
-  totals = None
+  totals: Optional[tuple[jax.Array, ...]] = None
   size = 0
   for leaf in leaves:
     size += math.prod(leaf.layout.shape)
     totals = leaf.observed if totals is None else tuple(
         a + b for a, b in zip(totals, leaf.observed)
     )
+  assert totals is not None  # leaves is not empty
   if reduction == "mean":
     totals = tuple(t / max(size, 1) for t in totals)
   return totals

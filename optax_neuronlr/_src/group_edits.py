@@ -37,7 +37,7 @@ def add_param_group(
   """Adds a parameter group during training: PyTorch's ``add_param_group``.
 
   ``optimizer.add_param_group({"params": model.head.parameters(), "lr":
-  1e-2})`` becomes::
+  1e-2})`` becomes:
 
     model_params = {**params, "head": head_params}
     tx, state = nlr.add_param_group(tx, state, model_params,

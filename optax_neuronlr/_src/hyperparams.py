@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+import typing
 from typing import Any, Optional
 
 import jax
@@ -123,8 +124,9 @@ def injected(
     new, new_state = make(updates).update(updates, state, params, **extra_args)
     if not ours:
       new = _cast_like(new, updates)
-      new_state = new_state._replace(
-          inner_state=_cast_like(new_state.inner_state, state.inner_state))
+      inner = typing.cast(Any, new_state)  # an InjectHyperparamsState
+      new_state = inner._replace(
+          inner_state=_cast_like(inner.inner_state, state.inner_state))
     return new, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -56,7 +56,7 @@ def scale_by_leaf(
 
   The multipliers are resolved once, at ``init``, and kept in the state
   (``ScaleByLeafState.multipliers``, shaped like the params), where they can be
-  read, logged or changed. Combine with any optimizer::
+  read, logged or changed. Combine with any optimizer:
 
     optax.chain(optax.adam(1e-3),
                 nlr.scale_by_leaf(nlr.layerwise_multipliers(params, 0.9)))

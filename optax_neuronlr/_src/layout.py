@@ -10,7 +10,6 @@ forgotten group shows at a glance.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, NamedTuple, Optional
 

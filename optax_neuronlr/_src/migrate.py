@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_neuronlr._src import engine
 from optax_neuronlr._src import hyperparams as hyperparams_lib
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import rule_state

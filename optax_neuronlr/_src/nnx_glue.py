@@ -33,7 +33,7 @@ def rebuild_nnx_optimizer(
   optimizer is rebuilt for the model's current parameters (its ``wrt``
   filter), with :func:`rebuild_state`: every statistic of the parameters that
   stay is kept, new ones start fresh, the step counter is kept. With ``tx``
-  the optimizer also changes its transformation, e.g. to add a group::
+  the optimizer also changes its transformation, e.g. to add a group:
 
     model.head = nnx.Linear(64, 10, rngs=nnx.Rngs(1))
     nlr.rebuild_nnx_optimizer(

@@ -107,7 +107,7 @@ def param_groups(
   """PyTorch-style parameter groups, each with its own hyperparameters.
 
   ``torch.optim.SGD([{"params": model.part1.parameters(), "lr": 1e-3},
-  {"params": model.part2.parameters(), "lr": 1e-2}], momentum=0.9)`` becomes::
+  {"params": model.part2.parameters(), "lr": 1e-2}], momentum=0.9)`` becomes:
 
     nlr.param_groups(optax.sgd, [
         {"params": r"part1/.*", "learning_rate": 1e-3},
@@ -129,7 +129,7 @@ def param_groups(
 
   PyTorch's "everything else" group (``[{"params": model.head.parameters(),
   "lr": 1e-2}, {"params": rest_of_model}]``) is the group that ``rest``
-  names; it may leave ``"params"`` out::
+  names; it may leave ``"params"`` out:
 
     nlr.param_groups(optax.adam, [
         {"params": "head", "learning_rate": 1e-2},
@@ -275,8 +275,9 @@ def param_groups(
       for i, n in enumerate(found.depths):
         if n is not None and i not in claimed:
           outranked[i] = True
-      counts[claimed[0]] += 1
-      return names[claimed[0]]
+      first = next(iter(claimed))
+      counts[first] += 1
+      return names[first]
 
     out = paths_lib.map_with_paths(label_of, params)
     if doubly:
@@ -357,6 +358,14 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
       :func:`~optax_neuronlr.add_param_group` compares to find parameters
       that would move.
   """
+
+  optimizer: Any
+  groups: tuple[dict[str, Any], ...]
+  defaults: dict[str, Any]
+  rest: str
+  allow_empty: bool
+  names: tuple[str, ...]
+  labels: Any
 
   def __new__(cls, init, update, *, optimizer=None, groups=(), defaults=None,
               rest="error", allow_empty=False, names=(), labels=None, owners=None):

@@ -191,7 +191,7 @@ class Selection:
     """Every entry's depth for ``path``, and the entries that select it longest."""
     depths = tuple(s.depth(path, leaf) for s, _, _ in self.entries)
     best = max((n for n in depths if n is not None), default=None)
-    winners = () if best is None else tuple(i for i, n in enumerate(depths) if n == best)
+    winners: tuple[int, ...] = () if best is None else tuple(i for i, n in enumerate(depths) if n == best)
     return Match(best, winners, depths)
 
   def lookup(self, path: str, default: Any = KeyError, leaf: Any = None) -> Any:
@@ -222,7 +222,7 @@ class Selection:
           f"{self.where}: leaf '{path}' is selected equally by {first!r} and "
           f"{second!r}; make one of them more specific."
       )
-    return self.entries[found.winners[0]][2]
+    return self.entries[next(iter(found.winners))][2]
 
   def unused(self, paths: Sequence[str]) -> list[Any]:
     """Selectors that select none of ``paths``."""

@@ -103,7 +103,7 @@ def scale_by_reduce_lr_on_plateau(
   by ``optax.scale(-1.0)``. Each update takes the monitored value as
   ``update(..., value=loss)``. It first applies the current rate, then steps
   the plateau logic on ``value`` exactly as one ``scheduler.step(value)`` does
-  (in PyTorch order: ``optimizer.step(); scheduler.step(value)``)::
+  (in PyTorch order: ``optimizer.step(); scheduler.step(value)``):
 
     if is_better(value, best):  best, bad = value, 0
     else:                       bad += 1
@@ -200,7 +200,7 @@ def scale_by_reduce_lr_on_plateau(
         best=best,
         num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
         cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32),
-        count=optax.safe_increment(state.count),
+        count=jnp.asarray(optax.safe_increment(state.count)),
         applied_lr=lr,
         last_lr=rate(scale),
     )

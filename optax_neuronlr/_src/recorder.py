@@ -42,7 +42,7 @@ class RateRecord:
   keys: tuple[str, ...]
   summary: jax.Array
   rates: dict[str, jax.Array]
-  bounds: jax.Array
+  bounds: Any  # jax.Array (or an empty NumPy array)
 
 
 jax.tree_util.register_dataclass(
@@ -72,7 +72,7 @@ class RateRecorder:
   parameter governed by a second rule state is ``"<path>#1"``.
 
   Inside a jitted training step, compute the record with :meth:`compute`,
-  return it from the step and hand it to :meth:`add`::
+  return it from the step and hand it to :meth:`add`:
 
     recorder = nlr.RateRecorder(leaves=r".*kernel")
 

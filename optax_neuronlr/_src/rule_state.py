@@ -44,6 +44,7 @@ alone (:func:`is_rule_state`): a class built here, carrying a rule.
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Any, NamedTuple
 
 import jax
@@ -104,16 +105,16 @@ def base_state_class(rule_cls: type) -> type:
   """The NamedTuple state of a rule class (its default instance's state)."""
   fields = state_fields(rule_cls)
   name = rule_cls.state_name or f"{rule_cls.__name__}State"
-  state_cls = NamedTuple(name, [(f, Any) for f in fields])
+  # The functional form, with fields known only at run time.
+  state_cls: Any = typing.cast(Any, NamedTuple)(name, [(f, Any) for f in fields])
   setattr(state_cls, _MARK, True)
   state_cls.rule = None  # the default instance, set by rule_state_class
   state_cls.is_global = False
   state_cls.__doc__ = (
-      f"State of :func:`scale_by_rule` for :class:`{rule_cls.__name__}`: ``count``, "
+      f"State of `scale_by_rule` for `{rule_cls.__name__}`: `count`, "
       f"unit statistics {rule_cls.unit_stats}, element statistics "
-      f"{rule_cls.element_stats}, leaf statistics {rule_cls.leaf_stats}, ``applied`` "
-      "and ``direction_state`` (see "
-      ":class:`optax_neuronlr.RuleState`)."
+      f"{rule_cls.element_stats}, leaf statistics {rule_cls.leaf_stats}, `applied` "
+      "and `direction_state` (see `optax_neuronlr.RuleState`)."
   )
   state_cls.__module__ = rule_cls.__module__
   return state_cls

@@ -96,15 +96,16 @@ def _check_option(cls: type, name: str, value: Any) -> None:
 
 def _doc(cls: type, name: str, alias: bool) -> str:
   names = rule_checks.hyperparam_names(cls)
-  what = "chained with ``optax.scale(-1.0)``, an optimizer" if alias else "returning ``+rate * d``"
+  # Markdown, as every docstring of the package (help() shows it as written).
+  what = "chained with `optax.scale(-1.0)`, an optimizer" if alias else "returning `+rate * d`"
   return (
-      f"``{cls.__name__}`` run by :func:`optax_neuronlr.scale_by_rule`, {what}.\n\n"
-      f"Built by :func:`optax_neuronlr.rule_transform`. Arguments: ``learning_rate`` "
+      f"`{cls.__name__}` run by `optax_neuronlr.scale_by_rule`, {what}.\n\n"
+      f"Built by `optax_neuronlr.rule_transform`. Arguments: `learning_rate` "
       f"(a number or schedule), the rule's hyperparameters {names} (numbers; each can "
-      "be changed at run time through ``optax.inject_hyperparams``), ``min_lr`` and "
-      "``max_lr`` (the clamp), the rule's static options (its dataclass fields), and "
-      "the engine's ``reduce``, ``granularity``, ``neuron_axes``, ``state_dtype``, "
-      "``direction``, ``leaf_info`` and ``axis_names`` (see :func:`optax_neuronlr.scale_by_rule`).\n\n"
+      "be changed at run time through `optax.inject_hyperparams`), `min_lr` and "
+      "`max_lr` (the clamp), the rule's static options (its dataclass fields), and "
+      "the engine's `reduce`, `granularity`, `neuron_axes`, `state_dtype`, "
+      "`direction`, `leaf_info` and `axis_names` (see `optax_neuronlr.scale_by_rule`).\n\n"
       f"{inspect.getdoc(cls) or ''}")
 
 
@@ -130,12 +131,12 @@ def rule_transform(
   static option ``centered: bool = False`` (a dataclass field),
   ``rule_transform(InverseRMS)`` is
 
-  .. code-block:: text
-
-      scale_by_inverse_rms(learning_rate, beta=0.9, min_lr=0.0, max_lr=inf, *,
-                           centered=False, reduce="mean", granularity="element",
-                           neuron_axes=None, state_dtype=None, direction=None,
-                           leaf_info=None, axis_names=None)
+  ```text
+  scale_by_inverse_rms(learning_rate, beta=0.9, min_lr=0.0, max_lr=inf, *,
+                       centered=False, reduce="mean", granularity="element",
+                       neuron_axes=None, state_dtype=None, direction=None,
+                       leaf_info=None, axis_names=None)
+  ```
 
   which builds ``nlr.scale_by_rule(InverseRMS(centered=...), learning_rate,
   {"beta": beta}, min_lr=..., ...)``. Hyperparameters declared without a

@@ -52,7 +52,7 @@ def _check_milestones(milestones: Any) -> list[int]:
   return out
 
 
-def _epoch(count: jax.Array, steps_per_epoch: int) -> jax.Array:
+def _epoch(count: Any, steps_per_epoch: int) -> jax.Array:
   return jnp.asarray(count) // steps_per_epoch
 
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import operator
 import warnings
 from collections.abc import Callable, Sequence
+import typing
 from typing import Any, Optional, Union
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,7 +48,7 @@ def _as_int(value: Any, what: str) -> int:
     raise TypeError(f"{what} must be an int, got {value!r}.")
   if isinstance(value, numbers.Integral):
     return int(value)
-  if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+  if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax_core.Tracer):
     if value.ndim == 0 and jnp.issubdtype(value.dtype, jnp.integer):
       return int(value)
   raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}.")
@@ -59,6 +60,11 @@ def _as_axes(axes: Any, what: str) -> tuple[int, ...]:
   if isinstance(axes, np.ndarray) and axes.ndim == 1:
     return tuple(_as_int(a, what) for a in axes)
   return (_as_int(axes, what),)
+
+
+def neuron_axes_of(spec: "Neurons") -> tuple[int, ...]:
+  """``spec.axes``, which ``Neurons.__post_init__`` has made a tuple."""
+  return typing.cast(tuple[int, ...], spec.axes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +122,7 @@ def is_unit_spec(x: Any) -> bool:
 def _is_axes_spec(x: Any) -> bool:
   if x is None or isinstance(x, (int, np.integer)) and not isinstance(x, bool):
     return True
-  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.ndim == 0:
+  if isinstance(x, jax.Array) and not isinstance(x, jax_core.Tracer) and x.ndim == 0:
     return True
   return isinstance(x, tuple) and all(
       isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x
@@ -276,7 +282,7 @@ def leaf_layout(shape: Sequence[int], spec: UnitSpec, where: str) -> Layout:
       return _kept(shape, ())  # A 0-d leaf is one unit.
     if ndim == 1 and spec.axes == (-1,):
       return element_layout(shape)
-    return _kept(shape, _normalise_axes(spec.axes, ndim, where))
+    return _kept(shape, _normalise_axes(neuron_axes_of(spec), ndim, where))
   if isinstance(spec, Blocks):
     if ndim == 0:
       raise ValueError(f"Blocks cannot split the 0-d leaf '{where}'.")
@@ -349,7 +355,7 @@ def check_granularity(granularity: Any, neuron_axes: Any) -> None:
     )
   if not callable(neuron_axes) and neuron_axes is not None:
     flat = jax.tree.leaves(neuron_axes, is_leaf=_is_axes_spec)
-    if any(isinstance(a, jax.core.Tracer) for a in flat):
+    if any(isinstance(a, jax_core.Tracer) for a in flat):
       raise TypeError(
           "neuron_axes arrived as a traced array: optax.inject_hyperparams makes "
           "int arguments hyperparameters. Keep it static: "
@@ -405,7 +411,7 @@ class WarnOnce:
 def tree_layouts(
     tree: Any, granularity: Any, neuron_axes: Any = None,
     default_axes: Optional[Callable[[Any], dict[str, tuple[int, ...]]]] = None,
-) -> tuple[list[Layout], jax.tree_util.PyTreeDef]:
+) -> tuple[list[Layout], Any]:  # (layouts, jax.tree_util.PyTreeDef)
   """Layouts of the array leaves of ``tree`` and its treedef.
 
   ``granularity`` is a string of :data:`GRANULARITIES` for every leaf, a

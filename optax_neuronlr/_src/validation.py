@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 import jax
+from jax import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -37,7 +38,7 @@ STATE_DTYPES = tuple(
 
 def is_traced(value: Any) -> bool:
   """True for a JAX tracer (a value inside ``jit``, ``grad``, ``vmap``, ...)."""
-  return isinstance(value, jax.core.Tracer)
+  return isinstance(value, jax_core.Tracer)
 
 
 def _describe(value: Any) -> str:
@@ -219,6 +220,11 @@ def check_range(
   return number
 
 
+@overload
+def check_int(name: str, value: Any, *, low: int = 0,
+              allow_none: Literal[False] = False) -> int: ...
+@overload
+def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool) -> Optional[int]: ...
 def check_int(
     name: str, value: Any, *, low: int = 0, allow_none: bool = False
 ) -> Optional[int]:

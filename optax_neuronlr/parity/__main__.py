@@ -47,7 +47,11 @@ from optax_neuronlr.parity.harness import DTYPES, exit_status, format_table, run
 DEFAULT_STEPS = 50
 ADAM_MINI = "adam-mini"
 MUON_ROWS = ("muon", "normuon")
-NAMES = (*CASES, *param_group_changes.NAMES, ADAM_MINI, *MUON_ROWS, *relative.NAMES)
+# The README's order: by reference document (000 ... 004; a document's
+# param-group rows after its other rows), then Muon and NorMuon, Nero,
+# LARS and LAMB, then Adam-mini (the README gives it a table of its own).
+NAMES = (*sorted((*CASES, *param_group_changes.NAMES), key=lambda name: name[:3]),
+         *MUON_ROWS, *relative.NAMES, ADAM_MINI)
 
 
 def _positive_int(text: str) -> int:
@@ -84,7 +88,7 @@ def _run(name: str, steps: int, dtypes: Sequence[str]) -> Result:
   if name in relative.CASES:
     return run_case(relative.CASES[name], steps, dtypes)
   if name in param_group_changes.ROWS:
-    return param_group_changes.run_case(name, steps, dtypes)
+    return param_group_changes.run_case(name, steps, tuple(dtypes))
   return run_case(CASES[name], steps, dtypes)
 
 

@@ -343,7 +343,7 @@ class NnxGPT(nnx.Module):
     return self.lm_head(self.final_norm(x))
 
 
-def torch_to_flax(model: TorchGPT) -> dict[str, Any]:
+def torch_to_flax(model: Any) -> dict[str, Any]:
   """The PyTorch weights as the pure dict of :class:`NnxGPT`'s ``nnx.Param`` state.
 
   ``Linear`` weights ``(out, in)`` become ``(in, out)`` kernels; the attention
@@ -443,7 +443,7 @@ def reference_blocks(name: str) -> tuple[str, bool]:
 # Training loops.
 
 
-def reference_optimizer(model: TorchGPT, p: GPTProblem):
+def reference_optimizer(model: Any, p: GPTProblem):
   """``adam_mini.Adam_mini`` on ``model``, with ``dim``/``n_heads`` of ``p``."""
   from adam_mini import Adam_mini  # the reference; an optional dependency
   return Adam_mini(model.named_parameters(), lr=p.lr, betas=(p.b1, p.b2), eps=p.eps,

@@ -252,7 +252,7 @@ def _scheduler_case(name: str, what: str, torch_scheduler: Callable[[Any], Any],
               JaxSide(lambda p: optax.adam(schedule)), note=note)
 
 
-_PLATEAU = dict(mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
+_PLATEAU: dict[str, Any] = dict(mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
                 cooldown=0, min_lr=0.0, eps=1e-8)
 _LRS = torch.optim.lr_scheduler
 

@@ -395,6 +395,7 @@ def run_case(case: Case, steps: int, dtypes: Sequence[str] = DTYPES) -> Result:
   diffs = {}
   if case.status != "pending":
     problem = Problem(loss=case.loss)
+    assert case.reference_side is not None and case.jax_side is not None
     for dtype in dtypes:
       reference = trajectory(case.reference_side, problem, steps, dtype)
       ours = trajectory(case.jax_side, problem, steps, dtype)

@@ -61,6 +61,7 @@ import torch
 from flax import nnx
 
 import optax_neuronlr as nlr
+from optax_neuronlr._src import paths
 from optax_neuronlr.parity import adam_mini as gpt
 from optax_neuronlr.parity import harness
 
@@ -139,7 +140,8 @@ def problem(name: str) -> Problem:
 
 
 def _views(params) -> dict[str, nlr.MatrixView]:
-  return {l.path: l.matrix for l in nlr.model_layout(params).leaves if l.hidden}
+  return {l.path: l.matrix for l in nlr.model_layout(params).leaves
+          if l.hidden and l.matrix is not None}
 
 
 def to_torch(x: np.ndarray, view: nlr.MatrixView) -> torch.Tensor:
@@ -157,14 +159,14 @@ def from_torch(w: torch.Tensor, shape, view: nlr.MatrixView) -> np.ndarray:
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
-  return {nlr._src.paths.path_str(p): np.asarray(v, np.float64)  # pylint: disable=protected-access
+  return {paths.path_str(p): np.asarray(v, np.float64)  # pylint: disable=protected-access
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _unflat(like, values: Mapping[str, np.ndarray]):
   flat, treedef = jax.tree_util.tree_flatten_with_path(like)
   return treedef.unflatten(
-      [jnp.asarray(values[nlr._src.paths.path_str(p)]) for p, _ in flat])  # pylint: disable=protected-access
+      [jnp.asarray(values[paths.path_str(p)]) for p, _ in flat])  # pylint: disable=protected-access
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +263,7 @@ def reference_trajectory(kind: str, prob: Problem, steps: int, s: Settings) -> T
         for n, w in leaves.items():
           m, v = state[n]
           if n in views:
+            assert w.grad is not None
             u = normuon_update(w.grad.clone(), m, v, s.momentum, s.beta2, s.nesterov)
             w.mul_(1 - s.lr * s.weight_decay).add_(u, alpha=-s.lr)
           else:
@@ -276,8 +279,9 @@ def _params(tensors):
 
 
 def jax_tx(kind: str, s: Settings) -> optax.GradientTransformation:
-  common = dict(adam_learning_rate=s.adam_lr, b1=s.b1, b2=s.b2, adam_eps=s.adam_eps,
-                adam_weight_decay=s.adam_weight_decay, nesterov=s.nesterov)
+  common: dict[str, Any] = dict(
+      adam_learning_rate=s.adam_lr, b1=s.b1, b2=s.b2, adam_eps=s.adam_eps,
+      adam_weight_decay=s.adam_weight_decay, nesterov=s.nesterov)
   if kind == "muon":
     return nlr.muon(s.lr, s.momentum, s.weight_decay, eps=MUON_EPS, **common)
   return nlr.normuon(s.lr, s.momentum, s.beta2, s.weight_decay, **common)

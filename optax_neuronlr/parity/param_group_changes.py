@@ -89,7 +89,7 @@ class Row:
 
   case: harness.Case
   head: bool
-  torch_change: Callable[[Any, Optional[torch.nn.Linear]], None]
+  torch_change: Callable[[Any, Any], None]  # (optimizer, head or None)
   jax_change: JaxChange
 
 
@@ -121,7 +121,9 @@ def torch_trajectory(row: Row, steps: int, dtype: str) -> harness.Trajectory:
   mlp = problem.torch_model(dtype)
   x, target = (torch.as_tensor(a, dtype=harness.TORCH_DTYPES[dtype])
                for a in problem.data())
-  optimizer = row.case.reference_side.optimizer(mlp)
+  side = row.case.reference_side
+  assert isinstance(side, harness.TorchSide)
+  optimizer = side.optimizer(mlp)
   head, out = None, []
   for i in range(steps):
     if i == change_step(steps):
@@ -160,7 +162,9 @@ def jax_trajectory(row: Row, steps: int, dtype: str,
   with jax.enable_x64(dtype == "float64"):
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
     x, target = (jnp.asarray(a, dtype) for a in problem.data())
-    tx = row.case.jax_side.tx(params)
+    side = row.case.jax_side
+    assert isinstance(side, harness.JaxSide)
+    tx = side.tx(params)
     state = tx.init(params)
     step, out = _jax_step(tx), []
     for i in range(steps):

@@ -283,7 +283,7 @@ def deprecated_addcdiv_matches() -> bool:
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", UserWarning)
-      got = torch.zeros(3, dtype=torch.float64).addcdiv_(-0.5, t1, t2)
+      got = torch.zeros(3, dtype=torch.float64).addcdiv_(-0.5, t1, t2)  # pyright: ignore[reportCallIssue]
   except TypeError:
     return False
   return bool(torch.equal(got, want))

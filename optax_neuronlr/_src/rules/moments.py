@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from optax._src import base  # pylint: disable=g-direct-tensorflow-import
 
 from optax_neuronlr._src import engine
 
@@ -108,7 +109,7 @@ def decoupled_weight_decay(
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(optax._src.base.NO_PARAMS_MSG)  # pylint: disable=protected-access
+      raise ValueError(base.NO_PARAMS_MSG)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     scale = lr * weight_decay
     updates = jax.tree.map(lambda g, p: (g + scale * p).astype(g.dtype), updates, params)

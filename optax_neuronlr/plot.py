@@ -114,10 +114,11 @@ def _histogram_data(
       raise ValueError("the recorder holds no per-unit rates (see leaves=...).")
     if not len(source) or not source.paths:
       return {}  # Nothing recorded yet: an empty figure.
-    return {
-        p: (source.rates(p)[-1], *map(float, source.bounds(p)[-1]))
-        for p in source.paths
-    }
+    out = {}
+    for p in source.paths:
+      lo, hi = (float(b) for b in source.bounds(p)[-1])
+      out[p] = (source.rates(p)[-1], lo, hi)
+    return out
   if inspect_lib.has_rates(source):
     found = jax.device_get(recorder_lib.leaf_rates(source))
     return {k: (np.asarray(r), float(lo), float(hi)) for k, (r, lo, hi) in found.items()}

@@ -131,4 +131,6 @@ from optax_neuronlr._src.roles.names import VALUE_NAMES
 from optax_neuronlr._src.roles.views import MatrixView
 
 __all__ = ["AXIS_ROLES", "ROLES", "LeafRole", "ModelLayout", "MatrixView", "model_layout",
-           "hidden_mask", "weight_decay_mask", "default_neuron_axes"]
+           "hidden_mask", "weight_decay_mask", "default_neuron_axes",
+           "FUSED_HIDDEN_NAME", "FUSED_INPUT_NAME", "GATE_HIDDEN_NAMES", "GATE_INPUT_NAMES",
+           "HEAD_NAMES", "KEY_NAMES", "OUT_NAMES", "QKV_NAMES", "QUERY_NAMES", "VALUE_NAMES"]

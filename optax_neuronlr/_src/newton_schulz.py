@@ -167,6 +167,7 @@ def orthogonalise(
   o = stacked_newton_schulz(stack.astype(dtype), ns_steps, ns_coeffs, eps)
   out = back(o.astype(x.dtype))
   if sharded:
+    assert spec is not None
     out = jax.sharding.reshard(out, units_lib.on_mesh_of(out, spec))
   return out
 

@@ -366,6 +366,7 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
   allow_empty: bool
   names: tuple[str, ...]
   labels: Any
+  owners: Any
 
   def __new__(cls, init, update, *, optimizer=None, groups=(), defaults=None,
               rest="error", allow_empty=False, names=(), labels=None, owners=None):

@@ -22,9 +22,9 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _library_dirs() -> tuple[str, ...]:
   dirs = [_PACKAGE_DIR]
   for name in ("optax", "jax", "flax"):
-    module = sys.modules.get(name)
-    if module is not None and getattr(module, "__file__", None):
-      dirs.append(os.path.dirname(os.path.abspath(module.__file__)))
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if file:
+      dirs.append(os.path.dirname(os.path.abspath(file)))
   return tuple(d + os.sep for d in dirs)
 
 

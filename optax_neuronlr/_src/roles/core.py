@@ -47,7 +47,8 @@ def lift(path: str, shape: tuple[int, ...], core: Core, batch_axes: Sequence[int
   neuron_axes = tuple(sorted(batch + tuple(positions[a] for a in core.neuron_axes)))
   heads = core.heads
   if isinstance(heads, Neurons):
-    heads = Neurons(tuple(sorted(batch + tuple(positions[a] for a in heads.axes))))
+    head_axes = heads.axes if isinstance(heads.axes, tuple) else (heads.axes,)
+    heads = Neurons(tuple(sorted(batch + tuple(positions[a] for a in head_axes))))
   elif isinstance(heads, Blocks):
     heads = Blocks(positions[heads.axis], heads.num_blocks, batch)
   matrix = None if core.matrix is None else core.matrix.shifted(positions)

@@ -79,7 +79,7 @@ def check_view(view: MatrixView, shape: Sequence[int], where: str) -> MatrixView
   blocks = view.blocks
   if blocks is not None:
     axis = blocks[0] % ndim if -ndim <= blocks[0] < ndim else None
-    if axis not in out or blocks[1] < 1 or shape[axis] % blocks[1]:
+    if axis is None or axis not in out or blocks[1] < 1 or shape[axis] % blocks[1]:
       raise ValueError(
           f"matrices: blocks={blocks} of leaf '{where}' (shape {shape}) must split an "
           "output axis into equal blocks (axis, count).")

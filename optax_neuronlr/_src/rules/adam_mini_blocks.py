@@ -145,7 +145,7 @@ def spec_str(spec: UnitSpec) -> str:
     batch = f", batch_axes={spec.batch_axes}" if spec.batch_axes else ""
     return f"Blocks({spec.axis}, {spec.num_blocks}{batch})"
   if isinstance(spec, Neurons):
-    axes = spec.axes[0] if len(spec.axes) == 1 else spec.axes
+    axes = spec.axes if isinstance(spec.axes, int) or len(spec.axes) != 1 else spec.axes[0]
     return f"Neurons({axes})"
   return repr(spec) if not isinstance(spec, str) else spec
 

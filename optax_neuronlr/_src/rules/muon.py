@@ -46,7 +46,7 @@ in :mod:`optax_neuronlr._src.rules.muon_partition`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +85,7 @@ def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon",
   plan = plan_lib.muon_plan(tree, matrices=matrices, layout=layout, axis_names=axis_names,
                             axis_roles=axis_roles, every_leaf=True,
                             who=what.removeprefix("scale_by_"))
-  return [l.view for l in plan.leaves]
+  return [cast(MatrixView, l.view) for l in plan.leaves]  # every_leaf: no None
 
 
 class ScaleByMuonState(NamedTuple):
@@ -144,7 +144,7 @@ def muon_direction(
                              every_leaf=True)
 
   def views_of(tree):
-    return [l.view for l in plans(tree).leaves]
+    return [cast(MatrixView, l.view) for l in plans(tree).leaves]  # every_leaf: no None
 
   def init_fn(params):
     plans.report(params)  # a clear error, or the one warning, at init

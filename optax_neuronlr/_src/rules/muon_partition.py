@@ -23,8 +23,6 @@ arguments that say it for sure.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, Optional
@@ -36,6 +34,7 @@ import optax
 from optax_neuronlr._src import model_layout as layout_lib
 from optax_neuronlr._src import paths as paths_lib
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.user_warnings import user_stacklevel
 from optax_neuronlr._src.roles import kinds
 from optax_neuronlr._src.roles import matrix_views
 from optax_neuronlr._src.roles.views import MatrixView
@@ -227,6 +226,7 @@ def muon_plan(
   for path, shape, role, is_hidden, given in zip(paths, shapes, roles, flags, givens):
     view, fallback = None, False
     if role is None:
+      assert given is not None  # a leaf the layout does not read has a given view
       leaves.append(MuonLeaf(path, shape, True, matrix_views.check_view(given, shape, path),
                              False))
       continue
@@ -284,26 +284,6 @@ def plan_warning(plan: MuonPlan, who: str, hidden_given: bool) -> Optional[str]:
   if not parts:
     return None
   return " ".join(parts) + " " + fix
-
-
-def _library_dirs() -> tuple[str, ...]:
-  dirs = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
-  for name in ("optax", "jax", "flax"):
-    module = sys.modules.get(name)
-    if module is not None and getattr(module, "__file__", None):
-      dirs.append(os.path.dirname(os.path.abspath(module.__file__)))
-  return tuple(d + os.sep for d in dirs)
-
-
-def user_stacklevel() -> int:
-  """The ``stacklevel`` naming the first frame outside this package, optax, jax
-  and flax (the user's ``tx.init(params)`` line), for a warning issued by our
-  caller."""
-  skip = _library_dirs()
-  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
-  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
-    frame, level = frame.f_back, level + 1
-  return level
 
 
 class PlanCache:

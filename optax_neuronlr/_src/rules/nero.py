@@ -165,7 +165,7 @@ def project_neurons(
       start = jnp.where(first, _project(layout, w, eps), w)
       new = _project(layout, start + jnp.asarray(u).astype(dtype), eps)
       out.append((new - w).astype(jnp.result_type(u)))
-    return treedef.unflatten(out), ProjectNeuronsState(optax.safe_increment(state.count))
+    return treedef.unflatten(out), ProjectNeuronsState(jnp.asarray(optax.safe_increment(state.count)))
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -603,3 +603,13 @@ def test_inside_optax_masked(name):
   np.testing.assert_array_equal(updates["embed"]["embedding"], params["embed"]["embedding"])
   labels = nlr.normuon_labels(params, layout=nlr.model_layout(params))
   assert labels["proj"]["kernel"] == "adamw" and labels["fc"]["kernel"] == "hidden"
+
+
+@pytest.mark.parametrize("make", [nlr.muon, nlr.normuon])
+def test_axis_names_checked_when_built(make):
+  with pytest.raises(TypeError, match="axis_names"):
+    make(0.02, axis_names="layers")
+  with pytest.raises(ValueError, match="axis_roles"):
+    make(0.02, axis_roles={"my_layers": "not-a-role"})
+  with pytest.raises(TypeError, match="axis_names"):
+    nlr.scale_by_muon(axis_names="layers")

@@ -23,8 +23,6 @@ arguments that say it for sure.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, Optional
@@ -35,7 +33,9 @@ import optax
 
 from optax_neuronlr._src import model_layout as layout_lib
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import user_warnings
 from optax_neuronlr._src import validation
+from optax_neuronlr._src.roles import axis_names as axis_names_lib
 from optax_neuronlr._src.roles import kinds
 from optax_neuronlr._src.roles import matrix_views
 from optax_neuronlr._src.roles.views import MatrixView
@@ -106,7 +106,10 @@ def has_masked_nodes(tree: Any) -> bool:
   return any(isinstance(x, optax.MaskedNode) for x in nodes)
 
 
-def check_layout(layout: Any, axis_names: Any) -> None:
+def check_layout(layout: Any, axis_names: Any, axis_roles: Any = None) -> None:
+  """Construction-time checks of ``layout``, ``axis_names`` and ``axis_roles``."""
+  axis_names_lib.check_axis_names(axis_names)
+  axis_names_lib.check_axis_roles(axis_roles)
   if layout is not None and not isinstance(layout, kinds.ModelLayout):
     raise TypeError(
         "layout must be None or the ModelLayout of the full parameter tree "
@@ -285,26 +288,6 @@ def plan_warning(plan: MuonPlan, who: str, hidden_given: bool) -> Optional[str]:
   return " ".join(parts) + " " + fix
 
 
-def _library_dirs() -> tuple[str, ...]:
-  dirs = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
-  for name in ("optax", "jax", "flax"):
-    module = sys.modules.get(name)
-    if module is not None and getattr(module, "__file__", None):
-      dirs.append(os.path.dirname(os.path.abspath(module.__file__)))
-  return tuple(d + os.sep for d in dirs)
-
-
-def user_stacklevel() -> int:
-  """The ``stacklevel`` naming the first frame outside this package, optax, jax
-  and flax (the user's ``tx.init(params)`` line), for a warning issued by our
-  caller."""
-  skip = _library_dirs()
-  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
-  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
-    frame, level = frame.f_back, level + 1
-  return level
-
-
 class PlanCache:
   """One optimizer's plans, one per tree signature (paths and shapes), and its
   one warning: computed at ``init`` or at the first trace of ``update``,
@@ -333,7 +316,7 @@ class PlanCache:
       self._warned = True
       message = plan_warning(plan, self.who, self.hidden_given)
       if message:
-        warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(message, UserWarning, stacklevel=user_warnings.user_stacklevel())
     return plan
 
 
@@ -348,7 +331,7 @@ def partitioned(
   :class:`MuonPlan` of the tree the optimizer is given."""
   validation.check_static("hidden", hidden, example=f"nlr.{who}")
   validation.check_static("matrices", matrices, example=f"nlr.{who}")
-  check_layout(layout, axis_names)
+  check_layout(layout, axis_names, axis_roles)
   plans = PlanCache(who, hidden is not None, hidden=hidden, matrices=matrices,
                     layout=layout, axis_names=axis_names, axis_roles=axis_roles)
 

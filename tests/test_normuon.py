@@ -613,3 +613,31 @@ def test_axis_names_checked_when_built(make):
     make(0.02, axis_roles={"my_layers": "not-a-role"})
   with pytest.raises(TypeError, match="axis_names"):
     nlr.scale_by_muon(axis_names="layers")
+
+
+@pytest.mark.filterwarnings("ignore:nlr.*:UserWarning")
+@pytest.mark.parametrize("model", ["linen", "nnx"])
+@pytest.mark.parametrize("name", ["muon", "normuon"])
+def test_flax_scanned_models_equal_their_unscanned_twins(name, model):
+  """linen nn.scan and nnx.vmap stacks, with and without their axis names: the
+  per-layer updates of the same model unscanned, to float32 rounding."""
+  from tests import scanned_models as sm  # pylint: disable=g-import-not-at-top
+  factory = {"muon": nlr.muon, "normuon": nlr.normuon}[name]
+  params, names = sm.linen(scan=True, tied=True) if model == "linen" else sm.nnx_model()
+  twin, twin_names = sm.unstack(params), sm.unstack_names(names)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  grads = treedef.unflatten([jax.random.normal(k, x.shape, x.dtype)
+                             for k, x in zip(keys, leaves)])
+  for with_names in (False, True):
+    tx = factory(0.02, weight_decay=0.1, axis_names=names if with_names else None)
+    twin_tx = factory(0.02, weight_decay=0.1,
+                      axis_names=twin_names if with_names else None)
+    u, _ = tx.update(grads, tx.init(params), params)
+    v, _ = twin_tx.update(sm.unstack(grads), twin_tx.init(twin), twin)
+    for i in range(sm.L):
+      layer = jax.tree.map(lambda x, i=i: x[i], u["blocks"])
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),
+                   layer, v[f"block_{i}"])
+    labels = nlr.normuon_labels(params, axis_names=names if with_names else None)
+    assert "hidden" in jax.tree.leaves(labels["blocks"])

@@ -543,7 +543,7 @@ def test_one_warning_per_optimizer(name):
     warnings.simplefilter("always")
     state = tx.init(params)
     for dtype in (jnp.float32, jnp.float16):  # two traces
-      p = jax.tree.map(lambda x: x.astype(dtype), params)
+      p = jax.tree.map(lambda x, dtype=dtype: x.astype(dtype), params)
       jax.jit(tx.update)(p, state, p)
     tx.update(params, state, params)
   messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]

@@ -228,7 +228,8 @@ def muon_plan(
   leaves, missing = [], []
   for path, shape, role, is_hidden, given in zip(paths, shapes, roles, flags, givens):
     view, fallback = None, False
-    if role is None:
+    if role is None:  # every view given (no layout read)
+      assert given is not None
       leaves.append(MuonLeaf(path, shape, True, matrix_views.check_view(given, shape, path),
                              False))
       continue

@@ -432,7 +432,7 @@ STACK_NAMES = {"layers": {"mlp": {"up": {"kernel": ("layers", "embed", "mlp")},
                           "attn": {"query": {"kernel": ("layers", "embed", "heads", "kv")}}}}
 
 
-@pytest.mark.filterwarnings("ignore:nlr.*stack axis 0 found by shape:UserWarning")
+@pytest.mark.filterwarnings("ignore:nlr.*stack axis:UserWarning")
 @pytest.mark.parametrize("with_names", [False, True])
 @pytest.mark.parametrize("name", ["muon", "normuon"])
 def test_stacked_layers_equal_their_unstacked_twin(name, with_names):
@@ -543,7 +543,7 @@ def test_one_warning_per_optimizer(name):
     warnings.simplefilter("always")
     state = tx.init(params)
     for dtype in (jnp.float32, jnp.float16):  # two traces
-      p = jax.tree.map(lambda x: x.astype(dtype), params)
+      p = jax.tree.map(lambda x, dtype=dtype: x.astype(dtype), params)
       jax.jit(tx.update)(p, state, p)
     tx.update(params, state, params)
   messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
@@ -603,3 +603,41 @@ def test_inside_optax_masked(name):
   np.testing.assert_array_equal(updates["embed"]["embedding"], params["embed"]["embedding"])
   labels = nlr.normuon_labels(params, layout=nlr.model_layout(params))
   assert labels["proj"]["kernel"] == "adamw" and labels["fc"]["kernel"] == "hidden"
+
+
+@pytest.mark.parametrize("make", [nlr.muon, nlr.normuon])
+def test_axis_names_checked_when_built(make):
+  with pytest.raises(TypeError, match="axis_names"):
+    make(0.02, axis_names="layers")
+  with pytest.raises(ValueError, match="axis_roles"):
+    make(0.02, axis_roles={"my_layers": "not-a-role"})
+  with pytest.raises(TypeError, match="axis_names"):
+    nlr.scale_by_muon(axis_names="layers")
+
+
+@pytest.mark.filterwarnings("ignore:nlr.*:UserWarning")
+@pytest.mark.parametrize("model", ["linen", "nnx"])
+@pytest.mark.parametrize("name", ["muon", "normuon"])
+def test_flax_scanned_models_equal_their_unscanned_twins(name, model):
+  """linen nn.scan and nnx.vmap stacks, with and without their axis names: the
+  per-layer updates of the same model unscanned, to float32 rounding."""
+  from tests import scanned_models as sm  # pylint: disable=g-import-not-at-top
+  factory = {"muon": nlr.muon, "normuon": nlr.normuon}[name]
+  params, names = sm.linen(scan=True, tied=True) if model == "linen" else sm.nnx_model()
+  twin, twin_names = sm.unstack(params), sm.unstack_names(names)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  grads = treedef.unflatten([jax.random.normal(k, x.shape, x.dtype)
+                             for k, x in zip(keys, leaves)])
+  for with_names in (False, True):
+    tx = factory(0.02, weight_decay=0.1, axis_names=names if with_names else None)
+    twin_tx = factory(0.02, weight_decay=0.1,
+                      axis_names=twin_names if with_names else None)
+    u, _ = tx.update(grads, tx.init(params), params)
+    v, _ = twin_tx.update(sm.unstack(grads), twin_tx.init(twin), twin)
+    for i in range(sm.L):
+      layer = jax.tree.map(lambda x, i=i: x[i], u["blocks"])
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),
+                   layer, v[f"block_{i}"])
+    labels = nlr.normuon_labels(params, axis_names=names if with_names else None)
+    assert "hidden" in jax.tree.leaves(labels["blocks"])

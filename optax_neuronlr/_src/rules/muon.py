@@ -135,7 +135,7 @@ def muon_direction(
   check_consistent_rms(consistent_rms)
   check_muon_args(momentum, ns_steps, ns_coeffs, eps, ns_dtype, mu_dtype)
   validation.check_static("matrices", matrices, example="nlr.scale_by_muon")
-  plan_lib.check_layout(layout, axis_names)
+  plan_lib.check_layout(layout, axis_names, axis_roles)
   ns_coeffs = tuple(ns_coeffs)
   mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
   check_ns_mesh(ns_mesh)

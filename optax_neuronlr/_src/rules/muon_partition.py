@@ -33,8 +33,9 @@ import optax
 
 from optax_neuronlr._src import model_layout as layout_lib
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src import user_warnings
 from optax_neuronlr._src import validation
-from optax_neuronlr._src.user_warnings import user_stacklevel
+from optax_neuronlr._src.roles import axis_names as axis_names_lib
 from optax_neuronlr._src.roles import kinds
 from optax_neuronlr._src.roles import matrix_views
 from optax_neuronlr._src.roles.views import MatrixView
@@ -106,7 +107,10 @@ def has_masked_nodes(tree: Any) -> bool:
   return any(isinstance(x, optax.MaskedNode) for x in nodes)
 
 
-def check_layout(layout: Any, axis_names: Any) -> None:
+def check_layout(layout: Any, axis_names: Any, axis_roles: Any = None) -> None:
+  """Construction-time checks of ``layout``, ``axis_names`` and ``axis_roles``."""
+  axis_names_lib.check_axis_names(axis_names)
+  axis_names_lib.check_axis_roles(axis_roles)
   if layout is not None and not isinstance(layout, kinds.ModelLayout):
     raise TypeError(
         "layout must be None or the ModelLayout of the full parameter tree "
@@ -225,8 +229,8 @@ def muon_plan(
   leaves, missing = [], []
   for path, shape, role, is_hidden, given in zip(paths, shapes, roles, flags, givens):
     view, fallback = None, False
-    if role is None:
-      assert given is not None  # a leaf the layout does not read has a given view
+    if role is None:  # every view given (no layout read)
+      assert given is not None
       leaves.append(MuonLeaf(path, shape, True, matrix_views.check_view(given, shape, path),
                              False))
       continue
@@ -314,7 +318,7 @@ class PlanCache:
       self._warned = True
       message = plan_warning(plan, self.who, self.hidden_given)
       if message:
-        warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(message, UserWarning, stacklevel=user_warnings.user_stacklevel())
     return plan
 
 
@@ -329,7 +333,7 @@ def partitioned(
   :class:`MuonPlan` of the tree the optimizer is given."""
   validation.check_static("hidden", hidden, example=f"nlr.{who}")
   validation.check_static("matrices", matrices, example=f"nlr.{who}")
-  check_layout(layout, axis_names)
+  check_layout(layout, axis_names, axis_roles)
   plans = PlanCache(who, hidden is not None, hidden=hidden, matrices=matrices,
                     layout=layout, axis_names=axis_names, axis_roles=axis_roles)
 

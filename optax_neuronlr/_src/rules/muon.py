@@ -259,6 +259,19 @@ def scale_by_muon(
                         layout=layout, axis_names=axis_names, axis_roles=axis_roles)
 
 
+def adamw_leaves(adam_lr: Any, b1: Any, b2: Any, adam_eps: Any, adam_weight_decay: Any,
+                 mu_dtype: Any, adam_nesterov: bool) -> Any:
+  """``decay_mask -> transform``: AdamW (NAdamW with ``adam_nesterov``) on the
+  leaves Muon and NorMuon do not train, its rate recorded for the readers."""
+  def adamw_tx(decay_mask):
+    return rate_record.with_recorded_rate(
+        optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
+                    weight_decay=adam_weight_decay, mask=decay_mask,
+                    nesterov=adam_nesterov),
+        adam_lr)
+  return adamw_tx
+
+
 def check_adamw_args(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay) -> None:
   if adam_learning_rate is not None:
     validation.check_rate("adam_learning_rate", adam_learning_rate)
@@ -395,13 +408,8 @@ def muon(
         optax.scale(-1.0),
         rate_record.record_learning_rate(learning_rate))  # for the readers
 
-  def adamw_tx(decay_mask):
-    return rate_record.with_recorded_rate(
-        optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                    weight_decay=adam_weight_decay, mask=decay_mask,
-                    nesterov=adam_nesterov),
-        adam_lr)
-
+  adamw_tx = adamw_leaves(adam_lr, b1, b2, adam_eps, adam_weight_decay, mu_dtype,
+                          adam_nesterov)
   return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
                               layout=layout, axis_names=axis_names,
                               axis_roles=axis_roles, who="muon")

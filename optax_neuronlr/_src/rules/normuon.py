@@ -47,7 +47,6 @@ import jax.numpy as jnp
 import optax
 
 from optax_neuronlr._src import engine
-from optax_neuronlr._src import rate_record
 from optax_neuronlr._src import units as units_lib
 from optax_neuronlr._src import validation
 from optax_neuronlr._src.rules import moments
@@ -382,13 +381,8 @@ def normuon(
         moments.decoupled_weight_decay(learning_rate, weight_decay),
         optax.scale(-1.0))
 
-  def adamw_tx(decay_mask):
-    return rate_record.with_recorded_rate(
-        optax.adamw(adam_lr, b1, b2, adam_eps, mu_dtype=mu_dtype,
-                    weight_decay=adam_weight_decay, mask=decay_mask,
-                    nesterov=adam_nesterov),
-        adam_lr)
-
+  adamw_tx = muon_lib.adamw_leaves(adam_lr, b1, b2, adam_eps, adam_weight_decay, mu_dtype,
+                                   adam_nesterov)
   return plan_lib.partitioned(hidden_tx, adamw_tx, hidden=hidden, matrices=matrices,
                               layout=layout, axis_names=axis_names,
                               axis_roles=axis_roles, who="normuon")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 import jax
 import jax.numpy as jnp
@@ -135,7 +135,7 @@ class Rule:
   unit_stats: ClassVar[tuple[str, ...]] = ()
   element_stats: ClassVar[tuple[str, ...]] = ()
   leaf_stats: ClassVar[tuple[str, ...]] = ()
-  hyperparams: ClassVar[tuple[str, ...]] = ()
+  hyperparams: ClassVar[Union[tuple[str, ...], Mapping[str, float]]] = ()
   weights: ClassVar[tuple[str, ...]] = ()
   reduce: ClassVar[str] = "mean"
   state_name: ClassVar[str] = ""

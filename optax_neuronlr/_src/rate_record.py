@@ -57,9 +57,11 @@ def record_learning_rate(
   ``optax.scale_by_learning_rate(lr)`` applied at that update) or the number
   itself. Chain it beside the transform that applies the rate, so that
   :func:`optax_neuronlr.learning_rates` and the other readers show it on the
-  leaves those transforms keep statistics for::
+  leaves those transforms keep statistics for:
 
-    tx = optax.chain(optax.adamw(schedule), nlr.record_learning_rate(schedule))
+  ```python
+  tx = optax.chain(optax.adamw(schedule), nlr.record_learning_rate(schedule))
+  ```
 
   :func:`optax_neuronlr.muon` and :func:`optax_neuronlr.normuon` record their
   Muon and AdamW rates this way. The leaves are those of the first

@@ -160,7 +160,7 @@ def width_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     lost = "-"
     if len(mine) > 1 and wide["loss_at_small_rate"]:
       tuned, small = float(wide["best_loss"]), float(wide["loss_at_small_rate"])
-      lost = f"d={max(mine)}: {tuned:.3f} / {small:.3f} (+{small - tuned:.3f})"
+      lost = f"d={max(mine)}: {tuned:.3f} / {small:.3f} ({small - tuned:+.3f})"
     drift_cell = next((r["drift_decades"] for r in mine.values()), "") or "-"
     lines.append(f"| {key} | " + " | ".join(cells) + f" | {drift_cell} | {lost} |")
   return lines

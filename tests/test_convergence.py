@@ -285,6 +285,7 @@ def test_adam_hd_grid_tunes_its_rate():
   assert final_loss(old, 1e-3, problem) == final_loss(old, 1e-2, problem)
 
 
+@pytest.mark.filterwarnings("ignore:scale_sgd found no output head")
 def test_every_builtin_method_builds():
   """Every available built-in's optimizer initialises and updates on a tree with a
   hidden matrix and a bias (shapes only; no training)."""

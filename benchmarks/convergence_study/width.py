@@ -100,7 +100,7 @@ def drift(widths: Sequence[int], rates: Sequence[float]) -> Optional[float]:
   """Decades of best rate per doubling of the width (least-squares slope)."""
   if len(widths) < 2:
     return None
-  return float(np.polyfit(np.log2(widths), np.log10(rates), 1)[0])
+  return round(float(np.polyfit(np.log2(widths), np.log10(rates), 1)[0]), 6) + 0.0
 
 
 def width_rows(sweep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,17 +150,17 @@ def width_table(rows: Sequence[dict[str, Any]]) -> list[str]:
   widths = sorted({r["width"] for r in rows})
   lines = ["| method | " + " | ".join(f"best rate d={w}" for w in widths)
            + " | drift (decades/doubling) | "
-           + f"test loss d={widths[-1]}: tuned / at d={widths[0]}'s rate (lost) |",
+           + f"test loss at its widest d: tuned / at d={widths[0]}'s rate (lost) |",
            "|---" * (len(widths) + 3) + "|"]
   for key in dict.fromkeys(r["method"] for r in rows):
     mine = {r["width"]: r for r in rows if r["method"] == key}
     cells = [f"{mine[w]['best_rate']:.3g}" + ("*" if mine[w]["at_edge"] else "")
              if w in mine else "-" for w in widths]
-    wide = mine.get(widths[-1])
+    wide = mine[max(mine)]
     lost = "-"
-    if wide and wide["loss_at_small_rate"]:
+    if len(mine) > 1 and wide["loss_at_small_rate"]:
       tuned, small = float(wide["best_loss"]), float(wide["loss_at_small_rate"])
-      lost = f"{tuned:.3f} / {small:.3f} (+{small - tuned:.3f})"
+      lost = f"d={max(mine)}: {tuned:.3f} / {small:.3f} ({small - tuned:+.3f})"
     drift_cell = next((r["drift_decades"] for r in mine.values()), "") or "-"
     lines.append(f"| {key} | " + " | ".join(cells) + f" | {drift_cell} | {lost} |")
   return lines
@@ -177,8 +177,9 @@ def width_markdown(sweep: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
       f"peak rate tuned per width on the same {sweep['grid_points']}-rate grid, "
       f"{sweep['seeds']} seed(s), picked on the validation split; test loss reported. "
       "`*`: the best rate sits on the grid's edge. Drift: least-squares slope of "
-      "log10(best rate) against log2(d). Last column: test loss at the widest width at "
-      "its own best rate / at the rate tuned at the narrowest width, and the difference.",
+      "log10(best rate) against log2(d), over the widths the method ran. Last column: "
+      "test loss at the method's widest width at its own best rate / at the rate tuned "
+      "at the narrowest width, and the difference.",
       "", *width_table(rows), ""])
 
 

@@ -358,5 +358,17 @@ def test_char_lm_splits_are_disjoint():
   assert all(w.astype(corpus.val.dtype).tobytes() in first for w in val[:5])
 
 
+def test_rates_figure_of_fixed_rate_methods_only(tmp_path):
+  """A task whose only method runs at a fixed rate (no grid) still gets its figure."""
+  from convergence_study import plots  # pylint: disable=g-import-not-at-top
+  study = json.loads((COMMITTED / "convergence.json").read_text())
+  task = study["tasks"]["char_lm"]
+  fixed = {k: m for k, m in task["methods"].items() if m.get("fixed_rate") is not None}
+  assert fixed, "the committed study has a fixed-rate method"
+  task["methods"] = fixed
+  plots.plot_rates("char_lm", task, tmp_path / "rates.png")
+  assert (tmp_path / "rates.png").stat().st_size > 0
+
+
 def test_committed_results_untouched():
   assert committed_files() == COMMITTED_AT_IMPORT

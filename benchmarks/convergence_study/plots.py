@@ -161,6 +161,11 @@ def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
             for run in tuning_runs(m) if not run["failed"]]
   top = max(finite) * 1.5 if finite else 1.0
   for ax, (title, names) in zip(axes, panels):
+    ax.set_title(title, fontsize=10)
+    names = [n for n in names if tuning_runs(task["methods"][n])]  # fixed rates: no grid
+    if not names:
+      ax.text(0.5, 0.5, "untuned (fixed rate) only", ha="center", transform=ax.transAxes)
+      continue
     for i, method in enumerate(names):
       m = task["methods"][method]
       runs = sorted(tuning_runs(m), key=lambda run: run["rate"])
@@ -173,7 +178,6 @@ def plot_rates(name: str, task: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("peak rate")
-    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
   for ax in axes[::2]:

@@ -150,7 +150,7 @@ def test_bad_hyperparameters_are_rejected_at_construction(kwargs, match):
   with pytest.raises(ValueError, match=match):
     nlr.nero(**kwargs)
   with pytest.raises(ValueError, match=match):
-    nlr.scale_by_nero(**kwargs)
+    nlr.scale_by_nero(**{"learning_rate": 0.01, **kwargs})
 
 
 def test_constraints_must_be_a_bool():

@@ -33,9 +33,10 @@ def test_quick_start_is_normuon_on_an_nnx_transformer(capsys):
   assert "nlr.normuon(" in code and "nnx.Optimizer(" in code
   namespace = _run("## Quick start")
   out = capsys.readouterr().out
-  # The layout table: hidden matrices (attention, MLP) against AdamW's leaves.
+  # The layout table (path, shape, kind, neurons, batch, matrices, hidden, ...):
+  # hidden matrices (attention, MLP) against AdamW's leaves.
   def row(path):  # (kind, hidden) of the table's row for ``path``
-    m = re.search(rf"^{re.escape(path)}\s+\([^)]*\)\s+(\w+)\s+\d+\s+(?:\S+ x \S+ x \S+|-)"
+    m = re.search(rf"^{re.escape(path)}\s+\([^)]*\)\s+(\w+)\s+\d+\s+\S+\s+(?:\S+ x \S+ x \S+|-)"
                   rf"\s+(yes|no)\b", out, flags=re.M)
     assert m, (path, out)
     return m.groups()

@@ -143,7 +143,7 @@ def test_global_granularity_has_one_ratio_for_the_tree():
     (nlr.lamb, dict(learning_rate=0.1, b2=-0.5), "b2"),
     (nlr.lamb, dict(learning_rate=0.1, eps=-1e-6), "eps"),
     (nlr.lamb, dict(learning_rate=0.1, eps_root=-1.0), "eps_root"),
-    (nlr.scale_by_trust_ratio, dict(min_norm=-1.0), "min_norm"),
+    (nlr.scale_by_trust_ratio, dict(learning_rate=1.0, min_norm=-1.0), "min_norm"),
 ])
 def test_bad_hyperparameters_are_rejected_at_construction(factory, kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -152,7 +152,7 @@ def test_bad_hyperparameters_are_rejected_at_construction(factory, kwargs, match
 
 def test_update_without_params_names_the_rule():
   p = {"w": jnp.ones((2, 3))}
-  tx = nlr.scale_by_trust_ratio()
+  tx = nlr.scale_by_trust_ratio(1.0)
   with pytest.raises(ValueError, match=r"trust_ratio reads the weights"):
     tx.update(p, tx.init(p))
 

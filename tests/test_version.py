@@ -56,7 +56,7 @@ def test_changelog_has_every_release_and_the_current_version():
   changelog = (ROOT / "CHANGELOG.md").read_text()
   headings = re.findall(r"^## (\d+\.\d+)\b(.*)$", changelog, flags=re.M)
   versions = [v for v, _ in headings]
-  assert versions[:3] == ["0.3", "0.2", "0.1"], versions
+  assert versions[:4] == ["0.4", "0.3", "0.2", "0.1"], versions
   major_minor = ".".join(nlr.__version__.split(".")[:2])
   assert versions[0] == major_minor
   if re.search(r"dev|a|b|rc", nlr.__version__):

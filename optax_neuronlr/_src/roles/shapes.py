@@ -42,6 +42,9 @@ def stack_axes(entries: Entries) -> list[int]:
       nodes.setdefault(tuple(keys[:d]), []).append(i)
 
   def stacked(members: list[int]) -> bool:
+    # A lone leaf shares its leading axis with nothing: no evidence of a stack.
+    if len(members) < 2:
+      return False
     lengths, evidence = set(), False
     for i in members:
       keys, shape = entries[i]

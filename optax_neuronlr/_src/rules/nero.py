@@ -171,7 +171,7 @@ def project_neurons(
 
 
 def scale_by_nero(
-    learning_rate: optax.ScalarOrSchedule = 0.01,
+    learning_rate: optax.ScalarOrSchedule,
     beta: float = 0.999,
     *,
     constraints: bool = True,

@@ -115,7 +115,7 @@ def neuron_units(neuron_axes: Any = None) -> Callable[[Any], Any]:
 
 
 def scale_by_trust_ratio(
-    learning_rate: optax.ScalarOrSchedule = 1.0,
+    learning_rate: optax.ScalarOrSchedule,
     trust_coefficient: float = 1.0,
     eps: float = 0.0,
     min_norm: float = 0.0,

@@ -107,7 +107,7 @@ from optax_neuronlr._src.units import GRANULARITIES
 from optax_neuronlr._src.units import Neurons
 
 # The one place the version lives; pyproject.toml reads it (CHANGELOG.md).
-__version__ = "0.3.0.dev0"
+__version__ = "0.4.0.dev0"
 
 __all__ = (
     "AdamMini",

@@ -174,7 +174,7 @@ def seed000_method(rule: str, granularity: str, variant: str,
 
 
 def relative_methods() -> list[Method]:
-  """Nero (tuned, and untuned at its default rate) and per-neuron / per-layer LAMB."""
+  """Nero (tuned, and untuned at its default rate), per-neuron / per-layer LAMB, per-neuron LARS."""
   return [
       Method("nero", RELATIVE, lambda r: nlr.nero(r.lr), "adam",
              "nlr.nero defaults (beta=0.999, constraints=True)", requires=("nero",)),
@@ -187,6 +187,12 @@ def relative_methods() -> list[Method]:
                "adam", f"nlr.lamb(granularity={g!r}), weight_decay={WEIGHT_DECAY:g} (kernels "
                        "and embeddings)",
                requires=("lamb",)) for g in ("neuron", "tensor")],
+      Method("lars[neuron]", RELATIVE,
+             lambda r: nlr.lars(r.lr, weight_decay=WEIGHT_DECAY, weight_decay_mask=_decay_mask,
+                                granularity="neuron"),
+             "adam", f"nlr.lars(granularity='neuron'), weight_decay={WEIGHT_DECAY:g} (kernels "
+                     "and embeddings), trust_coefficient=0.001, momentum=0.9",
+             requires=("lars",)),
   ]
 
 

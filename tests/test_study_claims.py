@@ -83,3 +83,21 @@ def test_width_table_matches_width_csv():
     tuned, small = re.findall(r"\d+\.\d+", last)[:2]
     assert _close(tuned, float(by_width["256"]["best_loss"])), (method, last)
     assert _close(small, float(by_width["256"]["loss_at_small_rate"])), (method, last)
+
+
+def test_digits_and_gru_table_matches_summary_csv():
+  rows = _readme_table("| method | digits: rate")
+  summary = {(r["task"], r["method"]): r for r in _csv("summary.csv")
+             if r["task"] in ("digits", "rnn")}
+  for method, *cells in rows:
+    for task, (rate, loss, verdict) in zip(("digits", "rnn"), (cells[:3], cells[3:])):
+      row = summary[(task, method)]
+      mean, std = (x.strip("* ") for x in loss.split("±"))
+      assert _close(rate, float(row["rate"])), (task, method, rate)
+      assert _close(mean, float(row["mean"])), (task, method, mean, row["mean"])
+      assert _close(std, float(row["std"])), (task, method, std, row["std"])
+      assert verdict.split()[0].strip("*") == row["verdict"], (task, method, verdict)
+      if row["p_value"]:
+        p = re.search(r"\(([^/]+)/", verdict).group(1)
+        assert _close(p.strip(), float(row["p_value"])), (task, method, p, row["p_value"])
+  assert {m for m, *_ in rows} == {m for t, m in summary}

@@ -29,7 +29,7 @@ _PARTITION = getattr(optax.transforms, "PartitionState", ())
 
 
 class LayoutRow(NamedTuple):
-  """One parameter leaf of :func:`optimizer_layout`."""
+  """One parameter leaf of `optimizer_layout`."""
 
   path: str
   shape: tuple[int, ...]
@@ -42,7 +42,7 @@ class LayoutRow(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerLayout:
-  """Rows of :func:`optimizer_layout`; ``str()`` gives the aligned table."""
+  """Rows of `optimizer_layout`; ``str()`` gives the aligned table."""
 
   rows: tuple[LayoutRow, ...]
 
@@ -182,7 +182,7 @@ def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> Optimiz
     params: the parameters (arrays or ``jax.ShapeDtypeStruct``).
 
   Returns:
-    An :class:`OptimizerLayout`; ``print(...)`` shows one row per leaf. The
+    An `OptimizerLayout`; ``print(...)`` shows one row per leaf. The
     strategy is a function name throughout: the rule's (``grad_history_lr``,
     ``normuon``, ``neuron_norm``; ``adam`` for Adam-mini with one unit per
     element, which is Adam), else the optax transform whose state holds the
@@ -192,7 +192,7 @@ def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> Optimiz
     ``global``, read from the shapes of the leaf and its units;
     ``units`` counts the leaf's rate units; ``base rate`` is the rule's
     ``learning_rate`` of the last step, else the rate the leaf's chain
-    recorded (:func:`record_learning_rate`: Muon's and the AdamW leaves' rates
+    recorded (`record_learning_rate`: Muon's and the AdamW leaves' rates
     in ``muon`` and ``normuon``), else the group's injected
     ``learning_rate``. A leaf whose transform keeps no state
     (e.g. a frozen group) shows the one stateless group's label if there is

@@ -1,11 +1,11 @@
-"""Griffe extension: docstrings written with reST roles render as Markdown.
+"""Griffe extension: the package's Markdown docstrings get cross-references.
 
-The package's docstrings name other objects with Sphinx roles
-(``:func:`learning_rates```, ``:class:`~optax_neuronlr.Rule```), which
-``help()`` shows well but mkdocstrings' Google parser leaves as literal text.
-This extension rewrites them, on the API page only, as Markdown
-cross-references (``[`learning_rates`][optax_neuronlr.learning_rates]``) when
-the target is a public name of the package, and as inline code otherwise. It
+The package's docstrings are Markdown: they name other objects as inline code
+(`learning_rates`, `nlr.muon`), which ``help()`` shows as it is. On the API
+page this extension makes each such name that is a public object of the
+package a cross-reference (``[`learning_rates`][optax_neuronlr.learning_rates]``);
+a Sphinx role (``:func:`learning_rates```), which mkdocstrings' Google parser
+would leave as literal text, becomes the same reference or inline code. It
 also reads an ``Example:`` section as ``Examples:``, so that doctest lines
 render as code, not as nested block quotes, turns reST's ``text::`` before a
 literal block into ``text:``, and drops the docstring that
@@ -72,6 +72,44 @@ def markdown_roles(text: str, context: str) -> str:
   return ROLE.sub(replace, text)
 
 
+# Inline code (single backticks, not already a link's text) outside fenced
+# blocks: `learning_rates`, `nlr.muon`, `scale_by_rule()`.
+INLINE_CODE = re.compile(r"(?<![`\[])`([^`\n]+)`(?![`\]])")
+FENCE = re.compile(r"(^[ \t]*```)", flags=re.M)
+NAME = re.compile(r"^[A-Za-z_][\w.]*$")
+
+
+def link_public_names(text: str) -> str:
+  """``text`` with every inline-code public name of the package made a link.
+
+  The docstrings write names as Markdown code (`learning_rates`,
+  `nlr.muon`), which ``help()`` shows as they are; on the API page a name
+  that is a public object of the package becomes a cross-reference. Fenced
+  code blocks are left alone.
+  """
+
+  def replace(m: re.Match[str]) -> str:
+    name = m.group(1).strip().removesuffix("()")
+    for prefix in (f"{PACKAGE}.", "nlr."):
+      name = name.removeprefix(prefix)
+    if not NAME.match(name):
+      return m.group(0)
+    target = _public_target(name, "")
+    return f"[{m.group(0)}][{target}]" if target else m.group(0)
+
+  # FENCE captures each fence line's start: the parts are text, fence, text,
+  # fence, ...; text after an odd number of fences lies inside a block.
+  parts = FENCE.split(text)
+  out, inside = [], False
+  for i, part in enumerate(parts):
+    if i % 2:
+      inside = not inside
+      out.append(part)
+    else:
+      out.append(part if inside else INLINE_CODE.sub(replace, part))
+  return "".join(out)
+
+
 class MarkdownDocstrings(griffe.Extension):
   """Rewrites reST roles and ``Example:`` headers of every docstring."""
 
@@ -87,7 +125,7 @@ class MarkdownDocstrings(griffe.Extension):
       obj.docstring = None
     if obj.docstring is None:
       return
-    text = markdown_roles(obj.docstring.value, obj.path)
+    text = link_public_names(markdown_roles(obj.docstring.value, obj.path))
     text = EXAMPLE_HEADER.sub(r"\1Examples:", text)
     text = LITERAL_MARKER.sub(r"\1:", text)
     obj.docstring.value = text

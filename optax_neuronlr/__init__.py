@@ -1,12 +1,12 @@
 """optax_neuronlr: dynamic per-neuron and per-parameter learning rates for optax.
 
-Every per-unit strategy is a :class:`Rule` run by :func:`scale_by_rule`, the
+Every per-unit strategy is a `Rule` run by `scale_by_rule`, the
 one engine, which users can extend. Every strategy is an
 ``optax.GradientTransformationExtraArgs``: a ``scale_by_<name>`` transform
 returning ``+rate * direction`` and an alias ``<name>`` that chains
 ``optax.scale(-1.0)``. Rates can be kept per element, neuron, block, tensor or
 for the whole model, on top of any optax direction, and read back with
-:func:`learning_rates`.
+`learning_rates`.
 """
 
 from optax_neuronlr import plot

@@ -6,12 +6,12 @@ returns a ``matplotlib.figure.Figure`` built without pyplot (no global figure
 state, nothing to close): save it with ``fig.savefig("rates.png")``, or let
 Jupyter display it as a cell's value.
 
-* :func:`rate_histograms`: the distribution of per-unit rates, per layer;
-* :func:`rate_heatmap`: one layer's per-unit rates over training steps;
-* :func:`clamp_fractions`: the fractions of units pinned at ``min_lr`` and
+* `rate_histograms`: the distribution of per-unit rates, per layer;
+* `rate_heatmap`: one layer's per-unit rates over training steps;
+* `clamp_fractions`: the fractions of units pinned at ``min_lr`` and
   ``max_lr`` over training steps.
 
-The last two read a :class:`~optax_neuronlr.RateRecorder`.
+The last two read a `RateRecorder`.
 
 Degenerate input gives a figure that says so rather than an error: an empty
 tree or a recorder with nothing recorded yet draws an empty axes with a note;
@@ -200,12 +200,12 @@ def rate_histograms(
     rates_or_opt_state: an optimizer state (any nesting, or an
       ``nnx.Optimizer``'s; then ``min_lr`` and ``max_lr`` are drawn as dashed
       lines and the fractions of units at each are given), a rates tree as
-      :func:`~optax_neuronlr.learning_rates` returns (``None`` leaves are
+      `learning_rates` returns (``None`` leaves are
       skipped), a flat ``{path: rates}`` dict, or a
-      :class:`~optax_neuronlr.RateRecorder` (its last recorded step).
+      `RateRecorder` (its last recorded step).
     leaves: a regular expression (str or compiled); only the leaves it
       selects by the package's path rule (it matches the whole path or a
-      ``"/"``-prefix of it, as for :class:`~optax_neuronlr.RateRecorder`).
+      ``"/"``-prefix of it, as for `RateRecorder`).
     bins: most bins per histogram (a leaf of ``n`` units gets at most
       ``max(5, 2 * ceil(sqrt(n)))``).
     log: log-spaced bins on a log x axis (non-positive rates are left out and
@@ -297,7 +297,7 @@ def rate_heatmap(
   colorbar's end arrows), so a layer stuck at a clamp shows at a glance.
 
   Args:
-    recorder_or_array: a :class:`~optax_neuronlr.RateRecorder` that recorded
+    recorder_or_array: a `RateRecorder` that recorded
       the rates of ``path`` (it also recorded ``min_lr`` and ``max_lr``), or an
       array ``(steps, *unit_shape)``.
     path: the leaf's path (one of ``recorder.paths``); optional when the
@@ -474,10 +474,10 @@ def clamp_fractions(
   unit at ``max_lr`` is plain SGD at rate ``max_lr``.
 
   Args:
-    recorder_or_summaries: a :class:`~optax_neuronlr.RateRecorder` that
+    recorder_or_summaries: a `RateRecorder` that
       recorded summaries, or ``{"path/stat": values over steps}`` with the
       ``frac_at_min_lr`` and ``frac_at_max_lr`` stats of
-      :func:`~optax_neuronlr.rate_summary` (e.g. ``recorder.summaries()``, a
+      `rate_summary` (e.g. ``recorder.summaries()``, a
       logger's history, or one step's ``rate_summary`` itself).
     steps: the step of each value (default: the recorder's steps, else
       ``0, 1, ...``).

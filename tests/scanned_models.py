@@ -9,6 +9,8 @@ and ``nnx.vmap(..., transform_metadata={nnx.PARTITION_NAME: "layers"})``.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,8 +65,20 @@ class LinenLM(nn.Module):
                     use_bias=False, name="lm_head")(x)
 
 
+def _fresh(tree):
+  """The same leaves in new containers: a test may edit its dicts."""
+  return jax.tree.map(lambda x: x, tree,
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
 def linen(scan: bool = True, tied: bool = True):
   """``(params, axis_names)`` of the linen model (``{"params": ...}`` left out)."""
+  return _fresh(_linen(scan, tied))
+
+
+@functools.lru_cache(maxsize=None)
+def _linen(scan: bool, tied: bool):
+  # Built once per test process (a few seconds each on 2 cores).
   variables = LinenLM(scan, tied).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   return nn.unbox(variables)["params"], nn.get_partition_spec(variables)["params"]
 
@@ -108,6 +122,11 @@ class NnxLM(nnx.Module):
 
 def nnx_model():
   """``(pure-dict params, axis names as nnx returns them)`` of the NNX model."""
+  return _fresh(_nnx_model())
+
+
+@functools.lru_cache(maxsize=None)
+def _nnx_model():
   with nnx.use_eager_sharding(False):
     model = NnxLM(nnx.Rngs(0))
   state = nnx.state(model, nnx.Param)

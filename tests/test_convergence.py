@@ -2,7 +2,7 @@
 
 One quick study (digits, a few methods, 2 grid rates, 2 refinement rates, 2
 seeds, 20 steps; two user methods through ``--method-from``) and one tiny width
-sweep (two widths, two methods) run once each and are shared by the tests of
+sweep (two widths, Muon) run once each and are shared by the tests of
 this module; everything else (statistics, grids, the command line's checks,
 every built-in method's optimizer) is tested without training. The study's code
 is the package ``benchmarks/convergence_study``; the tests import its modules as
@@ -78,7 +78,7 @@ def study(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
   out = tmp_path_factory.mktemp("width")
-  run("--quick", "--widths", "8", "16", "--methods", "^nadamw$|^muon$", "--out", str(out))
+  run("--quick", "--widths", "8", "16", "--methods", "^muon$", "--out", str(out))
   return out, json.loads((out / "width.json").read_text())
 
 
@@ -155,8 +155,7 @@ def test_width_sweep(sweep):
   assert set(data["widths"]) == {"8", "16"}
   rows = list(csv.DictReader((out / "width.csv").open()))
   assert list(rows[0]) == list(settings.WIDTH_COLUMNS)
-  assert {(r["method"], r["width"]) for r in rows} == {(m, w) for m in ("nadamw", "muon")
-                                                       for w in ("8", "16")}
+  assert {(r["method"], r["width"]) for r in rows} == {("muon", w) for w in ("8", "16")}
   for r in rows:
     entry = data["widths"][r["width"]]["methods"][r["method"]]
     assert float(r["best_rate"]) in entry["rates"]
@@ -164,7 +163,7 @@ def test_width_sweep(sweep):
     if r["width"] == "8":
       assert r["loss_at_small_rate"] == r["best_loss"]
   assert (out / "width.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "| nadamw |" in (out / "width.md").read_text()
+  assert "| muon |" in (out / "width.md").read_text()
 
 
 def test_width_drift_and_rows():

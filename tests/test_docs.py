@@ -164,6 +164,20 @@ def test_docstrings_have_no_rest_blocks():
   assert not bad, bad
 
 
+REST_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|attr|data|mod|obj|exc|const):`")
+
+
+def test_docstrings_have_no_rest_roles():
+  """help() shows Markdown code (`learning_rates`), not Sphinx roles
+  (``:func:`learning_rates```), in every public docstring and every source
+  file of the package."""
+  bad = sorted(name for name, doc in _public_docstrings() if REST_ROLE.search(doc))
+  assert not bad, bad
+  files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "optax_neuronlr").rglob("*.py")
+                 if REST_ROLE.search(p.read_text()))
+  assert not files, files
+
+
 def test_generated_docstrings_are_markdown():
   """What rule_transform and a rule's state class write: Markdown code
   (single backticks), no reST roles or double backticks."""

@@ -46,3 +46,44 @@ def test_mixed_transforms_layout():
   assert rows["emb"][2:6] == ("c", "hypergradient_lr", "neuron", 3)
   assert rows["head/kernel"].strategy == "scale_by_adam"
   assert abs(rows["head/kernel"].base_rate - 3e-4) < 1e-9
+
+
+def _rows(tx, params=PARAMS):
+  return {r.path: r for r in nlr.optimizer_layout(tx.init(params), params).rows}
+
+
+def test_muon_and_normuon_rows_show_both_recorded_rates():
+  """Muon's hidden matrices show the Muon rate, the AdamW leaves theirs, also
+  wrapped (inject_hyperparams, MultiSteps)."""
+  cases = [
+      (nlr.muon(0.02, adam_learning_rate=3e-3), "scale_by_muon"),
+      (nlr.normuon(0.02, adam_learning_rate=3e-3), "normuon"),
+      (optax.inject_hyperparams(nlr.muon)(learning_rate=0.02, adam_learning_rate=3e-3),
+       "scale_by_muon"),
+      (optax.MultiSteps(nlr.normuon(0.02, adam_learning_rate=3e-3), 2), "normuon"),
+  ]
+  for tx, hidden in cases:
+    rows = _rows(tx)
+    kernel = rows["body/Dense_0/kernel"]
+    assert (kernel.group, kernel.strategy) == ("hidden", hidden)
+    assert abs(kernel.base_rate - 0.02) < 1e-8, kernel
+    for path in ("body/Dense_0/bias", "head/kernel", "head/bias"):
+      assert rows[path].group == "adamw", rows[path]
+      assert abs(rows[path].base_rate - 3e-3) < 1e-8, rows[path]
+  text = str(nlr.optimizer_layout(cases[0][0].init(PARAMS), PARAMS))
+  assert "0.003" in text and "0.02" in text
+
+
+def test_recorded_schedule_shows_the_rate_of_the_last_step():
+  schedule = optax.linear_schedule(0.02, 0.01, 10)
+  tx = nlr.muon(schedule)
+  params = {"body": {"Dense_0": {"kernel": jnp.ones((3, 4))}}}
+  state = tx.init(params)
+  for _ in range(4):
+    _, state = tx.update(params, state, params)
+  kernel = _rows_of(state, params)["body/Dense_0/kernel"]
+  assert abs(kernel.base_rate - float(schedule(3))) < 1e-9, kernel
+
+
+def _rows_of(state, params):
+  return {r.path: r for r in nlr.optimizer_layout(state, params).rows}

@@ -633,8 +633,9 @@ def test_flax_scanned_models_equal_their_unscanned_twins(name, model):
     tx = factory(0.02, weight_decay=0.1, axis_names=names if with_names else None)
     twin_tx = factory(0.02, weight_decay=0.1,
                       axis_names=twin_names if with_names else None)
-    u, _ = tx.update(grads, tx.init(params), params)
-    v, _ = twin_tx.update(sm.unstack(grads), twin_tx.init(twin), twin)
+    # Jitted, as models train (eager dispatch is 5x slower to run here).
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    v, _ = jax.jit(twin_tx.update)(sm.unstack(grads), twin_tx.init(twin), twin)
     for i in range(sm.L):
       layer = jax.tree.map(lambda x, i=i: x[i], u["blocks"])
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),

@@ -33,7 +33,7 @@ def trees(draw):
   return tree
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(
     tree=trees(),

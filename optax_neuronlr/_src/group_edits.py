@@ -2,8 +2,8 @@
 
 The one job of this module is PyTorch's ``optimizer.add_param_group(...)``
 (reference 003, "useful for fine-tuning") and its siblings: each edit builds
-the new transformation (:class:`~optax_neuronlr.ParamGroups` methods) and
-carries the state over with :func:`~optax_neuronlr._src.migrate.rebuild`,
+the new transformation (`ParamGroups` methods) and
+carries the state over with `rebuild`,
 every statistic of the groups that stay kept bit for bit.
 """
 
@@ -50,17 +50,17 @@ def add_param_group(
   kept frozen (unfreezing a block with its own rate).
 
   Args:
-    tx: a :func:`param_groups` transformation.
+    tx: a `param_groups` transformation.
     state: its state.
     params: the parameters, with the new ones.
-    group: a group dict as in :func:`param_groups`.
+    group: a group dict as in `param_groups`.
 
   Returns:
     ``(new_tx, new_state)``; rebuild the jitted training step with ``new_tx``.
 
   Raises:
-    TypeError: if ``tx`` is not a :func:`param_groups` transformation.
-    ValueError: for an invalid group (as :func:`param_groups`), a group that
+    TypeError: if ``tx`` is not a `param_groups` transformation.
+    ValueError: for an invalid group (as `param_groups`), a group that
       claims no parameter, or one that claims parameters of another group
       (PyTorch raises too; also when it would take every parameter of the
       ``rest=`` group), or parameters that left the model (their statistics
@@ -117,7 +117,7 @@ def drop_param_group(
   for bit.
 
   Args:
-    tx: a :func:`param_groups` transformation.
+    tx: a `param_groups` transformation.
     state: its state.
     params: the parameters (without the group's, or with them to freeze them).
     name: the group's name.
@@ -126,9 +126,9 @@ def drop_param_group(
     ``(new_tx, new_state)``.
 
   Raises:
-    TypeError: if ``tx`` is not a :func:`param_groups` transformation.
+    TypeError: if ``tx`` is not a `param_groups` transformation.
     ValueError: for an unknown name, or if other groups would lose statistics
-      (parameters of theirs that left the model: use :func:`rebuild_state`).
+      (parameters of theirs that left the model: use `rebuild_state`).
   """
   tx = _as_param_groups(tx, "drop_param_group")
   frozen = tx.without_group(name, freeze=True)
@@ -151,7 +151,7 @@ def reset_param_group(
   PyTorch: ``for p in group["params"]: optimizer.state[p].clear()``. The
   group's statistics (moments, per-unit rates, EMAs, the counts that bias
   corrections read) restart as at ``init``; its injected hyperparameters,
-  including values set with :func:`set_hyperparams`, and the count that drives
+  including values set with `set_hyperparams`, and the count that drives
   their schedules are kept, as PyTorch keeps the group's ``lr`` and its
   scheduler. Other groups are untouched. Works for any ``optax.multi_transform``
   state (optax issue #1371), ``name`` being its label; a label whose
@@ -159,7 +159,7 @@ def reset_param_group(
   the counts of its schedules included.
 
   Args:
-    tx: the transformation (a :func:`param_groups` one or any optax optimizer
+    tx: the transformation (a `param_groups` one or any optax optimizer
       with ``optax.multi_transform`` labels).
     state: its state.
     params: the parameters.

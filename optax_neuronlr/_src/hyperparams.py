@@ -1,10 +1,10 @@
 """Hyperparameters held in an optimizer state: injecting, finding, reading, setting.
 
 The one job of this module is the ``optax.inject_hyperparams`` state:
-:func:`injected` builds it for a group (hyperparameters kept at float32 or
-wider, never half precision), :func:`is_inject_state` and the naming below
-find every injected state of a state, and :func:`get_hyperparams` /
-:func:`set_hyperparams` read and change the values (seed 003's
+`injected` builds it for a group (hyperparameters kept at float32 or
+wider, never half precision), `is_inject_state` and the naming below
+find every injected state of a state, and `get_hyperparams` /
+`set_hyperparams` read and change the values (seed 003's
 ``param_groups[i]['lr'] *= 0.9``).
 """
 
@@ -100,7 +100,7 @@ def injected(
     kwargs: Mapping[str, Any],
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.inject_hyperparams(optimizer)(**kwargs)``, hyperparameters kept in
-  :func:`_hyperparam_dtype` of the tree (never half precision).
+  `_hyperparam_dtype` of the tree (never half precision).
 
   This library's factories cast their hyperparameters to their statistics'
   dtype themselves. For other optimizers (optax's own), whose arithmetic takes
@@ -195,7 +195,7 @@ def _inject_states(opt_state: Any) -> list[tuple[str, Any]]:
 def get_hyperparams(opt_state: Any) -> dict[str, dict[str, jax.Array]]:
   """``{group name: {hyperparameter: value}}`` of every injected group.
 
-  Groups are those of :func:`param_groups` (or any ``optax.multi_transform``
+  Groups are those of `param_groups` (or any ``optax.multi_transform``
   label whose transform is wrapped in ``optax.inject_hyperparams``), named by
   their label; a bare ``inject_hyperparams`` state is the group ``"default"``.
   Groups nested in a group's optimizer are named ``"<outer>/<inner>"``. Where
@@ -242,10 +242,10 @@ def set_hyperparams(opt_state: Any, group: Optional[str] = None, **values: Any) 
   keeps the old one's dtype, so a jitted step does not retrace. Jittable.
   A hyperparameter given as a schedule is re-evaluated by the next update,
   which overrides what is set here. Group names are those of
-  :func:`get_hyperparams`.
+  `get_hyperparams`.
 
   Args:
-    opt_state: a state of :func:`param_groups` or of any optax state holding
+    opt_state: a state of `param_groups` or of any optax state holding
       ``optax.inject_hyperparams`` states.
     group: the group to change; None changes every group that has the given
       hyperparameters.
@@ -318,7 +318,7 @@ def _check_not_shadowed(
 ) -> None:
   """Setting an outer group's value that its nested groups hold is an error:
   each nested injected state keeps its own copy, so the new value would be
-  reported by :func:`get_hyperparams` and change nothing."""
+  reported by `get_hyperparams` and change nothing."""
   outer = next(c for c, _ in found if names[c] == group)
   shadowed = sorted(
       names[c] for c, s in found

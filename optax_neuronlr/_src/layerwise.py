@@ -15,7 +15,7 @@ from optax_neuronlr._src import validation
 
 
 class ScaleByLeafState(NamedTuple):
-  """State of :func:`scale_by_leaf`: one scalar multiplier per leaf."""
+  """State of `scale_by_leaf`: one scalar multiplier per leaf."""
 
   multipliers: Any
 
@@ -65,7 +65,7 @@ def scale_by_leaf(
     multipliers: a pytree of scalars mirroring the params (matched by path), or
       a callable ``params -> pytree``. Each multiplier is a finite number
       ``>= 0`` (0 freezes its leaf). Paths follow the package's one path rule
-      (:mod:`optax_neuronlr._src.paths`): a multiplier given for a sub-tree
+      (`optax_neuronlr._src.paths`): a multiplier given for a sub-tree
       (``{"backbone": 0.1, "head": 1.0}``) or keyed by a regular expression
       (``{"layers_.*": 0.5}``) covers every leaf below it, the longest matching
       prefix winning.
@@ -121,7 +121,7 @@ def layerwise_multipliers(
     layer_of: Optional[Callable[[str], int]] = None,
     reverse: bool = False,
 ) -> Any:
-  """``factor ** k`` for layer ``k``, a pytree for :func:`scale_by_leaf`.
+  """``factor ** k`` for layer ``k``, a pytree for `scale_by_leaf`.
 
   By default a leaf's layer is its module (its path without the last key, so
   a kernel and its bias share one), and modules are numbered 0, 1, ... in the

@@ -19,6 +19,7 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
+from optax_neuronlr._src.rate_record import RecordLearningRateState
 from optax_neuronlr._src import rule_state
 from optax_neuronlr._src.hyperparams import is_inject_state
 from optax_neuronlr._src.readers import leaf_paths
@@ -28,7 +29,7 @@ _PARTITION = getattr(optax.transforms, "PartitionState", ())
 
 
 class LayoutRow(NamedTuple):
-  """One parameter leaf of :func:`optimizer_layout`."""
+  """One parameter leaf of `optimizer_layout`."""
 
   path: str
   shape: tuple[int, ...]
@@ -41,7 +42,7 @@ class LayoutRow(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerLayout:
-  """Rows of :func:`optimizer_layout`; ``str()`` gives the aligned table."""
+  """Rows of `optimizer_layout`; ``str()`` gives the aligned table."""
 
   rows: tuple[LayoutRow, ...]
 
@@ -160,6 +161,11 @@ class _Walker:
         if not paths:
           self.walk(value, ctx)
     elif isinstance(node, (tuple, list)):
+      # A chain that records its rate (muon's and normuon's branches,
+      # nlr.record_learning_rate): the record is the rate of its leaves.
+      records = [v for v in node if isinstance(v, RecordLearningRateState)]
+      if records:
+        ctx = dataclasses.replace(ctx, base_rate=_scalar(records[-1].applied_lr))
       for value in node:
         self.walk(value, ctx)
     elif isinstance(node, dict):
@@ -176,7 +182,7 @@ def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> Optimiz
     params: the parameters (arrays or ``jax.ShapeDtypeStruct``).
 
   Returns:
-    An :class:`OptimizerLayout`; ``print(...)`` shows one row per leaf. The
+    An `OptimizerLayout`; ``print(...)`` shows one row per leaf. The
     strategy is a function name throughout: the rule's (``grad_history_lr``,
     ``normuon``, ``neuron_norm``; ``adam`` for Adam-mini with one unit per
     element, which is Adam), else the optax transform whose state holds the
@@ -185,8 +191,10 @@ def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> Optimiz
     ``granularity`` is ``element``, ``neuron``, ``blocks``, ``tensor`` or
     ``global``, read from the shapes of the leaf and its units;
     ``units`` counts the leaf's rate units; ``base rate`` is the rule's
-    ``learning_rate`` of the last step, else the
-    group's injected ``learning_rate``. A leaf whose transform keeps no state
+    ``learning_rate`` of the last step, else the rate the leaf's chain
+    recorded (`record_learning_rate`: Muon's and the AdamW leaves' rates
+    in ``muon`` and ``normuon``), else the group's injected
+    ``learning_rate``. A leaf whose transform keeps no state
     (e.g. a frozen group) shows the one stateless group's label if there is
     exactly one, else ``-``.
 

@@ -1,16 +1,16 @@
-"""A side channel from a rule's ``init`` to :func:`optax_neuronlr.state_shardings`.
+"""A side channel from a rule's ``init`` to `state_shardings`.
 
 Why it exists: to shard a per-unit statistic along the axes of its parameter
-that it keeps, :func:`~optax_neuronlr.state_shardings` must know, for every
+that it keeps, `state_shardings` must know, for every
 leaf, which axes of the parameter its units keep. That is static metadata of
 the *transform*, and an optax state may hold none (it must stay a tree of
 arrays for ``jit``, donation and checkpoints); nor can it be read from the
 transform, which is a pair of opaque functions, possibly nested in chains,
 ``multi_transform`` or ``inject_hyperparams``. So ``state_shardings`` runs
-``tx.init`` abstractly inside :func:`recording`, and every
-:func:`~optax_neuronlr.scale_by_rule` ``init`` that runs inside the block
-adds one :class:`LayoutRecord` (:func:`record`). Outside the block, recording is a
-no-op. A :mod:`contextvars` variable keeps concurrent threads (and nested
+``tx.init`` abstractly inside `recording`, and every
+`scale_by_rule` ``init`` that runs inside the block
+adds one `LayoutRecord` (`record`). Outside the block, recording is a
+no-op. A `contextvars` variable keeps concurrent threads (and nested
 blocks) apart.
 
 Nothing else uses it: the update never reads it, so a transform behaves the
@@ -47,7 +47,7 @@ class LayoutRecord(NamedTuple):
 
   Attributes:
     state_class: the class of the state it built.
-    leaves: one :class:`LeafLayout` per parameter leaf, in tree order.
+    leaves: one `LeafLayout` per parameter leaf, in tree order.
     is_global: True for ``granularity="global"`` (one unit for the tree).
   """
 
@@ -62,7 +62,7 @@ _RECORDS: contextvars.ContextVar[Optional[list[LayoutRecord]]] = (
 
 @contextlib.contextmanager
 def recording() -> Iterator[list[LayoutRecord]]:
-  """Collects a :class:`LayoutRecord` for every rule state that ``init``
+  """Collects a `LayoutRecord` for every rule state that ``init``
   builds inside the block, in order."""
   records: list[LayoutRecord] = []
   token = _RECORDS.set(records)
@@ -73,19 +73,19 @@ def recording() -> Iterator[list[LayoutRecord]]:
 
 
 def is_recording() -> bool:
-  """Whether an ``init`` runs inside :func:`recording`."""
+  """Whether an ``init`` runs inside `recording`."""
   return _RECORDS.get() is not None
 
 
 def record(state_class: type, leaves: Sequence[LeafLayout], is_global: bool) -> None:
-  """Adds a record to the innermost :func:`recording` block (none: a no-op)."""
+  """Adds a record to the innermost `recording` block (none: a no-op)."""
   records = _RECORDS.get()
   if records is not None:
     records.append(LayoutRecord(state_class, tuple(leaves), bool(is_global)))
 
 
 def leaf_layouts(paths: Sequence[str], layouts: Sequence[Any]) -> list[LeafLayout]:
-  """:class:`LeafLayout` rows from leaf paths and ``units`` layouts (objects
+  """`LeafLayout` rows from leaf paths and ``units`` layouts (objects
   with ``shape``, ``unit_shape`` and ``keep_axes``)."""
   return [LeafLayout(p, l.shape, l.unit_shape, l.keep_axes)
           for p, l in zip(paths, layouts)]

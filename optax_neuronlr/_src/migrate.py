@@ -1,8 +1,8 @@
 """State migration: an optimizer's state rebuilt for a new transformation or new params.
 
-The one job of this module is :func:`rebuild_state` (and :func:`rebuild`, which
-the group edits of :mod:`~optax_neuronlr._src.group_edits` and the NNX glue of
-:mod:`~optax_neuronlr._src.nnx_glue` call): the fresh state of the new
+The one job of this module is `rebuild_state` (and `rebuild`, which
+the group edits of `group_edits` and the NNX glue of
+`nnx_glue` call): the fresh state of the new
 transformation, every statistic of the old one that has a place in it kept.
 
 Reference 003 lists ``optimizer.add_param_group(...)`` ("useful for
@@ -14,7 +14,7 @@ Adam's moments, counts, injected hyperparameters) bit for bit.
 
 How statistics are matched
 --------------------------
-:func:`rebuild_state` initialises the new transformation on the new parameters
+`rebuild_state` initialises the new transformation on the new parameters
 and walks the fresh state and the old one side by side: a node of the fresh
 state takes the old node found at the same place (the same field of the same
 state class, the same ``optax.multi_transform`` label, the same parameter path)
@@ -186,10 +186,10 @@ def _label_paths(names: Union[None, str, Iterable[str]], what: str) -> frozenset
 def rebuild(tx: optax.GradientTransformation, state: Any, params: Any, *,
              reset: Any = None, strict: bool = False, released: Any = None,
              what: str = "rebuild_state", fresh: Any = None) -> Any:
-  """:func:`rebuild_state` with the options the group edits need.
+  """`rebuild_state` with the options the group edits need.
 
   Args:
-    tx, state, params, reset, strict: as in :func:`rebuild_state`.
+    tx, state, params, reset, strict: as in `rebuild_state`.
     released: group labels whose statistics may be dropped even with
       ``strict`` (the group a ``drop_param_group`` removes).
     what: the caller's name, for messages.
@@ -299,10 +299,10 @@ def rebuild_state(
   then ``state = nlr.rebuild_state(new_tx, state, new_params)``.
 
   Injected hyperparameters (``optax.inject_hyperparams``, every
-  :func:`param_groups` group) are state too: where ``tx`` was built with other
+  `param_groups` group) are state too: where ``tx`` was built with other
   values for a group that ``state`` holds, the old state's values win, as
   PyTorch's ``load_state_dict`` restores each group's ``lr``; change them with
-  :func:`set_hyperparams`.
+  `set_hyperparams`.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_neuronlr as nlr
@@ -321,7 +321,7 @@ def rebuild_state(
     state: the old state (outside ``jit``; a restored checkpoint works).
     params: the new parameters (arrays or ``jax.ShapeDtypeStruct``).
     reset: names of ``optax.multi_transform`` labels (groups of
-      :func:`param_groups`; nested labels joined by ``"/"``) whose statistics
+      `param_groups`; nested labels joined by ``"/"``) whose statistics
       start fresh; their injected hyperparameters and the count that drives
       their schedules are kept.
     strict: raise, listing them, if any statistic of ``state`` outside the

@@ -5,14 +5,14 @@ one second moment per attention head, per output neuron or per token; SCALE
 normalises matrices per output neuron and keeps momentum on the output head;
 Muon and NorMuon orthogonalise the hidden matrices and train embeddings, the
 output head, norm scales and biases with AdamW. They all read the same facts
-about a leaf, and this module is where those facts live: :func:`model_layout`
+about a leaf, and this module is where those facts live: `model_layout`
 classifies every leaf of a Flax NNX ``nnx.State`` or a linen params tree (or
-any tree of arrays) and gives, per leaf, a :class:`LeafRole`. The evidence,
+any tree of arrays) and gives, per leaf, a `LeafRole`. The evidence,
 strongest first (``LeafRole.source``): what the caller gives (``head=``,
 ``"given"``); the model's logical axis names (``axis_names=``, the tree
 ``nn.get_partition_spec`` / ``nnx.get_partition_spec`` return, mapped to roles
-by :data:`AXIS_ROLES`: ``"axis_names"``, see
-:mod:`optax_neuronlr._src.roles.axis_names`); the leaf's path
+by `AXIS_ROLES`: ``"axis_names"``, see
+`optax_neuronlr._src.roles.axis_names`); the leaf's path
 (``"name"``); its shape (``"shape"``, a guess the optimizers warn about once
 when it changes their update).
 
@@ -28,7 +28,7 @@ when it changes their update).
   less the batch axes; the batch axes are then added to its neurons and left
   out of its matrix view;
 
-* ``kind``: one of :data:`KINDS` (below);
+* ``kind``: one of `KINDS` (below);
 * ``neuron_axes``: the axes that index the leaf's *output neurons*, i.e. all
   its output axes. A ``(d, heads, head_dim)`` query/key/value kernel has
   ``heads * head_dim`` output neurons (axes ``(1, 2)``); every other kernel
@@ -37,7 +37,7 @@ when it changes their update).
   rule uses these axes when ``neuron_axes`` is not given;
 * ``heads``: the unit spec with one unit per attention head (query, key,
   value and attention-output kernels; fused 2-D kernels need ``num_heads``);
-* ``matrix``: how the leaf is seen as matrices (:class:`MatrixView`: the
+* ``matrix``: how the leaf is seen as matrices (`MatrixView`: the
   fan-in axes, the output axes and, for fused gates, the blocks), or None;
 * ``hidden``: whether it is a *hidden matrix*, Muon's and NorMuon's leaf.
 
@@ -63,7 +63,7 @@ case-insensitively, never as substrings. The first rule that applies wins:
 | ``other`` | anything else (a 3-D kernel outside attention and convolutions [6]) | any | last axis | - | no |
 
 * [1] The output head: the 2-D kernel of a module named one of
-  :data:`HEAD_NAMES` (``lm_head``, ``head``, ``classifier``, ...), or of a
+  `HEAD_NAMES` (``lm_head``, ``head``, ``classifier``, ...), or of a
   module named ``out``/``output`` at the top of the tree (a read-out; an
   ``out`` beside ``query``/``key``/``value`` is attention's), the top-level
   one where several match; failing both, the one top-level ``(d, vocab)``
@@ -88,7 +88,7 @@ case-insensitively, never as substrings. The first rule that applies wins:
   one module per gate (``ir``, ``iz``, ``in`` / ``hr``, ``hz``, ``hn`` for the
   GRU; ``ii``, ``if``, ``ig``, ``io`` / ``hi``, ``hf``, ``hg``, ``ho`` for the
   LSTM). A fused ``(h, gates*h)`` kernel is one matrix per gate.
-* [5] A matrix with fewer than :data:`MIN_MATRIX_DIM` rows or columns (per
+* [5] A matrix with fewer than `MIN_MATRIX_DIM` rows or columns (per
   block) is not hidden: orthogonalising a ``1 x n`` matrix only rescales it
   (a GRU reading one input feature has a ``(1, 3*h)`` input kernel). Such
   leaves stay with AdamW.
@@ -99,8 +99,8 @@ case-insensitively, never as substrings. The first rule that applies wins:
   folded into one matrix: pass ``axis_names=`` (or ``matrices=``).
 
 ``model_layout(params).table()`` shows every leaf's row; Adam-mini
-(:func:`optax_neuronlr.adam_mini_blocks`), SCALE
-(:func:`optax_neuronlr.scale_sgd_labels`), Muon and NorMuon read their
+(`adam_mini_blocks`), SCALE
+(`scale_sgd_labels`), Muon and NorMuon read their
 partitions from here.
 """
 

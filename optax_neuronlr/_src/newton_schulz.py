@@ -11,11 +11,11 @@ X_{j+1} = a X_j + (b A_j + c A_j^2) X_j, \quad A_j = X_j X_j^\top ,
 $$
 
 on the orientation whose Gram matrix $A_j$ is the smaller one. This module
-holds the iteration (:func:`newton_schulz`), the map from a leaf to its stack
-of matrices under a :class:`~optax_neuronlr.MatrixView`
-(:func:`to_matrices`), and the two places the iteration can run: where each
-leaf lies (:func:`orthogonalise`) or on owner devices that each take whole
-matrices (:func:`orthogonalise_on_owners`).
+holds the iteration (`newton_schulz`), the map from a leaf to its stack
+of matrices under a `MatrixView`
+(`to_matrices`), and the two places the iteration can run: where each
+leaf lies (`orthogonalise`) or on owner devices that each take whole
+matrices (`orthogonalise_on_owners`).
 
 Low precision (``ns_dtype="bfloat16"`` or ``"float16"``): the matrices are
 stored and multiplied in that dtype, but the Frobenius norm, the
@@ -51,7 +51,7 @@ def accumulation_dtype(dtype: Any) -> jnp.dtype:
 
 def to_matrices(x: jax.Array, view: Any) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
   """``x`` as a ``(matrices, fan_in, fan_out)`` stack under ``view`` (a checked
-  :class:`~optax_neuronlr.MatrixView`), and the map back to ``x``'s shape.
+  `MatrixView`), and the map back to ``x``'s shape.
 
   Batch axes (in neither ``reduction_axes`` nor ``output_axes``) come first,
   in order, then the blocks of ``view.blocks``; one matrix per index.
@@ -98,7 +98,7 @@ def newton_schulz(
 
   The iterates are kept in ``x``'s dtype; the norm, the division and every
   product accumulate in at least float32 and are rounded to ``x``'s dtype
-  once each (:func:`accumulation_dtype`), with the coefficients exact. For
+  once each (`accumulation_dtype`), with the coefficients exact. For
   float32 and wider inputs this is the plain iteration. ``ns_steps`` and
   the coefficients may be traced.
   """
@@ -136,8 +136,8 @@ def stacked_newton_schulz(
     stack: jax.Array, ns_steps: Any = 5, ns_coeffs: Sequence[Any] = NS_COEFFS,
     eps: Any = 1e-7,
 ) -> jax.Array:
-  """:func:`newton_schulz` of a ``(matrices, fan_in, fan_out)`` stack: one
-  batched iteration, in chunks of :data:`CPU_CHUNK_BYTES` on the CPU."""
+  """`newton_schulz` of a ``(matrices, fan_in, fan_out)`` stack: one
+  batched iteration, in chunks of `CPU_CHUNK_BYTES` on the CPU."""
   n = stack.shape[0]
   size = max(1, stack.shape[1] * stack.shape[2] * jnp.dtype(stack.dtype).itemsize)
   chunk = max(1, CPU_CHUNK_BYTES // size)
@@ -197,7 +197,7 @@ def orthogonalise_on_owners(
   re-layout of the stack there and back (XLA: all-to-all or a gather to the
   owner and a slice back) instead of one all-gather of each matrix onto every
   device, and each device computes ``1 / devices`` of the Newton-Schulz work.
-  Equal to :func:`orthogonalise` of each leaf up to float rounding.
+  Equal to `orthogonalise` of each leaf up to float rounding.
 
   For automatic sharding (a mesh of ``AxisType.Auto`` axes, ``jax.jit``
   with shardings): the placement is a ``with_sharding_constraint``.

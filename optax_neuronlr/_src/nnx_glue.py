@@ -1,8 +1,8 @@
 """Flax NNX glue: an ``nnx.Optimizer`` that follows a model that changed.
 
-The one job of this module is :func:`rebuild_nnx_optimizer`, which rebuilds an
+The one job of this module is `rebuild_nnx_optimizer`, which rebuilds an
 ``nnx.Optimizer`` in place for the model's current parameters with
-:func:`~optax_neuronlr._src.migrate.rebuild`. Flax is imported only when it is
+`rebuild`. Flax is imported only when it is
 called.
 """
 
@@ -31,7 +31,7 @@ def rebuild_nnx_optimizer(
 
   After ``model.head = nnx.Linear(...)`` (or a removed or resized part), the
   optimizer is rebuilt for the model's current parameters (its ``wrt``
-  filter), with :func:`rebuild_state`: every statistic of the parameters that
+  filter), with `rebuild_state`: every statistic of the parameters that
   stay is kept, new ones start fresh, the step counter is kept. With ``tx``
   the optimizer also changes its transformation, e.g. to add a group:
 
@@ -43,10 +43,10 @@ def rebuild_nnx_optimizer(
     optimizer: an ``nnx.Optimizer``; it is changed in place.
     model: the model it optimizes, as it is now.
     tx: the new transformation (default: the optimizer's own).
-    reset: groups whose statistics start fresh, as in :func:`rebuild_state`.
-    strict: as in :func:`rebuild_state`; for ``nlr.param_groups``
+    reset: groups whose statistics start fresh, as in `rebuild_state`.
+    strict: as in `rebuild_state`; for ``nlr.param_groups``
       transformations also an error for parameters that would move from one
-      group to another (as :func:`add_param_group`).
+      group to another (as `add_param_group`).
 
   Returns:
     ``optimizer``, rebuilt.

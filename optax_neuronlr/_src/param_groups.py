@@ -1,13 +1,13 @@
-"""PyTorch-style parameter groups: :func:`param_groups` and :class:`ParamGroups`.
+"""PyTorch-style parameter groups: `param_groups` and `ParamGroups`.
 
 The one job of this module is building the transformation of a list of group
 dicts (``torch.optim.SGD([{'params': ..., 'lr': ...}, ...])``, references
 ``002`` and ``003``): one ``optax.inject_hyperparams`` transform per group
-(:mod:`~optax_neuronlr._src.hyperparams`), run by ``optax.multi_transform``
+(`hyperparams`), run by ``optax.multi_transform``
 on the leaves each group selects by the package's path rule
-(:mod:`~optax_neuronlr._src.paths`), and the group edits of
-:class:`ParamGroups` (:meth:`~ParamGroups.with_group`,
-:meth:`~ParamGroups.without_group`) that return a new transformation.
+(`paths`), and the group edits of
+`ParamGroups` (`with_group`,
+`without_group`) that return a new transformation.
 """
 
 from __future__ import annotations
@@ -116,10 +116,10 @@ def param_groups(
 
   Each group runs ``optax.inject_hyperparams(optimizer)(**defaults,
   **overrides)`` on its leaves (``optax.multi_transform``), so its values can be
-  read with :func:`get_hyperparams` and changed with :func:`set_hyperparams`.
+  read with `get_hyperparams` and changed with `set_hyperparams`.
 
   Groups select leaves by the package's one path rule
-  (:mod:`optax_neuronlr._src.paths`): a pattern selects a leaf when it matches
+  (`optax_neuronlr._src.paths`): a pattern selects a leaf when it matches
   the leaf's whole ``"/"``-joined path or one of its prefixes, so ``"backbone"``
   (a PyTorch-style sub-module) and ``"backbone/.*"`` both select every leaf
   below ``backbone``. A leaf selected by several groups goes to the one whose
@@ -147,8 +147,8 @@ def param_groups(
 
   ``optimizer`` may itself build param groups (e.g. a function of
   ``learning_rate`` returning ``nlr.param_groups(...)``): the nested groups
-  are named ``"<outer>/<inner>"`` by :func:`get_hyperparams` and
-  :func:`set_hyperparams`.
+  are named ``"<outer>/<inner>"`` by `get_hyperparams` and
+  `set_hyperparams`.
 
   Args:
     optimizer: an optax-style factory (``optax.sgd``, ``optax.adam``,
@@ -171,11 +171,11 @@ def param_groups(
     **defaults: arguments of ``optimizer`` shared by every group.
 
   Returns:
-    A :class:`ParamGroups`: an ``optax.GradientTransformationExtraArgs``
+    A `ParamGroups`: an ``optax.GradientTransformationExtraArgs``
     that also keeps these arguments, so that groups can be added, dropped or
-    reset during training (:func:`~optax_neuronlr.add_param_group`,
-    :func:`~optax_neuronlr.drop_param_group`,
-    :func:`~optax_neuronlr.reset_param_group`).
+    reset during training (`add_param_group`,
+    `drop_param_group`,
+    `reset_param_group`).
 
   Raises:
     TypeError: for ``groups`` that are not a list of dicts, or a ``"params"``
@@ -332,15 +332,15 @@ def param_groups(
 
 
 class ParamGroups(optax.GradientTransformationExtraArgs):
-  """The transformation :func:`param_groups` returns, with the groups it was
+  """The transformation `param_groups` returns, with the groups it was
   built from (PyTorch's ``optimizer.param_groups``).
 
   It is an ``optax.GradientTransformationExtraArgs`` (an ``optax.multi_transform``
   with one label per group) that also carries its construction arguments, so
-  that a group can be added or removed later: :meth:`with_group`,
-  :meth:`without_group`, and, with the state carried over,
-  :func:`~optax_neuronlr.add_param_group` and
-  :func:`~optax_neuronlr.drop_param_group`.
+  that a group can be added or removed later: `with_group`,
+  `without_group`, and, with the state carried over,
+  `add_param_group` and
+  `drop_param_group`.
 
   Attributes:
     optimizer: the factory every group runs.
@@ -355,7 +355,7 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
     owners: ``params -> {path: group name or None}``: the group that holds
       each leaf (None for leaves no group holds: frozen, or unclaimed under
       ``rest="error"``), without the checks of ``labels``; what
-      :func:`~optax_neuronlr.add_param_group` compares to find parameters
+      `add_param_group` compares to find parameters
       that would move.
   """
 
@@ -388,7 +388,7 @@ class ParamGroups(optax.GradientTransformationExtraArgs):
                         allow_empty=self.allow_empty, **self.defaults)
 
   def with_group(self, group: Mapping[str, Any]) -> "ParamGroups":
-    """The same groups plus ``group`` (a dict as in :func:`param_groups`; its
+    """The same groups plus ``group`` (a dict as in `param_groups`; its
     default name is ``"group_<i>"``, ``i`` its position, or the next free
     ``"group_<k>"`` where a group already has that name). Hyperparameters it
     does not set take this optimizer's ``defaults``, as PyTorch's

@@ -1,8 +1,8 @@
 """Label functions for ``optax.multi_transform`` from selectors on paths.
 
-The one job of this module is :func:`path_labels`: ``params -> `` a tree of
+The one job of this module is `path_labels`: ``params -> `` a tree of
 labels, each leaf's label given by the package's path rule
-(:class:`optax_neuronlr._src.paths.Selection`). Reference ``001`` Example 2
+(`optax_neuronlr._src.paths.Selection`). Reference ``001`` Example 2
 (one optimizer per part of a model).
 """
 
@@ -26,7 +26,7 @@ def path_labels(
 
   Each leaf's path is its keys joined by ``"/"`` (``"backbone/Dense_0/kernel"``;
   list indices are numbers, and Flax NNX's ``.value`` is dropped). Leaves are
-  selected by the package's one path rule (:mod:`optax_neuronlr._src.paths`): a
+  selected by the package's one path rule (`optax_neuronlr._src.paths`): a
   rule selects a leaf when its regular expression matches the *whole* path or
   one of its ``"/"``-prefixes (``"backbone"`` selects every leaf below
   ``backbone``). The rule matching the longest prefix gives the label; two

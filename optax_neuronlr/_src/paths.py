@@ -6,7 +6,7 @@ is dropped, so a parameter has the same path in an ``nnx.State`` and in a tree
 of arrays.
 
 A *selector* is a regular expression. It selects a leaf when it matches
-(:func:`re.fullmatch`) the leaf's whole path or one of its ``/``-prefixes:
+(`re.fullmatch`) the leaf's whole path or one of its ``/``-prefixes:
 ``"encoder"`` selects every leaf below ``encoder``, ``".*/kernel"`` every
 kernel, ``"encoder/layers/0/kernel"`` one leaf. When several selectors of one
 mapping select a leaf, the one matching the longest prefix wins; two that match
@@ -16,17 +16,17 @@ flattened paths (``"encoder"``, ``"decoder/out"``), so a value given for a
 sub-tree covers all its leaves.
 
 This rule is shared by ``neuron_axes`` and ``granularity`` pytrees,
-:func:`optax_neuronlr.scale_by_leaf`, :func:`optax_neuronlr.param_groups`,
-:func:`optax_neuronlr.path_labels`, Adam-mini's ``overrides``, the ``head``
-of :func:`optax_neuronlr.scale_sgd` and :func:`optax_neuronlr.model_layout`,
-:class:`optax_neuronlr.RateRecorder`, :mod:`optax_neuronlr.plot` and
-:func:`optax_neuronlr.state_shardings`.
+`scale_by_leaf`, `param_groups`,
+`path_labels`, Adam-mini's ``overrides``, the ``head``
+of `scale_sgd` and `model_layout`,
+`RateRecorder`, `plot` and
+`state_shardings`.
 
 This module's one job is that rule; every selector of the package goes
-through it: :class:`Selector` (one selector, or several acting as one),
-:class:`Selection` (the one lookup among several, ties an error) and
-:class:`PathTable` (exact paths first, for pytrees mirroring the params).
-:func:`path_str` is the one way to spell a leaf's path.
+through it: `Selector` (one selector, or several acting as one),
+`Selection` (the one lookup among several, ties an error) and
+`PathTable` (exact paths first, for pytrees mirroring the params).
+`path_str` is the one way to spell a leaf's path.
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ class Selector:
   """One selector, compiled: what it selects of a path, by the package's rule.
 
   ``Selector(regex, where)`` is one selector (a str or a compiled
-  ``re.Pattern``). :meth:`any_of` makes several act as one (a param group's
+  ``re.Pattern``). `any_of` makes several act as one (a param group's
   list of patterns: the longest prefix any of them matches counts), and
-  :meth:`predicate` wraps a ``(path, leaf) -> bool`` that selects the whole
+  `predicate` wraps a ``(path, leaf) -> bool`` that selects the whole
   path or nothing.
 
   Attributes:
@@ -151,7 +151,7 @@ def _describe(key: Any) -> Any:
 
 
 class Match(NamedTuple):
-  """How the selectors of a :class:`Selection` select one path.
+  """How the selectors of a `Selection` select one path.
 
   Attributes:
     depth: keys in the longest prefix selected; None if no selector selects
@@ -176,7 +176,7 @@ class Selection:
   Args:
     table: ``{selector: value}``, or a sequence of ``(selector, value)`` pairs
       (where a selector may appear twice); a selector is a regex (a str or a
-      compiled ``re.Pattern``) or a :class:`Selector`.
+      compiled ``re.Pattern``) or a `Selector`.
     where: what the selectors are, for messages (``"path_labels"``).
   """
 
@@ -201,7 +201,7 @@ class Selection:
       path: a leaf's ``"/"``-joined path.
       default: returned where no selector selects the path; without it, that is
         an error.
-      leaf: the leaf, for selectors made with :meth:`Selector.predicate`.
+      leaf: the leaf, for selectors made with `Selector.predicate`.
 
     Raises:
       ValueError: where no selector selects the path (and no ``default``), or
@@ -238,7 +238,7 @@ class PathTable:
   A key equal to a leaf's path gives its value outright, so a pytree mirroring
   the params never has its keys read as regular expressions (a path such as
   ``"conv(1)/kernel"`` is not a valid one, and ``"a.b"`` would also select
-  ``"a_b"``). Any other leaf is looked up by the rule (:class:`Selection`),
+  ``"a_b"``). Any other leaf is looked up by the rule (`Selection`),
   built the first time one is needed.
   """
 
@@ -248,7 +248,7 @@ class PathTable:
     self._selection: Optional[Selection] = None
 
   def lookup(self, path: str, default: Any = KeyError) -> Any:
-    """The value of ``path``: its own key, else :meth:`Selection.lookup`."""
+    """The value of ``path``: its own key, else `Selection.lookup`."""
     if path in self.table:
       return self.table[path]
     if self._selection is None:

@@ -13,7 +13,7 @@ from optax_neuronlr._src import validation
 
 
 class ReduceLROnPlateauState(NamedTuple):
-  """State of :func:`scale_by_reduce_lr_on_plateau`.
+  """State of `scale_by_reduce_lr_on_plateau`.
 
   The rate an update applies is ``max(learning_rate * scale, min(min_lr,
   learning_rate))``: the base rate (which ``optax.inject_hyperparams`` can
@@ -31,7 +31,7 @@ class ReduceLROnPlateauState(NamedTuple):
     last_lr: the rate after the last update's plateau step, the one the next
       update applies (unless ``learning_rate`` is changed in between):
       PyTorch's ``scheduler.get_last_lr()``, which
-      :func:`~optax_neuronlr.plateau_learning_rate` reads (``learning_rate``
+      `plateau_learning_rate` reads (``learning_rate``
       before the first update). Recorded for logging only.
   """
 
@@ -99,7 +99,7 @@ def scale_by_reduce_lr_on_plateau(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales updates by a rate that follows PyTorch's ``ReduceLROnPlateau``.
 
-  Returns ``+lr * u``; :func:`reduce_lr_on_plateau` is this transform followed
+  Returns ``+lr * u``; `reduce_lr_on_plateau` is this transform followed
   by ``optax.scale(-1.0)``. Each update takes the monitored value as
   ``update(..., value=loss)``. It first applies the current rate, then steps
   the plateau logic on ``value`` exactly as one ``scheduler.step(value)`` does
@@ -214,7 +214,7 @@ reduce_lr_on_plateau = aliases.negated(
     r"""SGD whose rate follows PyTorch's ``ReduceLROnPlateau``: ``u = -lr * g``.
 
   ``optax.chain(scale_by_reduce_lr_on_plateau(...), optax.scale(-1.0))``; see
-  :func:`scale_by_reduce_lr_on_plateau` for the rule, the arguments and how a
+  `scale_by_reduce_lr_on_plateau` for the rule, the arguments and how a
   change of ``learning_rate`` under ``optax.inject_hyperparams`` combines with
   the reductions. Each update takes the monitored value as ``update(...,
   value=loss)``; its state is ``(ReduceLROnPlateauState, EmptyState)``.
@@ -234,7 +234,7 @@ reduce_lr_on_plateau = aliases.negated(
   it); it can average the value over ``accumulation_size`` updates; its floor is
   ``min_scale`` rather than ``min_lr``, and it has no ``eps``.
 
-  Takes the arguments of :func:`scale_by_reduce_lr_on_plateau`.
+  Takes the arguments of `scale_by_reduce_lr_on_plateau`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value``.

@@ -1,10 +1,10 @@
-r"""A learning rate kept in the state, for the readers: :func:`record_learning_rate`.
+r"""A learning rate kept in the state, for the readers: `record_learning_rate`.
 
 An optax optimizer built around a Python number (``optax.adamw(3e-4)``, the
-hidden chain of :func:`optax_neuronlr.muon`) closes over its rate: its state
-holds no trace of it, so :func:`optax_neuronlr.learning_rates` has nothing to
-read. :func:`record_learning_rate` is the identity on the updates and keeps, in
-a :class:`RecordLearningRateState`, the rate $\eta_t$ the step applied (a
+hidden chain of `muon`) closes over its rate: its state
+holds no trace of it, so `learning_rates` has nothing to
+read. `record_learning_rate` is the identity on the updates and keeps, in
+a `RecordLearningRateState`, the rate $\eta_t$ the step applied (a
 schedule evaluated at the step count before the update, as
 ``optax.scale_by_learning_rate``). The readers show it on every leaf that the
 transforms beside it keep statistics for (Adam's moments, Muon's momentum):
@@ -30,7 +30,7 @@ from optax_neuronlr._src import validation
 
 
 class RecordLearningRateState(NamedTuple):
-  """State of :func:`record_learning_rate`.
+  """State of `record_learning_rate`.
 
   Attributes:
     count: number of updates so far (int32, safe from overflow).
@@ -56,14 +56,14 @@ def record_learning_rate(
   $\eta_t = \mathrm{lr}(c_{t-1})$ for a schedule (the value
   ``optax.scale_by_learning_rate(lr)`` applied at that update) or the number
   itself. Chain it beside the transform that applies the rate, so that
-  :func:`optax_neuronlr.learning_rates` and the other readers show it on the
+  `learning_rates` and the other readers show it on the
   leaves those transforms keep statistics for:
 
   ```python
   tx = optax.chain(optax.adamw(schedule), nlr.record_learning_rate(schedule))
   ```
 
-  :func:`optax_neuronlr.muon` and :func:`optax_neuronlr.normuon` record their
+  `muon` and `normuon` record their
   Muon and AdamW rates this way. The leaves are those of the first
   per-leaf statistic in the enclosing chain (Adam's ``mu``, a momentum); beside
   transforms that keep none (``optax.sgd`` without momentum) there is no leaf
@@ -75,7 +75,7 @@ def record_learning_rate(
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
-    :class:`RecordLearningRateState`.
+    `RecordLearningRateState`.
   """
   validation.check_rate("learning_rate", learning_rate)
 
@@ -97,11 +97,11 @@ def with_recorded_rate(
     tx: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule,
 ) -> optax.GradientTransformationExtraArgs:
   """``tx`` (an ``optax.chain``, such as ``optax.adamw``, that applies
-  ``learning_rate`` itself) followed by :func:`record_learning_rate`.
+  ``learning_rate`` itself) followed by `record_learning_rate`.
 
-  The state is ``tx``'s tuple with a :class:`RecordLearningRateState`
+  The state is ``tx``'s tuple with a `RecordLearningRateState`
   appended, not nested: every statistic keeps its place, so
-  :func:`optax_neuronlr.rebuild_state` carries a state saved without the
+  `rebuild_state` carries a state saved without the
   record over whole.
   """
   record = record_learning_rate(learning_rate)

@@ -4,18 +4,18 @@ A *rate source* is a node of an optax state from which the rate the last
 update applied can be read, shaped like the parameters (``None`` on the
 leaves it does not govern):
 
-* a rule state (:func:`optax_neuronlr.scale_by_rule`: every per-unit strategy
+* a rule state (`scale_by_rule`: every per-unit strategy
   of the package, NorMuon, Adam-mini, SCALE, hypergradient descent): its
   per-unit rates, recomputed from its statistics, with its clamps
   ``(min_lr, max_lr)``;
-* a :class:`~optax_neuronlr._src.rate_record.RecordLearningRateState` (Muon's
-  rate and AdamW's in :func:`optax_neuronlr.muon` / ``normuon``): the recorded
+* a `RecordLearningRateState` (Muon's
+  rate and AdamW's in `muon` / ``normuon``): the recorded
   rate on every leaf that the transforms beside it keep statistics for;
 * an ``optax.inject_hyperparams`` state with a ``learning_rate`` and no source
   inside (each group of ``param_groups(optax.adam, ...)``): the injected rate
   on every leaf its inner state keeps statistics for.
 
-A :class:`~optax_neuronlr.ScaleByLeafState` (``scale_by_leaf``, layer-wise
+A `ScaleByLeafState` (``scale_by_leaf``, layer-wise
 multipliers) multiplies the rates of every source in the same chain (and of a
 source that holds the chain), as it multiplies their updates.
 

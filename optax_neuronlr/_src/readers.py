@@ -1,11 +1,11 @@
 """The readers: the rates the last update applied, from any nested optax state.
 
-Every reader (:func:`learning_rates`, :func:`learning_rates_by_state`,
-:func:`leaf_rates`, :func:`rate_summary` and
-:class:`~optax_neuronlr.RateRecorder`) reads one list, the rate sources of
-:mod:`~optax_neuronlr._src.rate_sources`: rule states (recognised by type,
+Every reader (`learning_rates`, `learning_rates_by_state`,
+`leaf_rates`, `rate_summary` and
+`RateRecorder`) reads one list, the rate sources of
+`rate_sources`: rule states (recognised by type,
 not through a registry), the rates that Muon and AdamW record
-(:func:`~optax_neuronlr.record_learning_rate`) and injected group rates of
+(`record_learning_rate`) and injected group rates of
 plain optax optimizers; so each sees what the others see. Sources are found
 wherever they sit: in ``optax.chain`` tuples, ``optax.multi_transform`` /
 ``optax.partition`` states, ``optax.masked``, ``optax.inject_hyperparams``,
@@ -62,15 +62,15 @@ def leaf_paths(tree: Any, what: str = "the parameters") -> list[str]:
 
 
 def learning_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
-  """The rates of :func:`learning_rates`, one tree per rate source.
+  """The rates of `learning_rates`, one tree per rate source.
 
   A rate source is a node of ``opt_state`` that the applied rates are read
   from: a rule state (every per-unit strategy of the package), the rate that
-  :func:`~optax_neuronlr.muon` and :func:`~optax_neuronlr.normuon` record for
-  Muon and AdamW (:func:`~optax_neuronlr.record_learning_rate`), or an
+  `muon` and `normuon` record for
+  Muon and AdamW (`record_learning_rate`), or an
   ``optax.inject_hyperparams`` state with a ``learning_rate`` and no source
   inside (each group of ``param_groups(optax.adam, ...)``). Multipliers of
-  :func:`~optax_neuronlr.scale_by_leaf` in the same chain are applied.
+  `scale_by_leaf` in the same chain are applied.
 
   Args:
     opt_state: any optax state (possibly nested, or an ``nnx.Optimizer``'s).
@@ -79,7 +79,7 @@ def learning_rates_by_state(opt_state: optax.OptState) -> dict[str, Any]:
     ``{path of the source inside opt_state: rates}``, where ``rates`` is
     shaped like the parameters with one per-unit array per leaf (``None`` for
     leaves the source does not govern, e.g. masked ones or another label's).
-    Every leaf of :func:`learning_rates` is in exactly one of them.
+    Every leaf of `learning_rates` is in exactly one of them.
 
   Example:
     >>> import jax.numpy as jnp, optax_neuronlr as nlr
@@ -124,15 +124,15 @@ def learning_rates(opt_state: optax.OptState) -> optax.Params:
   ``nnx.Optimizer`` as it is, and under ``jax.jit``. Where several sources
   govern disjoint parts of the parameters (e.g. two labels of
   ``optax.partition``), their rates are merged into one tree. The sources
-  (:func:`learning_rates_by_state`):
+  (`learning_rates_by_state`):
 
   * rule states (every per-unit strategy: NorMuon's per-neuron rate,
     Adam-mini's per-block rate, SCALE, the seed-000 rules, hypergradient
-    descent, a user's :class:`Rule`), their rates recomputed from the
+    descent, a user's `Rule`), their rates recomputed from the
     statistics and clamped to ``[min_lr, max_lr]``;
-  * rates kept by :func:`record_learning_rate`: :func:`muon` shows Muon's
+  * rates kept by `record_learning_rate`: `muon` shows Muon's
     rate (its scheduled ``learning_rate``) on each hidden leaf;
-    :func:`muon` and :func:`normuon` show AdamW's rate on every other leaf
+    `muon` and `normuon` show AdamW's rate on every other leaf
     (one unit per leaf);
   * plain optax optimizers under ``optax.inject_hyperparams``: with
     ``nlr.param_groups(optax.adam, groups)`` each leaf shows its group's
@@ -141,10 +141,10 @@ def learning_rates(opt_state: optax.OptState) -> optax.Params:
     state (``optax.sgd`` without momentum) has nothing to read its leaves
     from: its leaves show ``None`` (``get_hyperparams`` has its rate).
 
-  :func:`scale_by_leaf` multipliers (layer-wise rates) multiply the rates of
+  `scale_by_leaf` multipliers (layer-wise rates) multiply the rates of
   the chain they sit in. A schedule shows its value at the last update's step
   (before the first update: at step 0). The current rate of
-  :func:`reduce_lr_on_plateau` is :func:`plateau_learning_rate`.
+  `reduce_lr_on_plateau` is `plateau_learning_rate`.
 
   Each leaf holds one value per unit: the leaf's shape at element
   granularity, the shape of its neuron axes at neuron granularity (``(out,)``
@@ -163,7 +163,7 @@ def learning_rates(opt_state: optax.OptState) -> optax.Params:
   Raises:
     ValueError: if ``opt_state`` holds no rate source (the message says so when ``opt_state`` looks restored from
       a checkpoint without a target), or two strategies govern the same leaf
-      (use :func:`learning_rates_by_state` then).
+      (use `learning_rates_by_state` then).
 
   Example:
     >>> import jax.numpy as jnp, optax_neuronlr as nlr
@@ -202,13 +202,13 @@ def _restored_hint(opt_state: Any) -> str:
 def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
   """``{leaf key: (per-unit rates, min_lr, max_lr)}`` of every governed leaf.
 
-  The leaves of :func:`learning_rates` that are not ``None``, from the same
+  The leaves of `learning_rates` that are not ``None``, from the same
   rate sources. The key is the parameter's ``"/"``-joined path, whatever
   optax structure wraps the optimizer (chain, ``param_groups``,
   ``multi_transform``, ``masked``, ``inject_hyperparams``, ``MultiSteps``,
   ``scale_sgd``, ``muon``, ...): adding a group or a wrapper never renames a
   key. A rate without clamps (Muon's, AdamW's, a group's) has
-  ``(min_lr, max_lr) = (0, inf)``; :func:`scale_by_leaf` multiplies a leaf's
+  ``(min_lr, max_lr) = (0, inf)``; `scale_by_leaf` multiplies a leaf's
   clamps with its rates. When several sources govern the same parameter
   (say, two rules chained), the first one in ``opt_state``'s order keeps the
   path and the next ones get ``path#1``, ``path#2``, ... in that order.
@@ -221,7 +221,7 @@ def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Arra
 
   Raises:
     ValueError: if two leaves of a state share a path string (a key
-      containing ``"/"`` beside a nested one, see :func:`leaf_paths`).
+      containing ``"/"`` beside a nested one, see `leaf_paths`).
   """
   out = {}
   for source in rate_sources.rate_sources(opt_state):
@@ -239,7 +239,7 @@ def leaf_rates(opt_state: optax.OptState) -> dict[str, tuple[jax.Array, jax.Arra
 def rate_summary(opt_state: optax.OptState) -> dict[str, jax.Array]:
   """Per-leaf statistics of the per-unit rates, flat, ready for any logger.
 
-  For every leaf of :func:`learning_rates` that is not ``None``, the keys
+  For every leaf of `learning_rates` that is not ``None``, the keys
   ``"<parameter path>/<stat>"`` (``"Dense_0/bias/median"``) with ``stat`` one
   of ``min``, ``median``, ``max``, ``mean``, ``frac_at_min_lr`` and
   ``frac_at_max_lr`` (the fractions of units pinned at each clamp). The keys
@@ -292,7 +292,7 @@ def rate_summary(opt_state: optax.OptState) -> dict[str, jax.Array]:
 
 
 def plateau_learning_rate(opt_state: optax.OptState) -> Union[jax.Array, dict[str, jax.Array]]:
-  """The rate of :func:`reduce_lr_on_plateau`: PyTorch's ``get_last_lr()``.
+  """The rate of `reduce_lr_on_plateau`: PyTorch's ``get_last_lr()``.
 
   One ``update(..., value=loss)`` steps with the current rate and then
   decides on a reduction, as PyTorch's ``optimizer.step()`` followed by
@@ -301,7 +301,7 @@ def plateau_learning_rate(opt_state: optax.OptState) -> Union[jax.Array, dict[st
   passed to update ``t`` shows here right after update ``t``, as
   ``scheduler.get_last_lr()`` shows it after ``scheduler.step(loss)``, and it
   is the rate update ``t + 1`` applies (``learning_rate`` before the first
-  update; a ``learning_rate`` changed by :func:`set_hyperparams` in between
+  update; a ``learning_rate`` changed by `set_hyperparams` in between
   shows after the next update, as a ``param_groups[i]["lr"]`` edit shows in
   ``get_last_lr()`` after the next ``scheduler.step``). The rate the last
   update applied is ``ReduceLROnPlateauState.applied_lr``. Found wherever

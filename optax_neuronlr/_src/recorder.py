@@ -1,7 +1,7 @@
 """Recording per-unit learning rates over training, without host syncs.
 
-:class:`RateRecorder` keeps, for every recorded step, the flat
-:func:`~optax_neuronlr.rate_summary` of an optimizer state and the per-unit
+`RateRecorder` keeps, for every recorded step, the flat
+`rate_summary` of an optimizer state and the per-unit
 rates of a few chosen leaves. Both are computed on the device by one jitted
 function (compiled once) and kept there as arrays: JAX dispatches
 asynchronously, so a training loop that records every step never waits for the
@@ -27,7 +27,7 @@ from optax_neuronlr._src.readers import leaf_rates
 
 @dataclasses.dataclass(frozen=True)
 class RateRecord:
-  """What :class:`RateRecorder` keeps of one step; a pytree, jit-friendly.
+  """What `RateRecorder` keeps of one step; a pytree, jit-friendly.
 
   Attributes:
     keys: the summary keys ``"path/stat"`` (static: part of the tree
@@ -53,26 +53,26 @@ jax.tree_util.register_dataclass(
 class RateRecorder:
   """Keeps rate summaries and per-unit rates over training steps.
 
-  Each :meth:`record` dispatches one jitted function of the optimizer state
-  (traced and compiled once) that computes :func:`~optax_neuronlr.rate_summary`
-  (stacked into one vector) and :func:`~optax_neuronlr.learning_rates` of the
+  Each `record` dispatches one jitted function of the optimizer state
+  (traced and compiled once) that computes `rate_summary`
+  (stacked into one vector) and `learning_rates` of the
   leaves whose path matches ``leaves``. The results stay on the device until
-  :meth:`summaries`, :meth:`rates` or :attr:`steps` is read, which fetches
+  `summaries`, `rates` or `steps` is read, which fetches
   everything recorded so far in one transfer. A recorder serves one optimizer
   state structure; make one per optimizer. The ``(min_lr, max_lr)`` of each
-  recorded leaf are kept too (:meth:`bounds`), for the figures of
-  :mod:`optax_neuronlr.plot`.
+  recorded leaf are kept too (`bounds`), for the figures of
+  `plot`.
 
-  It records what :func:`~optax_neuronlr.learning_rates` reads, on every
+  It records what `learning_rates` reads, on every
   optimizer of the package (NorMuon's per-neuron rates, Muon's and AdamW's
   rates, Adam-mini's per-block rates, the group rates of ``param_groups``,
-  ...). Keys and paths are those of :func:`~optax_neuronlr.rate_summary`: a
+  ...). Keys and paths are those of `rate_summary`: a
   leaf's ``"/"``-joined path (``"Dense_0/kernel"``; ``"l1/kernel"`` for an
   ``nnx.Optimizer``), whatever optax structure wraps the optimizer; a
   parameter governed by a second rule state is ``"<path>#1"``.
 
-  Inside a jitted training step, compute the record with :meth:`compute`,
-  return it from the step and hand it to :meth:`add`:
+  Inside a jitted training step, compute the record with `compute`,
+  return it from the step and hand it to `add`:
 
     recorder = nlr.RateRecorder(leaves=r".*kernel")
 
@@ -93,13 +93,13 @@ class RateRecorder:
   Args:
     leaves: a regular expression (a str or a compiled ``re.Pattern``); the
       per-unit rates of every leaf it selects by the package's one path rule
-      (:mod:`optax_neuronlr._src.paths`: it matches the leaf's whole path or
+      (`optax_neuronlr._src.paths`: it matches the leaf's whole path or
       a ``"/"``-prefix of it, so ``"Dense_0"`` selects ``Dense_0/kernel``) are
       recorded (``".*"``: all; ``None``: none, summaries only).
     every: record only the steps that are multiples of ``every``, an int
       ``>= 1`` (NumPy ints too; then ``step`` should be a Python int: an array
       step is fetched from the device).
-    summary: whether to record :func:`~optax_neuronlr.rate_summary` (a bool).
+    summary: whether to record `rate_summary` (a bool).
 
   Raises:
     TypeError: for ``leaves`` that is not a pattern or None, a non-bool
@@ -160,14 +160,14 @@ class RateRecorder:
     """The record of ``opt_state``: summary and chosen per-unit rates.
 
     Pure ``jnp``: call it inside a jitted step, return its result and pass it
-    to :meth:`add`. :meth:`record` runs it jitted.
+    to `add`. `record` runs it jitted.
 
     Args:
-      opt_state: any optax state that :func:`~optax_neuronlr.learning_rates`
+      opt_state: any optax state that `learning_rates`
         reads.
 
     Returns:
-      A :class:`RateRecord` (empty summary when ``summary=False``).
+      A `RateRecord` (empty summary when ``summary=False``).
     """
     summary = inspect_lib.rate_summary(opt_state) if self.summary else {}
     chosen = {}
@@ -194,7 +194,7 @@ class RateRecorder:
       opt_state: the optimizer state after the update of ``step``.
 
     Returns:
-      The :class:`RateRecord` just kept (device arrays, possibly still being
+      The `RateRecord` just kept (device arrays, possibly still being
       computed), or None when ``step`` is not a multiple of ``every``.
     """
     if not self.due(step):
@@ -206,13 +206,13 @@ class RateRecorder:
   def add(self, step: Any, record: RateRecord | Mapping[str, Any]) -> None:
     """Keeps a record computed elsewhere, e.g. returned by a jitted step.
 
-    Like :meth:`record`, skips steps that are not multiples of ``every``
+    Like `record`, skips steps that are not multiples of ``every``
     (gate the computation in the step yourself to save its cost too).
 
     Args:
       step: the training step.
-      record: a :class:`RateRecord` from :meth:`compute`, or a flat dict of
-        scalars such as :func:`~optax_neuronlr.rate_summary` returns (the
+      record: a `RateRecord` from `compute`, or a flat dict of
+        scalars such as `rate_summary` returns (the
         same keys at every step).
     """
     if not self.due(step):
@@ -289,7 +289,7 @@ class RateRecorder:
     """Per-unit rates of leaf ``path`` over the recorded steps.
 
     Args:
-      path: one of :attr:`paths`.
+      path: one of `paths`.
 
     Returns:
       An array of shape ``(n, *unit_shape)``.
@@ -305,7 +305,7 @@ class RateRecorder:
     """``(min_lr, max_lr)`` of leaf ``path`` at each recorded step.
 
     Args:
-      path: one of :attr:`paths`.
+      path: one of `paths`.
 
     Returns:
       An array of shape ``(n, 2)``.

@@ -1,11 +1,11 @@
-"""What the engine checks of a :class:`~optax_neuronlr.Rule` and what it returns.
+"""What the engine checks of a `Rule` and what it returns.
 
-A rule is user code run inside :func:`~optax_neuronlr.scale_by_rule`; a
+A rule is user code run inside `scale_by_rule`; a
 mistake in it must end in an error that names the rule, the method and the
 statistic, never in an update of the wrong shape or a statistic silently read
 the wrong way. Three kinds of checks:
 
-* the declaration, when the transform is built (:func:`check_declaration`):
+* the declaration, when the transform is built (`check_declaration`):
   ``unit_stats``, ``element_stats``, ``leaf_stats`` and ``hyperparams`` are
   tuples of distinct identifiers (``hyperparams`` may be a dict of defaults),
   no hyperparameter takes an engine scalar's name, ``reduce`` is ``"mean"``
@@ -13,11 +13,11 @@ the wrong way. Three kinds of checks:
   declared statistic is named like one, ``weight_<name>``), the rule is
   hashable;
 * the hyperparameter values, when the transform is built
-  (:func:`check_hyperparams`): real scalars, as the package's own (no
+  (`check_hyperparams`): real scalars, as the package's own (no
   strings, bools, None, lists, complex numbers or NaN), then the rule's own
-  :meth:`~optax_neuronlr.Rule.check_hyperparams`;
-* what each method returns, at trace time (:func:`check_stats`,
-  :func:`check_observed`, :func:`check_rate`): the declared names, the
+  `check_hyperparams`;
+* what each method returns, at trace time (`check_stats`,
+  `check_observed`, `check_rate`): the declared names, the
   expected shapes, real dtypes where the engine keeps real statistics.
 
 The docs page "Writing a rule" lists each check with the error it raises.
@@ -210,7 +210,7 @@ def check_observed(rule: Any, got: Any, shape: tuple[int, ...], where: str) -> t
 
 
 def in_dtype(got: Any, names: tuple[str, ...], dtype: Any) -> dict[str, jax.Array]:
-  """The statistics ``names`` of ``got`` (checked by :func:`check_stats`) in
+  """The statistics ``names`` of ``got`` (checked by `check_stats`) in
   the statistics' ``dtype``.
 
   ``init`` may build a statistic from a Python number or an integer or bool

@@ -1,4 +1,4 @@
-"""The state classes of :func:`~optax_neuronlr.scale_by_rule`, one per rule.
+"""The state classes of `scale_by_rule`, one per rule.
 
 A rule's state is a NamedTuple (like every optax state, so that checkpoints,
 ``optax.tree_utils``, donation and sharding see plain pytrees) with the fields
@@ -10,7 +10,7 @@ A rule's state is a NamedTuple (like every optax state, so that checkpoints,
   shaped like the parameters;
 * one field per leaf statistic (``Rule.leaf_stats``), each a tree of 0-d
   arrays;
-* ``applied``: the scalars of the last update (:class:`RuleState`);
+* ``applied``: the scalars of the last update (`RuleState`);
 * ``direction_state``: the state of ``direction``.
 
 Why one class per rule: the statistics are named fields
@@ -18,9 +18,9 @@ Why one class per rule: the statistics are named fields
 state holds no static metadata (it must stay a tree of arrays), so the class
 is where the rule lives. Each class carries two class attributes:
 
-* ``rule``: the :class:`~optax_neuronlr.Rule` instance that built it, from
+* ``rule``: the `Rule` instance that built it, from
   which readers recompute the applied rates
-  (:func:`optax_neuronlr.learning_rates`);
+  (`learning_rates`);
 * ``is_global``: True for the variant of ``granularity="global"``.
 
 The classes, from the most general:
@@ -38,7 +38,7 @@ The classes, from the most general:
 
 Classes are cached: equal rules get the same class, so states of two equal
 transforms are interchangeable. Readers recognise a rule state by its type
-alone (:func:`is_rule_state`): a class built here, carrying a rule.
+alone (`is_rule_state`): a class built here, carrying a rule.
 """
 
 from __future__ import annotations
@@ -58,14 +58,14 @@ _MARK = "_is_rule_state_class"
 class RuleState(NamedTuple):
   """Fields every rule state has; a rule's state class adds its statistics.
 
-  Each rule gets its own NamedTuple state class (:meth:`Rule.state_class`),
+  Each rule gets its own NamedTuple state class (`Rule.state_class`),
   with the fields ``count``, one per unit statistic, one per element
   statistic, ``applied`` and ``direction_state``:
 
   Attributes:
     count: number of updates so far (int32, safe from overflow).
     applied: the scalars the last update used, in the order of
-      :meth:`Rule.scalar_names` (``learning_rate``, ``min_lr``, ``max_lr``,
+      `Rule.scalar_names` (``learning_rate``, ``min_lr``, ``max_lr``,
       then the rule's hyperparameters), kept so that the applied rates can be
       recomputed from the state alone. A tuple, not a dict: the
       hyperparameters that drive the update are those of
@@ -153,14 +153,14 @@ def state_class(rule: Any, is_global: bool = False) -> type:
 
 
 def is_rule_state(x: Any) -> bool:
-  """True for the state of any :func:`scale_by_rule` transform."""
+  """True for the state of any `scale_by_rule` transform."""
   cls = type(x)
   return (getattr(cls, _MARK, False) and getattr(cls, "rule", None) is not None
           and hasattr(x, "_fields"))
 
 
 def rule_of(state: Any) -> Any:
-  """The :class:`~optax_neuronlr.Rule` that built a rule state."""
+  """The `Rule` that built a rule state."""
   return type(state).rule
 
 

@@ -1,8 +1,8 @@
 """A rule's own ``scale_by_*`` transform, with real keyword arguments.
 
-:func:`~optax_neuronlr.scale_by_rule` takes a rule's hyperparameters as a
+`scale_by_rule` takes a rule's hyperparameters as a
 dict, which ``optax.inject_hyperparams`` cannot see: it binds a factory's
-*arguments*. :func:`rule_transform` builds, from a rule class, a factory whose
+*arguments*. `rule_transform` builds, from a rule class, a factory whose
 signature lists the rule's hyperparameters (with the defaults the rule
 declares), its static options (the dataclass fields) and the engine's
 arguments, exactly like the package's own ``scale_by_*`` transforms. So a
@@ -149,7 +149,7 @@ def rule_transform(
   own transforms.
 
   Args:
-    rule: a :class:`~optax_neuronlr.Rule` subclass, or an instance whose
+    rule: a `Rule` subclass, or an instance whose
       options become the defaults.
     name: the factory's ``__name__``; default ``scale_by_<rule in
       snake_case>`` (``<rule>`` with ``alias=True``).

@@ -4,11 +4,11 @@ A *unit* is a set of elements that share one rate. Per leaf, a unit spec says
 how the leaf splits into units:
 
 * ``"element"``: every scalar parameter is its own unit (the reference code);
-* ``"neuron"`` or :class:`Neurons`: one unit per index of the neuron axes
+* ``"neuron"`` or `Neurons`: one unit per index of the neuron axes
   (default: the last axis, the output neuron of a Flax ``(in, out)`` kernel;
   ``Neurons(0)`` for PyTorch ``(out, in)`` weights); the other axes, the
   fan-in, are reduced over;
-* :class:`Blocks`: an axis split into equal contiguous blocks, one unit per
+* `Blocks`: an axis split into equal contiguous blocks, one unit per
   block (the heads of a fused ``(d, heads * head_dim)`` attention kernel are
   ``Blocks(1, heads)``);
 * ``"tensor"``: one unit per leaf.
@@ -136,12 +136,12 @@ class Layout:
   Attributes:
     shape: the leaf's shape.
     view: the shape the leaf is reshaped to before reducing (differs from
-      ``shape`` only for :class:`Blocks`).
+      ``shape`` only for `Blocks`).
     reduce_axes: axes of ``view`` reduced over (empty: one unit per element).
     unit_shape: shape of the per-unit statistics.
     size: number of elements in each unit (at least 1).
     keep_axes: the leaf's axes that the per-unit statistics keep, in order.
-    blocks: ``(axis, num_blocks)`` for :class:`Blocks`, else None.
+    blocks: ``(axis, num_blocks)`` for `Blocks`, else None.
   """
 
   shape: tuple[int, ...]
@@ -220,7 +220,7 @@ def _split(x: jax.Array, axis: int, view: tuple[int, ...]) -> jax.Array:
 
 
 def _merge(x: jax.Array, axis: int, shape: tuple[int, ...]) -> jax.Array:
-  """Inverse of :func:`_split`."""
+  """Inverse of `_split`."""
   spec = explicit_spec(x)
   if spec is None or spec[axis] is None:
     return x.reshape(shape)
@@ -386,7 +386,7 @@ class WarnOnce:
 
   The engine calls a callable granularity at ``init`` and again on every trace
   of ``update`` (and on every step without ``jit``); a warning that it gives,
-  such as :func:`~optax_neuronlr.adam_mini_blocks` listing the leaves it does
+  such as `adam_mini_blocks` listing the leaves it does
   not recognise, is shown the first time and not again for this transform.
   The warning filters apply as usual (``"error"`` still raises).
   """
@@ -414,9 +414,9 @@ def tree_layouts(
 ) -> tuple[list[Layout], Any]:  # (layouts, jax.tree_util.PyTreeDef)
   """Layouts of the array leaves of ``tree`` and its treedef.
 
-  ``granularity`` is a string of :data:`GRANULARITIES` for every leaf, a
+  ``granularity`` is a string of `GRANULARITIES` for every leaf, a
   unit spec, a pytree of specs (selected by path, see
-  :mod:`optax_neuronlr._src.paths`) or a callable ``tree -> pytree``.
+  `optax_neuronlr._src.paths`) or a callable ``tree -> pytree``.
   ``"global"`` gives every leaf a tensor layout (the engine sums across
   leaves). ``None`` leaves and ``optax.MaskedNode`` are structure, not leaves.
   """

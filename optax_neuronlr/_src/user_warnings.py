@@ -1,10 +1,10 @@
 """Warnings that name the user's line, and one warning per optimizer.
 
 A guess that changes the math is never silent: the optimizers built on
-:func:`optax_neuronlr.model_layout` warn once (per optimizer, at ``init``)
+`model_layout` warn once (per optimizer, at ``init``)
 when the layout guessed a leaf by its shape or kept a leaf out of its
-method. :class:`OnceWarner` keeps the leaves already named, and
-:func:`user_stacklevel` points the warning at the first frame outside this
+method. `OnceWarner` keeps the leaves already named, and
+`user_stacklevel` points the warning at the first frame outside this
 package, optax, jax and flax (the user's ``tx.init(params)`` or
 ``nnx.Optimizer(...)`` line).
 """

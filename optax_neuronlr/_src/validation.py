@@ -183,7 +183,7 @@ def check_range(
 
   Args:
     name: the argument's name, used in messages.
-    value: the value (see :func:`concrete_number` for what is accepted).
+    value: the value (see `concrete_number` for what is accepted).
     low: lower bound.
     high: upper bound.
     low_open: exclude ``low`` itself.
@@ -197,8 +197,8 @@ def check_range(
     a schedule or an allowed None).
 
   Raises:
-    TypeError: if ``value`` is not a number (see :func:`concrete_number`), or
-      a half-precision array (see :func:`check_precision`).
+    TypeError: if ``value`` is not a number (see `concrete_number`), or
+      a half-precision array (see `check_precision`).
     ValueError: if it is NaN, infinite (unless allowed), outside the interval,
       or an array that is not 0-d.
   """

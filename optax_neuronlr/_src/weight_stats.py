@@ -1,8 +1,8 @@
 r"""Per-unit statistics of the weights, for rules that see the parameters.
 
-A :class:`~optax_neuronlr.Rule` that declares ``weights = ("norm", ...)``
-gets, in :meth:`~optax_neuronlr.Rule.update` and
-:meth:`~optax_neuronlr.Rule.update_leaf`, these statistics of the current
+A `Rule` that declares ``weights = ("norm", ...)``
+gets, in `update` and
+`update_leaf`, these statistics of the current
 parameters $w$, computed by the engine at the rule's granularity (one value
 per unit, shaped like the unit statistics; one for the tree with
 ``granularity="global"``), under the keys ``"weight_<name>"`` of ``stats``.

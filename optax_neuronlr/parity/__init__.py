@@ -14,7 +14,7 @@ Modules:
   torch_reference: PyTorch optimizers restating the documents' update rules.
   seed004: the TensorFlow document's recipes, restated in optax.
   harness: the problem, the two training loops, comparison and verdicts.
-  cases: the registry :data:`CASES`, one :class:`Case` per table row.
+  cases: the registry `CASES`, one `Case` per table row.
 """
 
 try:

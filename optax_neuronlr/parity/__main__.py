@@ -9,22 +9,22 @@ The rows ``003-add-group-sgd``, ``003-add-group-adam`` and ``003-reset-group``
 change the optimizer halfway through the run (``optimizer.add_param_group`` for
 a new head, ``optimizer.state[p].clear()`` for a group) against
 ``nlr.add_param_group`` and ``nlr.reset_param_group``
-(:mod:`optax_neuronlr.parity.param_group_changes`).
+(`optax_neuronlr.parity.param_group_changes`).
 
 The last row, ``adam-mini``, runs ``nlr.adam_mini`` against the PyTorch package
-``adam-mini==1.1.1`` on a small GPT (:mod:`optax_neuronlr.parity.adam_mini`),
+``adam-mini==1.1.1`` on a small GPT (`optax_neuronlr.parity.adam_mini`),
 in float64 only; it needs ``pip install adam-mini==1.1.1`` (the ``test``
 extra) and flax.
 
 The rows ``muon`` and ``normuon`` run ``nlr.muon`` against ``torch.optim.Muon``
 and ``nlr.normuon`` against the NorMuon reference's ``normuon_update`` (restated
-in :mod:`optax_neuronlr.parity.normuon`), on plain matrices and on an NNX
+in `optax_neuronlr.parity.normuon`), on plain matrices and on an NNX
 transformer block with 3-D attention kernels, in float64 only.
 
 The rows ``nero``, ``nero-unconstrained``, ``lars-tensor``,
 ``lars-tensor-default`` and ``lamb-tensor`` run the rules that see the
 weights against pytorch-optimizer's ``Nero`` and optax's ``lars`` / ``lamb``
-(:mod:`optax_neuronlr.parity.relative`).
+(`optax_neuronlr.parity.relative`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ block) and in Flax NNX from the standard modules (``nnx.Embed``,
 ``nnx.MultiHeadAttention``, ``nnx.Linear``, ``nnx.LayerNorm``). Both are
 trained on the same stream of token batches for ``steps`` steps and every
 parameter is compared after every step, in Flax layout, as the other parity
-rows (:mod:`optax_neuronlr.parity.harness`).
+rows (`optax_neuronlr.parity.harness`).
 
 What the reference does (read from ``adam_mini/adam_mini.py`` of version
 1.1.1, the whole package; every statement below was checked against it)
@@ -65,7 +65,7 @@ contains ``"norm"``, ``"ln"`` or ``"bias"`` (substrings), so embeddings, the
 output head and every attention/MLP weight are decayed; norm weights and all
 biases are not.
 
-The mapping to Flax layouts (what :func:`optax_neuronlr._src.rules.adam_mini.
+The mapping to Flax layouts (what `optax_neuronlr._src.rules.adam_mini.
 adam_mini_blocks` gives for this model): ``Embed`` ``(vocab, d)`` per row,
 ``Neurons(0)``; query/key ``(d, heads, head_dim)`` per head, ``Neurons(1)``;
 value ``(d, heads, head_dim)`` per output neuron, ``Neurons((1, 2))``;
@@ -114,7 +114,7 @@ This model's names and what the reference makes of them:
 ``k_proj.weight`` (per head, decayed); ``v_proj.weight`` (per row, decayed);
 ``o_proj.weight`` (per row, decayed); ``layers.{i}.mlp.fc1.weight``,
 ``mlp.fc2.weight`` (per row, decayed); ``lm_head.weight`` (per token,
-decayed). :func:`reference_blocks` returns this classification from the
+decayed). `reference_blocks` returns this classification from the
 reference's own name sets, and the tests check it.
 """
 
@@ -325,7 +325,7 @@ class NnxBlock(nnx.Module):
 
 
 class NnxGPT(nnx.Module):
-  """The twin of :class:`TorchGPT`; parameter paths mirror its names."""
+  """The twin of `TorchGPT`; parameter paths mirror its names."""
 
   def __init__(self, p: GPTProblem, dtype=jnp.float32, rngs: Optional[nnx.Rngs] = None):
     rngs = rngs if rngs is not None else nnx.Rngs(0)
@@ -344,7 +344,7 @@ class NnxGPT(nnx.Module):
 
 
 def torch_to_flax(model: Any) -> dict[str, Any]:
-  """The PyTorch weights as the pure dict of :class:`NnxGPT`'s ``nnx.Param`` state.
+  """The PyTorch weights as the pure dict of `NnxGPT`'s ``nnx.Param`` state.
 
   ``Linear`` weights ``(out, in)`` become ``(in, out)`` kernels; the attention
   projections become ``DenseGeneral`` kernels: query/key/value ``(d, heads,
@@ -376,7 +376,7 @@ _FLAX_NAMES = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "o_proj": 
 
 
 def flax_path(name: str) -> str:
-  """The :class:`NnxGPT` path of the :class:`TorchGPT` parameter ``name``.
+  """The `NnxGPT` path of the `TorchGPT` parameter ``name``.
 
   ``"layers.0.attn.q_proj.weight"`` -> ``"layers/0/attn/query/kernel"``;
   ``"layers.0.norm1.weight"`` -> ``"layers/0/norm1/scale"``.
@@ -398,7 +398,7 @@ def flat(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def nnx_model(p: GPTProblem, dtype: str, params: Optional[Mapping[str, Any]] = None) -> NnxGPT:
-  """An :class:`NnxGPT` in ``dtype`` holding ``params`` (default: the PyTorch init's)."""
+  """An `NnxGPT` in ``dtype`` holding ``params`` (default: the PyTorch init's)."""
   if params is None:
     params = torch_to_flax(torch_model(p, dtype))
   # Built abstractly (no initialisers run), then given the values.
@@ -452,7 +452,7 @@ def reference_optimizer(model: Any, p: GPTProblem):
 
 @functools.lru_cache(maxsize=8)
 def reference_trajectory(p: GPTProblem, steps: int, dtype: str = "float64") -> Trajectory:
-  """:func:`torch_trajectory` of ``Adam_mini``, cached (treat it as read-only)."""
+  """`torch_trajectory` of ``Adam_mini``, cached (treat it as read-only)."""
   return torch_trajectory(p, steps, dtype)
 
 
@@ -477,7 +477,7 @@ def jax_trajectory(
     p: GPTProblem, steps: int, tx: Callable[[Any], optax.GradientTransformation],
     dtype: str = "float64",
 ) -> Trajectory:
-  """The same run with an optax transform ``tx(params)`` on :class:`NnxGPT`.
+  """The same run with an optax transform ``tx(params)`` on `NnxGPT`.
 
   The parameters are a pure dict (``nnx.to_pure_dict`` of the ``nnx.Param``
   state); the step is ``jax.jit``-compiled once.
@@ -527,13 +527,13 @@ def forward_difference(p: GPTProblem, dtype: str = "float64") -> float:
 
 
 def adam_mini_tx(p: GPTProblem) -> Callable[[Any], optax.GradientTransformation]:
-  """Our Adam-mini for :class:`GPTProblem`, as ``params -> transform``.
+  """Our Adam-mini for `GPTProblem`, as ``params -> transform``.
 
   ``nlr.adam_mini`` with the problem's hyperparameters and nothing else:
-  ``blocks=None`` reads :func:`~optax_neuronlr.adam_mini_blocks` from the
+  ``blocks=None`` reads `adam_mini_blocks` from the
   paths (this model's attention kernels are ``(d, heads, head_dim)``, so no
   ``num_heads`` is needed) and the weight-decay mask is
-  :func:`~optax_neuronlr.adam_mini_weight_decay_mask`. ``on_unrecognised``
+  `adam_mini_weight_decay_mask`. ``on_unrecognised``
   is ``"error"``: every leaf of this model must be recognised.
   """
   import optax_neuronlr as nlr  # pylint: disable=g-import-not-at-top
@@ -562,12 +562,12 @@ CASE = harness.Case(
 
 
 def run_case(steps: int, dtypes=DTYPES, case: harness.Case = CASE) -> harness.Result:
-  """The Adam-mini row of the parity table (a :class:`harness.Result`).
+  """The Adam-mini row of the parity table (a `harness.Result`).
 
   Both sides run for ``steps`` steps in each of ``dtypes`` that this case
   checks (float64; other dtypes are skipped and show ``-``), every parameter
-  is compared after every step with :func:`harness.compare` and the row is
-  judged with :func:`harness.judge`. A ``"pending"`` case runs nothing.
+  is compared after every step with `harness.compare` and the row is
+  judged with `harness.judge`. A ``"pending"`` case runs nothing.
   """
   diffs = {}
   if case.status != "pending":

@@ -54,7 +54,7 @@ Flax keys ``"0"`` and ``"2"``; the "two parts" / "two variables" of documents
   ``optax.chain(optax.scale_by_adam(), nlr.reduce_lr_on_plateau(...))``.
 
 ``004_07f92684a478e55a.txt`` (per-variable rates, TensorFlow; see
-:mod:`optax_neuronlr.parity.seed004`):
+`optax_neuronlr.parity.seed004`):
 
 * ``004-ex1``: separate ``Adam`` optimizers (modelled by two ``torch.optim.Adam``)
   -> ``optax.multi_transform`` with ``nlr.path_labels``.
@@ -116,7 +116,7 @@ def torch_groups(model: torch.nn.Sequential, **per_layer: Any) -> list[dict]:
 
 def jax_groups(optimizer: Callable[..., optax.GradientTransformation],
                 learning_rates: tuple[float, ...], **defaults: Any):
-  """``nlr.param_groups`` with one group per layer, as :func:`torch_groups`."""
+  """``nlr.param_groups`` with one group per layer, as `torch_groups`."""
   return nlr.param_groups(
       optimizer,
       [{"params": rf"{name}/.*", "name": f"layer{name}", "learning_rate": lr}
@@ -160,7 +160,7 @@ def _torch_clip_factor(g: jax.Array, max_norm: float) -> jax.Array:
 
 def divide_by_clipped_norm(max_norm: float) -> optax.GradientTransformation:
   """``g <- g / ||clip(g)||`` per tensor: what 001 Example 3's code computes
-  before scaling by ``-lr`` (see :class:`torch_reference.DivideByClippedNorm`)."""
+  before scaling by ``-lr`` (see `torch_reference.DivideByClippedNorm`)."""
 
   def per_tensor(updates, params):
     del params

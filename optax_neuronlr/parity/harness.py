@@ -1,9 +1,9 @@
 """The parity harness: one model, one data set, a PyTorch side and a JAX side.
 
-A :class:`Case` pairs a *reference* side (PyTorch code restating a reference
+A `Case` pairs a *reference* side (PyTorch code restating a reference
 document, or, for the TensorFlow document 004, its recipe in optax) with the
 *JAX* side that claims to do the same, plus metadata: the document and example,
-and the expected verdict. :func:`run_case` trains both sides from identical
+and the expected verdict. `run_case` trains both sides from identical
 initial parameters on identical data, with the real loss and real gradients
 (``loss.backward()`` on one side, ``jax.grad`` on the other), for ``steps``
 steps, and compares the parameters after every step.
@@ -144,7 +144,7 @@ class TorchSide:
     scheduler: optional ``optimizer -> lr_scheduler``, stepped after every
       optimizer step.
     monitor: pass the validation loss to ``scheduler.step`` (for
-      ``ReduceLROnPlateau``); it is the loss on :meth:`Problem.validation_data`
+      ``ReduceLROnPlateau``); it is the loss on `Problem.validation_data`
       of the parameters the step starts from.
     edit: optional ``(step, optimizer) -> None`` run before each step (manual
       ``param_groups[i]['lr']`` changes).
@@ -168,10 +168,10 @@ class JaxSide:
     tx: ``params -> optax transform`` (params are given for builders that need
       them, e.g. ``nlr.layerwise_multipliers``).
     monitor: pass the validation loss as ``tx.update(..., value=...)``, as
-      :class:`TorchSide` does.
+      `TorchSide` does.
     edit: optional ``(step, opt_state) -> opt_state`` run before each step.
     report: optional ``opt_state -> {name: number}`` read after each step
-      (e.g. ``nlr.plateau_learning_rate``), as :class:`TorchSide`'s.
+      (e.g. ``nlr.plateau_learning_rate``), as `TorchSide`'s.
   """
 
   tx: Callable[[Any], optax.GradientTransformation]
@@ -198,7 +198,7 @@ class Case:
       the reason; for ``pending``, the issue that adds the JAX side.
     loss: the problem's loss, ``"mse"`` or ``"cross_entropy"``.
     rtol: the tolerance on ``max rel``, in both dtypes; None means
-      :data:`TOLERANCE`.
+      `TOLERANCE`.
   """
 
   name: str
@@ -340,7 +340,7 @@ def _abs_diff(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def compare(ours: Trajectory, reference: Trajectory) -> Diff:
-  """The :class:`Diff` of two trajectories of the same length and tensors."""
+  """The `Diff` of two trajectories of the same length and tensors."""
   if len(ours) != len(reference):
     raise ValueError(f"trajectories differ in length: {len(ours)} vs {len(reference)}.")
   max_abs, rel_by_step = 0.0, []

@@ -6,18 +6,18 @@ Two problems, each trained from the same initial weights on the same batches:
 * ``matrices``: a two-layer tanh MLP regression on plain ``(in, out)``
   kernels (one wide, one tall, so both Newton-Schulz orientations run), with
   a bias (trained by AdamW);
-* ``block``: the small GPT of :mod:`optax_neuronlr.parity.adam_mini`, in Flax
+* ``block``: the small GPT of `optax_neuronlr.parity.adam_mini`, in Flax
   NNX from the standard modules (``nnx.Embed``, ``nnx.MultiHeadAttention``
   with 3-D ``(d, heads, head_dim)`` / ``(heads, head_dim, d)`` kernels, an
   ``nnx.Linear`` MLP, ``nnx.LayerNorm``, an ``nnx.Linear`` head).
 
 The reference side keeps its own parameters as PyTorch tensors: each hidden
-kernel as the ``(out, in)`` matrix that :func:`optax_neuronlr.model_layout`
+kernel as the ``(out, in)`` matrix that `model_layout`
 says it is (a 3-D query kernel ``(d, h, k)`` is the ``(h*k, d)`` weight of
 PyTorch's ``q_proj``), every other leaf as it is. Each step, its gradient is
 computed by JAX from the reference's own parameters (the same loss), and the
 reference optimizer updates them; trajectories are compared in Flax layout
-after every step (:func:`optax_neuronlr.parity.harness.compare`), in float64.
+after every step (`optax_neuronlr.parity.harness.compare`), in float64.
 
 * ``muon``: ``torch.optim.Muon(lr, weight_decay, momentum=0.95, nesterov=True,
   eps=EPS)`` on the hidden weights, ``torch.optim.AdamW`` on the rest, against
@@ -31,7 +31,7 @@ after every step (:func:`optax_neuronlr.parity.harness.compare`), in float64.
   equivalent of the cast); and torch divides by ``max(norm, eps)`` where the NorMuon
   and Keller Jordan references (and ``nlr``) divide by ``norm + eps``, so
   both sides use ``eps=1e-15``, below float64 resolution of the norm.
-* ``normuon``: :func:`normuon_update` (this module's own statement of the
+* ``normuon``: `normuon_update` (this module's own statement of the
   reference's math: momentum ``lerp``, Nesterov, Newton-Schulz with ``norm +
   1e-7``, the per-row EMA of the mean square, division by ``sqrt(v) +
   1e-10``, the rescale to the pre-normalisation Frobenius norm,

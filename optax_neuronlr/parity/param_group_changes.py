@@ -75,7 +75,7 @@ def torch_head(dtype: str) -> torch.nn.Linear:
 class Row:
   """A row: the case (its sides give the optimizers before the change) and the change.
 
-  Run it with this module's :func:`run_case`; ``harness.run_case(row.case)``
+  Run it with this module's `run_case`; ``harness.run_case(row.case)``
   would train without the change.
 
   Attributes:
@@ -104,7 +104,7 @@ def _forward_torch(mlp: torch.nn.Module, head: Optional[torch.nn.Linear],
 
 
 def _linear_flax(layer: torch.nn.Linear) -> dict[str, np.ndarray]:
-  """``{"kernel": W.T, "bias": b}``, as :func:`harness.to_flax`."""
+  """``{"kernel": W.T, "bias": b}``, as `harness.to_flax`."""
   return harness.to_flax(torch.nn.Sequential(layer))["0"]
 
 
@@ -250,7 +250,7 @@ NAMES = tuple(ROWS)
 
 def run_case(name: str, steps: int,
              dtypes: tuple[str, ...] = harness.DTYPES) -> harness.Result:
-  """The row ``name`` as a :class:`harness.Result`: both sides for ``steps``
+  """The row ``name`` as a `harness.Result`: both sides for ``steps``
   steps in each dtype, every parameter compared after every step."""
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}.")

@@ -12,7 +12,7 @@
 * ``lamb-tensor``: ``nlr.lamb(..., granularity="tensor")`` against
   ``optax.lamb`` with weight decay on the kernels and a cosine schedule.
 
-The optax rows put optax on the reference side (a :class:`~harness.JaxSide`).
+The optax rows put optax on the reference side (a `JaxSide`).
 All are exact: the differences are rounding (the rate is multiplied in
 another order).
 """

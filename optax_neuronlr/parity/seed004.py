@@ -6,16 +6,16 @@ rate and epsilon; Keras adds epsilon to ``sqrt(v)`` before the bias correction,
 optax after it, a difference of the order of ``eps / |g|``).
 
 * Example 1, separate optimizers: ``Adam(lr1)`` on ``var1`` and ``Adam(lr2)``
-  on ``var2``. Each variable gets its own rate: :func:`per_variable_adam`.
+  on ``var2``. Each variable gets its own rate: `per_variable_adam`.
 * Example 2 (and Example 3, the same under ``tf.function``): gradients scaled by
-  ``lr1`` and ``lr2``, then one ``Adam()``: :func:`scaled_gradients_adam`. Adam
+  ``lr1`` and ``lr2``, then one ``Adam()``: `scaled_gradients_adam`. Adam
   divides the first moment by the root of the second, so a constant scale of a
   variable's gradient cancels (up to ``eps``): both variables move at Adam's
   default rate ``1e-3`` as if nothing had been scaled, not at ``lr1``/``lr2``.
-  The scale must come *after* the adaptive step (:func:`adam_then_scale`), or
+  The scale must come *after* the adaptive step (`adam_then_scale`), or
   the variables must get separate optimizers (``optax.multi_transform``).
 
-:func:`toy_problem` runs the document's own problem (``var1 = 1``, ``var2 = 2``,
+`toy_problem` runs the document's own problem (``var1 = 1``, ``var2 = 2``,
 loss ``var1**2 + var2**2``, 100 steps) with all three.
 """
 
@@ -98,7 +98,7 @@ def toy_problem(steps: int = 100) -> dict[str, dict[str, float]]:
 
 
 def format_toy(results: Mapping[str, Mapping[str, float]], steps: int = 100) -> str:
-  """:func:`toy_problem`'s results as a Markdown table."""
+  """`toy_problem`'s results as a Markdown table."""
   lines = [f"| 004 on its own problem ({steps} steps from var1=1, var2=2) | var1 | var2 |",
            "| --- | --- | --- |"]
   lines += [f"| {name} | {v['var1']:.4f} | {v['var2']:.4f} |" for name, v in results.items()]

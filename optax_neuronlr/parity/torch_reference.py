@@ -7,25 +7,25 @@ parity harness can compare our JAX transforms with them step by step.
 
 Per element ``i`` of a parameter with gradient ``g``:
 
-* :class:`GradMagnitudeRate` (``000_9458a9ec8aeb2db5.txt``, Example 1):
+* `GradMagnitudeRate` (``000_9458a9ec8aeb2db5.txt``, Example 1):
   ``lr_i <- clip(lr_i + alpha*|g_i|)``, starting at ``lr``; ``p_i -= lr_i*g_i``.
-* :class:`GradHistoryRate` (``000``, Example 2):
+* `GradHistoryRate` (``000``, Example 2):
   ``v_i <- beta*v_i + (1-beta)*|g_i|``; ``lr_i = clip(lr * 1/(v_i + 1e-8))``.
-* :class:`SignConsistencyRate` (``000``, Example 3): as Example 2, times
+* `SignConsistencyRate` (``000``, Example 3): as Example 2, times
   ``(1 + |c_i|)`` with ``c_i <- sign_memory*c_i + (1-sign_memory)*sign(g_i)``.
-* :class:`UniformRateSGD` (``001_3fa4abcb782b6d4d.txt``, Example 1):
+* `UniformRateSGD` (``001_3fa4abcb782b6d4d.txt``, Example 1):
   ``p -= group_lr * g`` for every tensor: plain SGD.
-* :class:`FactorPowerSGD` (``001``, Example 2): ``p_k -= lr * factor**k * g_k``,
+* `FactorPowerSGD` (``001``, Example 2): ``p_k -= lr * factor**k * g_k``,
   ``k`` counting the tensors that have a gradient (the code: a layer's weight
   and bias count separately), or the param group (the text's "layer index").
-* :class:`DivideByClippedNorm` (``001``, Example 3, what its code computes):
+* `DivideByClippedNorm` (``001``, Example 3, what its code computes):
   ``p -= lr * g / ||clip(g)||``, an ``Adam`` subclass that never runs Adam.
-* :class:`ClipThenAdam` (``001``, Example 3, what its text says): clip the
+* `ClipThenAdam` (``001``, Example 3, what its text says): clip the
   gradients' global norm, then an Adam step.
-* :class:`HypergradientSGD` (``001``'s text, "learned learning rates", which
+* `HypergradientSGD` (``001``'s text, "learned learning rates", which
   it gives no code for): SGD-HD of Baydin et al. (ICLR 2018), one rate for all
   parameters, ``alpha <- alpha + beta * <g_t, g_{t-1}>``; ``p -= alpha * g_t``.
-* :class:`SeparateOptimizers` (``004_07f92684a478e55a.txt``, Example 1): one
+* `SeparateOptimizers` (``004_07f92684a478e55a.txt``, Example 1): one
   optimizer per variable group, stepped together.
 
 ``clip`` is the clamp to ``[min_lr, max_lr]`` of the document's code.
@@ -93,7 +93,7 @@ class GradMagnitudeRate(_ElementRateOptimizer):
 class GradHistoryRate(_ElementRateOptimizer):
   """000 Example 2: rate ``lr / (EMA of |g| + 1e-8)``, clamped; no bias correction.
 
-  Subclasses multiply the rate by a per-element boost (:meth:`_boost`).
+  Subclasses multiply the rate by a per-element boost (`_boost`).
   """
 
   EPS = 1e-8  # the document's constant
@@ -191,7 +191,7 @@ class DivideByClippedNorm(torch.optim.Adam):
   The step length is thus about ``lr * max(1, ||g|| / clip_norm)``: nothing is
   bounded, and small gradients are scaled up. The document calls
   ``addcdiv_(value, t1, t2)``, an overload that torch 2.13 still runs (with a
-  deprecation warning, see :func:`deprecated_addcdiv_matches`); the keyword
+  deprecation warning, see `deprecated_addcdiv_matches`); the keyword
   form used here computes the same.
   """
 

@@ -1,12 +1,12 @@
-r"""The per-unit learning-rate engine: :class:`Rule` and :func:`scale_by_rule`.
+r"""The per-unit learning-rate engine: `Rule` and `scale_by_rule`.
 
-Every per-unit strategy of the package, and any user's, is a :class:`Rule`: a
+Every per-unit strategy of the package, and any user's, is a `Rule`: a
 frozen dataclass that says which statistics it keeps and how a rate follows
-from them. :func:`scale_by_rule` runs it and owns everything else, the same way
+from them. `scale_by_rule` runs it and owns everything else, the same way
 for every rule:
 
 * units per leaf (element, neurons, blocks, tensor) or one for the whole tree
-  (``"global"``), see :mod:`optax_neuronlr._src.units`;
+  (``"global"``), see `optax_neuronlr._src.units`;
 * clamps: the applied rate is ``clip(rate, min_lr, max_lr)``;
 * schedules: ``learning_rate`` may be a number or an optax schedule of the step
   count, evaluated at the count before the update (as ``optax.scale_by_schedule``);
@@ -16,7 +16,7 @@ for every rule:
   statistics (the real part of each observed quantity: $|g|$ is the modulus,
   the sign rule keeps $\mathrm{Re}(g/|g|)$) and complex element statistics;
 * ``direction``: an optional optax transform whose output the rate scales;
-* inspection (:func:`optax_neuronlr.learning_rates`), sharding, checkpoints and
+* inspection (`learning_rates`), sharding, checkpoints and
   ``optax.inject_hyperparams``.
 
 For a leaf with gradient $g$, direction $d$ ($d = g$ by default), element
@@ -41,18 +41,18 @@ The sign convention of the package: every ``scale_by_*`` transform returns
 ``+rate * d``; every alias chains ``optax.scale(-1.0)``.
 
 Beside this package: the state classes (one NamedTuple per rule) and the
-readers that recognise them live in :mod:`optax_neuronlr._src.rule_state`;
-the layouts that ``init`` reports to :func:`optax_neuronlr.state_shardings`
-go through :mod:`optax_neuronlr._src.layout_channel`; what is checked of a
-rule and of what it returns, in :mod:`optax_neuronlr._src.rule_checks`.
+readers that recognise them live in `optax_neuronlr._src.rule_state`;
+the layouts that ``init`` reports to `state_shardings`
+go through `optax_neuronlr._src.layout_channel`; what is checked of a
+rule and of what it returns, in `optax_neuronlr._src.rule_checks`.
 
-Where each part lives: the :class:`Rule` base class, :class:`LeafContext`,
-``clamp`` and ``scalars`` in :mod:`~optax_neuronlr._src.engine.rule`; the
+Where each part lives: the `Rule` base class, `LeafContext`,
+``clamp`` and ``scalars`` in `rule`; the
 statistics' dtypes (``stat_dtype``, ``element_dtype``, ``abs_sq``) in
-:mod:`~optax_neuronlr._src.engine.dtypes`; one leaf of an update
-(:class:`LeafStep`) in :mod:`~optax_neuronlr._src.engine.step`;
-:func:`scale_by_rule` in :mod:`~optax_neuronlr._src.engine.transform`;
-:func:`rates_of` in :mod:`~optax_neuronlr._src.engine.rates`. This package
+`dtypes`; one leaf of an update
+(`LeafStep`) in `step`;
+`scale_by_rule` in `transform`;
+`rates_of` in `rates`. This package
 re-exports them all.
 """
 

@@ -1,4 +1,4 @@
-"""Reading back the rates a rule's state applied (:func:`rates_of`)."""
+"""Reading back the rates a rule's state applied (`rates_of`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The :class:`Rule` base class, :class:`LeafContext`, and the engine's scalars.
+"""The `Rule` base class, `LeafContext`, and the engine's scalars.
 
 What a rule declares and the methods the engine calls; ``clamp`` and
 ``scalars``, the two things every rule's rate goes through. The engine that runs
-a rule is :mod:`optax_neuronlr._src.engine.transform`.
+a rule is `optax_neuronlr._src.engine.transform`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ REDUCTIONS = rule_checks.REDUCTIONS
 
 @dataclasses.dataclass(frozen=True)
 class LeafContext:
-  """Static facts about one leaf, for :meth:`Rule.update_leaf`.
+  """Static facts about one leaf, for `Rule.update_leaf`.
 
   Attributes:
     path: the leaf's path (keys joined by ``"/"``).
@@ -45,15 +45,15 @@ class LeafContext:
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  r"""A per-unit learning-rate rule, run by :func:`scale_by_rule`.
+  r"""A per-unit learning-rate rule, run by `scale_by_rule`.
 
   Subclass it as a frozen dataclass. Fields of the dataclass are *static
   options* (Python values such as ``bias_correction: bool``; they select code
   paths at trace time and are never traced); numeric hyperparameters are
   named in ``hyperparams`` and arrive in ``hp``. They are keyword arguments
-  of the transform :func:`optax_neuronlr.rule_transform` builds, so that
+  of the transform `rule_transform` builds, so that
   ``optax.inject_hyperparams`` may change them at run time; given to
-  :func:`scale_by_rule` as a dict they are fixed (there only
+  `scale_by_rule` as a dict they are fixed (there only
   ``learning_rate``, ``min_lr`` and ``max_lr`` are injectable). Class
   attributes declare the rest:
 
@@ -63,30 +63,30 @@ class Rule:
     element_stats: names of the statistics kept per element (one array per
       leaf, shaped like the leaf).
     leaf_stats: names of the statistics kept once per leaf (a 0-d array per
-      leaf, in the statistics' dtype, zero at ``init``). :meth:`update_leaf`
+      leaf, in the statistics' dtype, zero at ``init``). `update_leaf`
       sets them from this step's reduced observations and updated unit
-      statistics, and :meth:`rate` reads them beside the unit statistics:
+      statistics, and `rate` reads them beside the unit statistics:
       the place for a per-leaf reduction that the rate needs (NorMuon's
       norm-preserving rescale), so that the rates read back from the state
       are still exactly the applied ones. Not with ``granularity="global"``.
-      :meth:`update_leaf` may also return unit statistics that need the
+      `update_leaf` may also return unit statistics that need the
       leaf's static facts (NorMuon's rescale, one per matrix of a stacked
       leaf, kept per unit); it runs when the rule declares ``leaf_stats`` or
       overrides it.
     hyperparams: names of the rule's numeric hyperparameters (besides
       ``learning_rate``, ``min_lr`` and ``max_lr``, which every rule gets and
       which no hyperparameter may be named), a tuple; or a dict ``{name:
-      default}``, whose defaults :func:`optax_neuronlr.rule_transform` puts in
+      default}``, whose defaults `rule_transform` puts in
       the signature of the transform it builds.
     reduce: the default of ``scale_by_rule``'s ``reduce`` option: ``"mean"``
-      or ``"sum"``, how each quantity that :meth:`observe` returns is reduced
+      or ``"sum"``, how each quantity that `observe` returns is reduced
       over a unit.
     state_name: name of the rule's state class (default: the class name +
       ``"State"``).
     weights: names of statistics of the current parameters that
-      :meth:`update` and :meth:`update_leaf` read, computed by the engine per
+      `update` and `update_leaf` read, computed by the engine per
       unit (``"norm"``, ``"sum_sq"``, ``"mean"``, ``"rms"``,
-      ``"centered_norm"``; see :mod:`optax_neuronlr._src.weight_stats`), as
+      ``"centered_norm"``; see `optax_neuronlr._src.weight_stats`), as
       ``stats["weight_<name>"]``. A rule that declares any needs ``params``
       at ``update``. They are not kept in the state: a rate that depends on
       the weights keeps what it needs as a statistic, so that the rates read
@@ -97,10 +97,10 @@ class Rule:
   number of updates including this one (``t``, starting at 1).
 
   Per-leaf statistics are optional: a rule that declares ``leaf_stats``
-  defines :meth:`update_leaf`, which receives this step's reduced
-  observations of the whole leaf and a :class:`LeafContext` (the leaf's path,
+  defines `update_leaf`, which receives this step's reduced
+  observations of the whole leaf and a `LeafContext` (the leaf's path,
   shape, units, and a static value per leaf that
-  ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in :meth:`rate`
+  ``scale_by_rule(..., leaf_info=...)`` gives); ``stats`` in `rate`
   then holds the leaf statistics too. A rule without them never sees either. A rule may also declare
   ``weights``: per-unit statistics of the parameters (LARS/LAMB's trust
   ratios, Nero's weight scale).
@@ -167,7 +167,7 @@ class Rule:
   @staticmethod
   def clamp(rate: jax.Array, hp: Hyper) -> jax.Array:
     """``clip(rate, hp["min_lr"], hp["max_lr"])``, as the engine clamps
-    every rate (see :func:`optax_neuronlr.clamp`)."""
+    every rate (see `clamp`)."""
     return clamp(rate, hp)
 
   def state_class(self, is_global: bool = False) -> type:
@@ -228,18 +228,18 @@ class Rule:
   ) -> Stats:
     """New per-leaf statistics (``leaf_stats``; default: unchanged).
 
-    Called after :meth:`update`, once per leaf. The dict may also hold unit
-    statistics (shaped like the units), which replace :meth:`update`'s.
+    Called after `update`, once per leaf. The dict may also hold unit
+    statistics (shaped like the units), which replace `update`'s.
 
     Args:
-      stats: the leaf's unit statistics after :meth:`update` and its leaf
+      stats: the leaf's unit statistics after `update` and its leaf
         statistics before this step.
       observed: this step's observations, reduced over each unit (one array
-        per quantity of :meth:`observe`, shaped like the units): summing
+        per quantity of `observe`, shaped like the units): summing
         them over the units gives per-leaf reductions.
       hp: this step's scalars.
       count: the number of updates including this one.
-      leaf: the leaf's static :class:`LeafContext`.
+      leaf: the leaf's static `LeafContext`.
     """
     del observed, hp, count, leaf
     return {name: stats[name] for name in self.leaf_stats}

@@ -1,6 +1,6 @@
-"""One leaf of an update: :class:`LeafStep` and the helpers around the leaves.
+"""One leaf of an update: `LeafStep` and the helpers around the leaves.
 
-What :func:`~optax_neuronlr._src.engine.transform.scale_by_rule`'s update
+What `scale_by_rule`'s update
 builds per leaf before any statistic changes, how ``granularity="global"``
 reduces it over the tree, and the checks and lookups done once per leaf.
 """
@@ -28,7 +28,7 @@ class LeafStep(NamedTuple):
 
   Attributes:
     path: the leaf's path (keys joined by ``"/"``), for error messages.
-    layout: the leaf's units (a :mod:`~optax_neuronlr._src.units` layout).
+    layout: the leaf's units (a `units` layout).
     grad: the incoming gradient, in its own dtype.
     grad_compute: the gradient in the compute dtype (the promotion of its
       dtype and the statistics' dtype), as the rule's methods get it.
@@ -75,7 +75,7 @@ def paths_of(treedef) -> list[str]:
 
 
 def has_leaf_step(rule: Rule) -> bool:
-  """Whether :meth:`Rule.update_leaf` runs: the rule keeps leaf statistics or
+  """Whether `Rule.update_leaf` runs: the rule keeps leaf statistics or
   refines its unit statistics there."""
   return bool(rule.leaf_stats) or type(rule).update_leaf is not Rule.update_leaf
 

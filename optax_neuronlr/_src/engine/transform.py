@@ -1,4 +1,4 @@
-"""The engine itself: :func:`scale_by_rule` runs a :class:`Rule` per unit."""
+"""The engine itself: `scale_by_rule` runs a `Rule` per unit."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def scale_by_rule(
   are).
 
   Args:
-    rule: the rule, an instance of a :class:`Rule` subclass.
+    rule: the rule, an instance of a `Rule` subclass.
     learning_rate: base rate $\eta$, a number or an optax schedule of the step
       count; the rule reads it as ``hp["learning_rate"]``.
     hyperparams: the rule's numeric hyperparameters, ``{name: value}`` for
@@ -81,25 +81,25 @@ def scale_by_rule(
       argument, which ``optax.inject_hyperparams`` cannot see into: only
       ``learning_rate``, ``min_lr`` and ``max_lr`` of ``scale_by_rule`` are
       injectable. For a rule whose hyperparameters change at run time, build
-      its transform with :func:`optax_neuronlr.rule_transform`.
+      its transform with `rule_transform`.
     min_lr: lower clamp of the per-unit rate, ``>= 0``.
     max_lr: upper clamp, ``>= min_lr`` (``inf``: none).
     granularity: the units. One of ``"element"`` (one rate per scalar
       parameter), ``"neuron"`` (one per output neuron, see ``neuron_axes``),
       ``"tensor"`` (one per leaf) and ``"global"`` (one for the whole tree);
       or per leaf: a unit spec (``"element"``, ``"neuron"``, ``"tensor"``,
-      :class:`~optax_neuronlr.Neurons`, :class:`~optax_neuronlr.Blocks`), a
+      `Neurons`, `Blocks`), a
       pytree of specs whose paths select leaves (see "Selecting leaves by
       path" in the README), or a callable ``params -> pytree of specs``.
     neuron_axes: only with ``granularity="neuron"``: which axes index neurons,
       an int or a tuple of ints for every leaf, a pytree of them selected by
       path, or a callable ``params -> pytree``; None (default) is each
-      leaf's output axes as :func:`optax_neuronlr.model_layout` reads them:
+      leaf's output axes as `model_layout` reads them:
       both head axes of a ``(d, heads, head_dim)`` query/key/value kernel
       and bias (``heads * head_dim`` neurons), else the last axis
       (Flax ``(in, out)`` kernels), with the stack and expert axes of a
       scanned or mixture-of-experts leaf (units per layer); ``0`` for PyTorch
-      ``(out, in)`` weights; or a :class:`~optax_neuronlr.ModelLayout`
+      ``(out, in)`` weights; or a `ModelLayout`
       (``nlr.model_layout(full_params, axis_names=...)``): its neuron axes,
       read by path, so that a wrapper's masked tree (``multi_transform``)
       keeps the full tree's layout. Under ``optax.inject_hyperparams`` list a
@@ -108,14 +108,14 @@ def scale_by_rule(
       for bf16/f16 leaves, else the leaf's own dtype.
     direction: an optax transform whose output the rates scale (e.g.
       ``optax.scale_by_adam()``); None scales the incoming gradient.
-    leaf_info: static per-leaf values for :meth:`Rule.update_leaf` (as
-      :attr:`LeafContext.info`): None, a pytree with the structure of the
+    leaf_info: static per-leaf values for `Rule.update_leaf` (as
+      `LeafContext.info`): None, a pytree with the structure of the
       params (one value per leaf), or a callable ``params -> pytree``.
     axis_names: only with ``granularity="neuron"``: the model's logical axis
       names (``nn.get_partition_spec`` / ``nnx.get_partition_spec``, see
-      :func:`optax_neuronlr.model_layout`), from which the default neuron
+      `model_layout`), from which the default neuron
       axes are read.
-    reduce: how each quantity of :meth:`Rule.observe` is reduced over a unit,
+    reduce: how each quantity of `Rule.observe` is reduced over a unit,
       ``"mean"`` or ``"sum"``; None (default): the rule's ``reduce``. A static
       option (under ``optax.inject_hyperparams`` a string stays static).
 

@@ -1,9 +1,9 @@
 """What each leaf of a model is: kinds, axes, units and matrix views.
 
-Modules, one job each: :mod:`.kinds` (the vocabulary of kinds and the
-:class:`~.kinds.LeafRole` / :class:`~.kinds.ModelLayout` records),
-:mod:`.views` (:class:`~.views.MatrixView`), :mod:`.axis_names` (roles from a
-model's logical axis names), :mod:`.names` (roles from paths), :mod:`.shapes`
+Modules, one job each: `.kinds` (the vocabulary of kinds and the
+`LeafRole` / `ModelLayout` records),
+`.views` (`MatrixView`), `.axis_names` (roles from a
+model's logical axis names), `.names` (roles from paths), `.shapes`
 (stack and expert axes, the output head, trees without Flax names) and
-:mod:`.layout` (:func:`~.layout.model_layout`, which puts them together).
+`.layout` (`model_layout`, which puts them together).
 """

@@ -6,10 +6,10 @@ Large models say what their axes are: ``nn.with_logical_partitioning`` /
 {nn.PARTITION_NAME: "layers"}``, ``transform_metadata={nnx.PARTITION_NAME:
 "layers"}``). ``nn.get_partition_spec(variables)["params"]`` and
 ``nnx.get_partition_spec(nnx.state(model, nnx.Param))`` return them, a
-``PartitionSpec`` per leaf; :func:`optax_neuronlr.model_layout` reads that
+``PartitionSpec`` per leaf; `model_layout` reads that
 tree (or one of tuples of names) as ``axis_names=``.
 
-:data:`AXIS_ROLES` maps each name to a role; ``axis_roles={"my_axis":
+`AXIS_ROLES` maps each name to a role; ``axis_roles={"my_axis":
 "stack"}`` adds or replaces names. An axis name neither knows is an error
 naming the axis and the leaf: never a guess. A name ``activation_<x>`` takes
 the role of ``<x>``.

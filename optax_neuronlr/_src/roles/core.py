@@ -1,8 +1,8 @@
 """A leaf's role on its core axes, and its lift to the whole leaf.
 
-Each reader (:mod:`.axis_names`, :mod:`.names`, :mod:`.shapes`) classifies a
+Each reader (`.axis_names`, `.names`, `.shapes`) classifies a
 leaf's *core*: its axes less the batch axes (stack and expert axes). The
-result, a :class:`Core`, is then lifted to the whole leaf: axes renumbered,
+result, a `Core`, is then lifted to the whole leaf: axes renumbered,
 the batch axes added to the neuron axes (units per layer), the matrix view
 keeping them as batch axes (one matrix per layer or expert).
 """
@@ -40,7 +40,7 @@ def last_axis(ndim: int) -> tuple[int, ...]:
 def lift(path: str, shape: tuple[int, ...], core: Core, batch_axes: Sequence[int] = (),
          batch_roles: Sequence[str] = (), source: Optional[str] = None,
          note: str = "") -> k.LeafRole:
-  """The :class:`~.kinds.LeafRole` of a leaf of ``shape`` whose core (the axes
+  """The `LeafRole` of a leaf of ``shape`` whose core (the axes
   not in ``batch_axes``, in order) has the role ``core``."""
   batch = tuple(batch_axes)
   positions = [a for a in range(len(shape)) if a not in batch]

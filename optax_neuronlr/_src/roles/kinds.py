@@ -50,25 +50,25 @@ MIN_MATRIX_DIM = 2  # fewer rows or columns than this: not a hidden matrix
 
 @dataclasses.dataclass(frozen=True)
 class LeafRole:
-  """What one leaf is (see the table of :mod:`optax_neuronlr._src.model_layout`).
+  """What one leaf is (see the table of `optax_neuronlr._src.model_layout`).
 
   Attributes:
     path: the leaf's path, keys joined by ``"/"`` (NNX's ``.value`` dropped).
     shape: the leaf's shape.
-    kind: one of :data:`KINDS`.
+    kind: one of `KINDS`.
     neuron_axes: the axes indexing its output neurons (``()`` for a 0-d
       leaf); the batch axes are among them, so that a stacked leaf has its
       own units per layer (a ``(L, out)`` bias: ``(0, 1)``).
     heads: a unit spec with one unit per attention head (per layer for a
       stacked leaf), or None.
-    matrix: its :class:`MatrixView` (batch axes in neither of its tuples),
+    matrix: its `MatrixView` (batch axes in neither of its tuples),
       or None.
     hidden: whether Muon/NorMuon train it (a hidden matrix).
     weight_decay: whether decoupled weight decay applies by default (kernels
       and embeddings; not norm scales or biases).
     reason: why the leaf is ``other``, why a matrix is not hidden, or what
       was guessed.
-    source: which evidence decided the leaf (one of :data:`SOURCES`):
+    source: which evidence decided the leaf (one of `SOURCES`):
       ``"given"`` (an argument such as ``head=``), ``"axis_names"`` (the
       model's logical axis names), ``"name"`` (its path) or ``"shape"``
       (a guess from shapes, e.g. a stack axis found by shape or a 2-D leaf
@@ -113,7 +113,7 @@ class ModelLayout:
 
   Attributes:
     treedef: the tree's structure.
-    leaves: one :class:`LeafRole` per array leaf, in tree order.
+    leaves: one `LeafRole` per array leaf, in tree order.
   """
 
   treedef: Any

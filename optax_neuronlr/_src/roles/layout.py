@@ -1,9 +1,9 @@
 """``model_layout``: every leaf's role, from the strongest evidence at hand.
 
 Order of evidence: what the caller gives (``head=``), the model's logical axis
-names (``axis_names=``, :mod:`.axis_names`), then paths (:mod:`.names`) and
-shapes (:mod:`.shapes`). See the table of
-:mod:`optax_neuronlr._src.model_layout`.
+names (``axis_names=``, `.axis_names`), then paths (`.names`) and
+shapes (`.shapes`). See the table of
+`optax_neuronlr._src.model_layout`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def model_layout(
 ) -> k.ModelLayout:
   """Classifies every leaf of ``params``: kind, output neurons, matrices, hidden.
 
-  See the table of :mod:`optax_neuronlr._src.model_layout`. Reads dicts of
+  See the table of `optax_neuronlr._src.model_layout`. Reads dicts of
   arrays, Flax linen params (``{"params": ...}`` included), Flax NNX
   ``nnx.State`` (of variables, paths ending in ``.value``, or of arrays),
   lists and bare arrays; only paths and shapes are read, so
@@ -96,14 +96,14 @@ def model_layout(
       ``nn.get_partition_spec(variables)["params"]`` or
       ``nnx.get_partition_spec(nnx.state(model, nnx.Param))`` return. A leaf
       with every axis named is read from its names alone
-      (:mod:`optax_neuronlr._src.roles.axis_names`); others from their paths
+      (`optax_neuronlr._src.roles.axis_names`); others from their paths
       and shapes.
     axis_roles: more axis names, ``{name: role}`` (roles:
       ``optax_neuronlr._src.roles.axis_names.ROLES``, e.g. ``"stack"``),
-      added to :data:`~optax_neuronlr._src.roles.axis_names.AXIS_ROLES`.
+      added to `AXIS_ROLES`.
 
   Returns:
-    A :class:`ModelLayout`; ``print(layout.table())`` shows it, with the
+    A `ModelLayout`; ``print(layout.table())`` shows it, with the
     evidence that decided each leaf (``source``).
 
   Raises:

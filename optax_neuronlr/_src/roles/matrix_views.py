@@ -1,8 +1,8 @@
 """Matrix views given by the user (``matrices=``), checked against the leaves.
 
 Muon and NorMuon see each leaf as one or more matrices through a
-:class:`~optax_neuronlr.MatrixView`. The views come from the layout
-(:func:`optax_neuronlr.model_layout`) or from the optimizers' ``matrices=``
+`MatrixView`. The views come from the layout
+(`model_layout`) or from the optimizers' ``matrices=``
 argument: one view for every leaf, a pytree of views shaped like the params
 (matched by path; ``None`` means "the layout's view", as optax's ``None`` means
 "no override"), or a callable ``params -> such a pytree``. optax's
@@ -34,7 +34,7 @@ def is_view(x: Any) -> bool:
 
 
 def as_view(x: Any, where: str = "") -> Optional[MatrixView]:
-  """``x`` (a view entry) as a :class:`MatrixView` (None stays None)."""
+  """``x`` (a view entry) as a `MatrixView` (None stays None)."""
   if x is None or isinstance(x, MatrixView):
     return x
   try:

@@ -2,7 +2,7 @@
 
 A leaf's *name* is the last key of its path (NNX's trailing ``.value``
 dropped), its *module* the key before, matched whole and case-insensitively,
-never as substrings. :func:`classify` reads a leaf's core (its axes less the
+never as substrings. `classify` reads a leaf's core (its axes less the
 stack and expert axes) by these names; where only the shape speaks (a 3-D
 kernel that is no attention's and no named convolution's, a leaf without a
 Flax name) it says so with ``source="shape"``.

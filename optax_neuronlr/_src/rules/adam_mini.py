@@ -2,13 +2,13 @@
 
 Adam-mini keeps Adam's first moment in full and one second moment per
 *block*: the mean of ``g**2`` over the block, averaged over time. The blocks
-come from :func:`optax_neuronlr.adam_mini_blocks`
-(:mod:`optax_neuronlr._src.rules.adam_mini_blocks`: per head for query/key,
+come from `adam_mini_blocks`
+(`optax_neuronlr._src.rules.adam_mini_blocks`: per head for query/key,
 per output neuron elsewhere, per token for embeddings and the head, per layer
 in a scanned stack); this module runs the optimizer on the rule engine:
-:class:`AdamMini` (the per-block second moment, a
-:class:`~optax_neuronlr.Rule`) with the first moment as its direction,
-:func:`scale_by_adam_mini` and :func:`adam_mini` (with decoupled weight decay
+`AdamMini` (the per-block second moment, a
+`Rule`) with the first moment as its direction,
+`scale_by_adam_mini` and `adam_mini` (with decoupled weight decay
 and the learning rate, as ``optax.adamw``). Its reference is the PyTorch
 package ``adam-mini==1.1.1``.
 """
@@ -141,21 +141,21 @@ def scale_by_adam_mini(
   The state is a full first moment (``direction_state``, an
   ``optax.EmaState``) and one ``v`` per block, about half of Adam's. The
   per-block rate $\eta_t / (\sqrt{\hat v_{b,t}} + \epsilon)$ is what
-  :func:`optax_neuronlr.learning_rates` reads.
+  `learning_rates` reads.
 
   Args:
     learning_rate: $\eta$, a number or an optax schedule, first and required
       as in every ``scale_by_*`` of the package; 1.0 returns the
       preconditioned direction, as ``optax.scale_by_adam`` does
-      (:func:`adam_mini` passes its learning rate here, so that the rates
+      (`adam_mini` passes its learning rate here, so that the rates
       read back are the applied ones).
     b1: decay of the first moment, in ``[0, 1)``.
     b2: decay of the second moment, in ``[0, 1)``.
     eps: added to the bias-corrected root of ``v``, ``>= 0``.
-    blocks: the blocks. None (default): :func:`adam_mini_blocks` of the
+    blocks: the blocks. None (default): `adam_mini_blocks` of the
       params, read from their paths and shapes at ``init`` and on each trace
       of ``update`` (cached); or any ``granularity`` of
-      :func:`optax_neuronlr.scale_by_rule`: a unit spec, a pytree of specs
+      `scale_by_rule`: a unit spec, a pytree of specs
       selected by path, or a callable ``params -> pytree of specs`` such as
       ``functools.partial(nlr.adam_mini_blocks, overrides={...})``.
     num_heads: attention heads, for fused ``(d, heads*head_dim)`` query/key
@@ -164,14 +164,14 @@ def scale_by_adam_mini(
     num_kv_heads: key/value heads under grouped-query attention (default
       ``num_heads``); only with ``blocks=None``.
     on_unrecognised: with ``blocks=None``, what ``init`` does about leaves
-      that :func:`adam_mini_blocks` does not recognise (kept as full Adam,
+      that `adam_mini_blocks` does not recognise (kept as full Adam,
       one second moment per element): ``"warn"`` (default; one warning per
       optimizer, listing every such path), ``"error"`` (``ValueError``) or
-      ``"ignore"``. :func:`optax_neuronlr.optimizer_layout` shows every
+      ``"ignore"``. `optimizer_layout` shows every
       leaf's units either way.
     state_dtype: dtype of the per-block second moment ``v`` (and of the
       first moment when ``mu_dtype`` is None); the engine's shared argument,
-      see :func:`optax_neuronlr.scale_by_rule`.
+      see `scale_by_rule`.
     mu_dtype: dtype of the stored first moment $m$ (optax's ``mu_dtype``):
       the arithmetic stays in at least float32 and only the stored copy is
       rounded; None: as ``state_dtype``. ``"bfloat16"`` takes Adam-mini's
@@ -179,12 +179,12 @@ def scale_by_adam_mini(
     axis_names: with ``blocks=None``, the model's logical axis names
       (``nn.get_partition_spec(variables)["params"]``,
       ``nnx.get_partition_spec(nnx.state(model, nnx.Param))``; see
-      :func:`optax_neuronlr.model_layout`): roles, stack and expert axes read
+      `model_layout`): roles, stack and expert axes read
       from them rather than guessed. Blocks are per layer in a stack either way.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` returning ``+u``; its state
-    is a :data:`ScaleByAdamMiniState`.
+    is a `ScaleByAdamMiniState`.
   """
   _check_adam_args(b1, b2, eps)
   validation.check_choice("on_unrecognised", on_unrecognised, ("warn", "error", "ignore"))
@@ -238,8 +238,8 @@ def adam_mini(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-mini (Zhang et al., 2024): AdamW with one second moment per block.
 
-  :func:`scale_by_adam_mini`, decoupled weight decay and the learning rate,
-  as ``optax.adamw``: with $u$ the update of :func:`scale_by_adam_mini` at
+  `scale_by_adam_mini`, decoupled weight decay and the learning rate,
+  as ``optax.adamw``: with $u$ the update of `scale_by_adam_mini` at
   rate $\eta_t$ and $\lambda$ the weight decay,
 
   $$
@@ -247,11 +247,11 @@ def adam_mini(
   $$
 
   ``blocks=None`` reads the blocks from the params' axis names, paths and shapes
-  (:func:`adam_mini_blocks`), so ``nlr.adam_mini(1e-3)`` is right as it is for
+  (`adam_mini_blocks`), so ``nlr.adam_mini(1e-3)`` is right as it is for
   a Flax NNX or linen transformer built from the standard modules
   (``Embed``, ``MultiHeadAttention``, ``Linear``/``Dense``, ``LayerNorm``,
   ``RMSNorm``). The weight decay applies to kernels and embeddings, not to
-  norm scales or biases (:func:`adam_mini_weight_decay_mask`), as the
+  norm scales or biases (`adam_mini_weight_decay_mask`), as the
   reference ``adam-mini==1.1.1``, with which it agrees to 1e-10 in float64
   (``python -m optax_neuronlr.parity --case adam-mini``).
 
@@ -262,23 +262,23 @@ def adam_mini(
     eps: added to the bias-corrected root of ``v``, ``>= 0``.
     weight_decay: $\lambda$, ``>= 0``; decoupled (scaled by $\eta_t$, not by
       the adaptive rate).
-    blocks: the blocks; see :func:`scale_by_adam_mini`.
+    blocks: the blocks; see `scale_by_adam_mini`.
     num_heads: heads of fused attention kernels; see
-      :func:`scale_by_adam_mini` (list it in ``static_args`` of
+      `scale_by_adam_mini` (list it in ``static_args`` of
       ``optax.inject_hyperparams``).
     num_kv_heads: key/value heads under grouped-query attention.
     on_unrecognised: ``"warn"``, ``"error"`` or ``"ignore"``; see
-      :func:`scale_by_adam_mini`.
+      `scale_by_adam_mini`.
     mask: where weight decay applies: a tree of bools shaped like the params,
       or a callable ``params -> tree``; None (default):
-      :func:`adam_mini_weight_decay_mask` (kernels and embeddings).
+      `adam_mini_weight_decay_mask` (kernels and embeddings).
     state_dtype: dtype of the second moment (and of the first when
       ``mu_dtype`` is None); the engine's shared argument, see
-      :func:`optax_neuronlr.scale_by_rule`.
+      `scale_by_rule`.
     mu_dtype: dtype of the stored first moment (optax's ``mu_dtype``; the
       arithmetic stays in at least float32); None: as ``state_dtype``.
     axis_names: the model's logical axis names, for the blocks and the
-      weight-decay mask; see :func:`scale_by_adam_mini`.
+      weight-decay mask; see `scale_by_adam_mini`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.

@@ -4,7 +4,7 @@ Adam-mini keeps one second moment per *block*; the blocks follow the
 Hessian's block structure of a transformer, and the reference (the PyTorch
 package ``adam-mini==1.1.1``) chooses them from parameter names on PyTorch
 ``(out, in)`` weights. This module restates that partition on the roles of
-:func:`optax_neuronlr.model_layout` (Flax's ``(in, out)`` kernels, ``(vocab,
+`model_layout` (Flax's ``(in, out)`` kernels, ``(vocab,
 d)`` embeddings, ``DenseGeneral`` attention kernels; axis names where the
 model gives them), with the layout's kinds:
 
@@ -40,10 +40,10 @@ scanned model has exactly its unscanned twin's blocks.
   scalar) is kept as full Adam (``"element"``), never silently one block, and
   reported: ``on_unrecognised="warn"`` (default) warns listing every such
   path, ``"error"`` raises, ``"ignore"`` does neither. The list is always in
-  :attr:`AdamMiniPartition.unrecognised`.
+  `AdamMiniPartition.unrecognised`.
 
 Overriding: ``overrides={selector: spec}`` (the package's one path rule,
-:mod:`optax_neuronlr._src.paths`), e.g. ``overrides={r".*/pos_embedding":
+`optax_neuronlr._src.paths`), e.g. ``overrides={r".*/pos_embedding":
 nlr.Neurons(0), r"encoder/.*": "element"}``; an overridden leaf is never
 reported. Or give Adam-mini your own pytree of specs (or ``params -> pytree``).
 """
@@ -78,7 +78,7 @@ class AdamMiniLeaf:
   Attributes:
     path: the leaf's path, keys joined by ``"/"`` (NNX's ``.value`` dropped).
     shape: the leaf's shape.
-    kind: its kind in :func:`optax_neuronlr.model_layout` (``"query"``,
+    kind: its kind in `model_layout` (``"query"``,
       ``"mlp"``, ``"conv"``, ...).
     spec: its unit spec.
     weight_decay: whether decoupled weight decay applies to it.
@@ -108,7 +108,7 @@ class AdamMiniPartition:
   Attributes:
     specs: a tree shaped like the params, of unit specs.
     weight_decay_mask: a tree shaped like the params, of bools.
-    leaves: one :class:`AdamMiniLeaf` per array leaf, in tree order.
+    leaves: one `AdamMiniLeaf` per array leaf, in tree order.
   """
 
   specs: Any
@@ -226,7 +226,7 @@ def adam_mini_partition(
   """Adam-mini's blocks, weight-decay mask and a per-leaf report for ``params``.
 
   See the module docstring for the rules. Reads what
-  :func:`optax_neuronlr.model_layout` reads (dicts of arrays, Flax linen
+  `model_layout` reads (dicts of arrays, Flax linen
   params, NNX ``nnx.State``, ``jax.ShapeDtypeStruct`` leaves).
 
   Args:
@@ -241,10 +241,10 @@ def adam_mini_partition(
     on_unrecognised: ``"warn"`` (default), ``"error"`` or ``"ignore"`` for
       leaves that no rule and no override recognises (they are full Adam).
     axis_names: the model's logical axis names (``nn.get_partition_spec`` /
-      ``nnx.get_partition_spec``; see :func:`optax_neuronlr.model_layout`).
+      ``nnx.get_partition_spec``; see `model_layout`).
 
   Returns:
-    An :class:`AdamMiniPartition`.
+    An `AdamMiniPartition`.
 
   Raises:
     ValueError: for an invalid argument, a spec (built-in or override) that
@@ -256,7 +256,7 @@ def adam_mini_partition(
 
 def partition(params, num_heads, num_kv_heads, overrides, on_unrecognised, *,
               axis_names=None, layout=None, stacklevel=2) -> AdamMiniPartition:
-  """:func:`adam_mini_partition` with positional arguments; ``layout``: the
+  """`adam_mini_partition` with positional arguments; ``layout``: the
   full tree's layout, read by path (inside ``multi_transform``)."""
   check_heads(num_heads, num_kv_heads)
   if on_unrecognised not in ("warn", "error", "ignore"):
@@ -315,7 +315,7 @@ def adam_mini_blocks(
   Per head for query/key, per output neuron for value, attention output and MLP
   kernels, per token for embeddings and the output head, one unit per norm
   scale, one per element (Adam) for every bias, per layer in a scanned stack;
-  see the module docstring for the rules and :func:`adam_mini_partition` for
+  see the module docstring for the rules and `adam_mini_partition` for
   the arguments. Leaves it does not recognise stay per element and are
   reported (a warning by default).
 
@@ -339,13 +339,13 @@ def adam_mini_weight_decay_mask(params: Any, *, axis_names: Any = None) -> Any:
 
 
 class AutoBlocks:
-  """``blocks=None``: :func:`adam_mini_blocks` of the tree each trace sees.
+  """``blocks=None``: `adam_mini_blocks` of the tree each trace sees.
 
   A unit-spec callable for the engine (``tree -> tree of specs``). The engine
   calls it on every ``init`` and on every trace of ``update``, so the
   partition is computed once per tree signature (paths and shapes) and cached
   here, one cache per optimizer. Unrecognised leaves are reported by
-  :meth:`report` at ``init``, once per optimizer, never per trace.
+  `report` at ``init``, once per optimizer, never per trace.
   """
 
   def __init__(self, num_heads: Optional[int], num_kv_heads: Optional[int],

@@ -110,14 +110,14 @@ def scale_by_hypergradient_lr(
   (norms over the unit; no change where a norm is zero or overflows).
 
   The learned rate follows the base rate: when $\eta$ changes (a schedule,
-  or ``optax.inject_hyperparams`` / :func:`optax_neuronlr.set_hyperparams`,
+  or ``optax.inject_hyperparams`` / `set_hyperparams`,
   e.g. reference 003's ``lr *= 0.9``), every unit's rate is multiplied by
   $\eta_t / \eta_{t-1}$ before the hypergradient step. A non-finite $h_t$
   (gradients near the float range's end) leaves the rate unchanged.
 
   ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
-  :func:`optax_neuronlr.scale_by_rule`.
+  `scale_by_rule`.
 
   Args:
     learning_rate: the initial rate $\eta_0$, a number or an optax schedule
@@ -153,7 +153,7 @@ def scale_by_hypergradient_lr(
 
 hypergradient_lr = aliases.negated(
     scale_by_hypergradient_lr, "hypergradient_lr",
-    """Hypergradient descent on any direction: :func:`scale_by_hypergradient_lr`, negated.
+    """Hypergradient descent on any direction: `scale_by_hypergradient_lr`, negated.
 
     ``optax.chain(scale_by_hypergradient_lr(...), optax.scale(-1.0))`` with the
     same arguments; ``direction=`` gives the step direction (default: the
@@ -169,7 +169,7 @@ sgd_hd = aliases.negated(
     scale_by_hypergradient_lr, "sgd_hd",
     """SGD-HD (Baydin et al., 2018, Algorithm 2): SGD with a learned rate.
 
-    :func:`hypergradient_lr` with the gradient as direction
+    `hypergradient_lr` with the gradient as direction
     ($h_t = \\langle g_t, g_{t-1} \\rangle$); the same arguments.
 
     Example:
@@ -189,11 +189,11 @@ adam_hd = aliases.with_direction(
     hypergradient_lr, optax.scale_by_adam, ("b1", "b2", "eps"), "adam_hd",
     """Adam-HD (Baydin et al., 2018, Algorithm 3): Adam with a learned rate.
 
-    :func:`hypergradient_lr` with ``direction=optax.scale_by_adam(b1, b2,
+    `hypergradient_lr` with ``direction=optax.scale_by_adam(b1, b2,
     eps, mu_dtype=mu_dtype)``: $h_t$ is the dot product of the gradient with
     Adam's previous bias-corrected direction
     $\\hat m / (\\sqrt{\\hat v} + \\epsilon)$. Takes the arguments of
-    :func:`scale_by_hypergradient_lr` (but ``direction``), Adam's ``b1``,
+    `scale_by_hypergradient_lr` (but ``direction``), Adam's ``b1``,
     ``b2``, ``eps`` (all bindable by ``optax.inject_hyperparams``) and the
     keyword ``mu_dtype``, the dtype of Adam's stored first moment (optax's;
     list it in ``static_args`` under ``inject_hyperparams``).

@@ -1,11 +1,11 @@
 r"""Building blocks shared by Adam-mini and SCALE: a first moment and weight decay.
 
-* :func:`first_moment`: an EMA of the gradient, $m_t = \beta m_{t-1} + (1 -
+* `first_moment`: an EMA of the gradient, $m_t = \beta m_{t-1} + (1 -
   \beta) g_t$, optionally divided by $1 - \beta^t$, kept in the package's
   statistics dtype (float32 for bf16/f16 leaves unless ``state_dtype`` says
   otherwise), with ``optax.EmaState`` as its state. A rule takes it as its
   ``direction``. ``mu_dtype`` stores it in another dtype (optax's name).
-* :func:`decoupled_weight_decay`: adds $\eta_t \lambda p$ to the update, with
+* `decoupled_weight_decay`: adds $\eta_t \lambda p$ to the update, with
   $\eta_t$ a number or a schedule of the step count, for transforms whose
   output already carries the learning rate (AdamW's decay, $-\eta \lambda p$,
   once the alias negates the sum).

@@ -22,8 +22,8 @@ orientation whose Gram matrix is the smaller one. These are the momentum form
 of ``torch.optim.Muon`` (its default ``adjust_lr_fn="original"``) and of the
 NorMuon reference code.
 
-Which leaves are matrices, and how, is a :class:`MatrixView` per leaf
-(:func:`optax_neuronlr.model_layout` gives them for Flax trees): the fan-in
+Which leaves are matrices, and how, is a `MatrixView` per leaf
+(`model_layout` gives them for Flax trees): the fan-in
 (``reduction_axes``) and output axes of a matrix; every other axis is a batch
 axis (one matrix per index), and ``blocks=(axis, n)`` splits an output axis
 into ``n`` equal matrices (the gates of a fused recurrent kernel). A
@@ -31,16 +31,16 @@ into ``n`` equal matrices (the gates of a fused recurrent kernel). A
 matrix, as PyTorch's ``q_proj``; a scanned ``(layers, in, out)`` kernel is
 one matrix per layer.
 
-:func:`scale_by_muon` returns $+d_t$; :func:`muon` trains the hidden
+`scale_by_muon` returns $+d_t$; `muon` trains the hidden
 matrices with it (learning rate and decoupled weight decay as
 ``torch.optim.Muon``) and every other leaf with AdamW, split by
-:func:`normuon_labels`.
+`normuon_labels`.
 
 This module holds the direction and the optimizer; the Newton-Schulz
-iteration and where it runs are in :mod:`optax_neuronlr._src.newton_schulz`,
-checking user-given views in :mod:`optax_neuronlr._src.roles.matrix_views`, and
+iteration and where it runs are in `optax_neuronlr._src.newton_schulz`,
+checking user-given views in `optax_neuronlr._src.roles.matrix_views`, and
 the choice of leaves and views (computed once per optimizer, read by path)
-in :mod:`optax_neuronlr._src.rules.muon_partition`.
+in `optax_neuronlr._src.rules.muon_partition`.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ from optax_neuronlr._src.rules.muon_partition import (  # noqa: F401  (old impor
 def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon",
                layout: Any = None, axis_names: Any = None, axis_roles: Any = None,
                ) -> list[MatrixView]:
-  """The checked :class:`MatrixView` of every leaf of ``tree``, in order.
+  """The checked `MatrixView` of every leaf of ``tree``, in order.
 
   ``matrices=None`` (or a None entry) reads a leaf's view from
-  :func:`optax_neuronlr.model_layout` (or ``layout``). A leaf without a view
+  `model_layout` (or ``layout``). A leaf without a view
   is an error: Muon orthogonalises matrices only.
   """
   plan = plan_lib.muon_plan(tree, matrices=matrices, layout=layout, axis_names=axis_names,
@@ -89,7 +89,7 @@ def leaf_views(tree: Any, matrices: Any = None, *, what: str = "scale_by_muon",
 
 
 class ScaleByMuonState(NamedTuple):
-  """State of :func:`scale_by_muon`.
+  """State of `scale_by_muon`.
 
   Attributes:
     mu: the momentum $B$, shaped like the params, in ``mu_dtype``.
@@ -129,8 +129,8 @@ def muon_direction(
     axis_names: Any = None, axis_roles: Any = None,
     consistent_rms: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """:func:`scale_by_muon`, with ``scaled=False`` leaving out the shape factor
-  (NorMuon applies it in its rate); ``consistent_rms``: see :func:`muon`."""
+  """`scale_by_muon`, with ``scaled=False`` leaving out the shape factor
+  (NorMuon applies it in its rate); ``consistent_rms``: see `muon`."""
   validation.check_flag("nesterov", nesterov)
   check_consistent_rms(consistent_rms)
   check_muon_args(momentum, ns_steps, ns_coeffs, eps, ns_dtype, mu_dtype)
@@ -219,15 +219,15 @@ def scale_by_muon(
     mu_dtype: dtype of the stored momentum (as optax's ``mu_dtype``); None:
       the params' dtype. The arithmetic is in at least float32.
     matrices: the matrix view of each leaf: None (default) reads them from
-      :func:`optax_neuronlr.model_layout` (every leaf it sees as a matrix;
+      `model_layout` (every leaf it sees as a matrix;
       stack and expert axes are batch axes, one matrix per layer or expert);
-      a :class:`~optax_neuronlr.MatrixView` for every leaf (ints read as
+      a `MatrixView` for every leaf (ints read as
       1-tuples, as optax's ``MuonDimensionNumbers(0, 1)``, which is accepted
       too); a pytree of views shaped like the params, matched by path, where
       None means the layout's view; or a callable ``params -> pytree``. A
       leaf without a view (a bias, a norm scale) is a ``ValueError``: Muon is
       for matrices; select them with ``optax.partition`` / ``optax.masked``,
-      or use :func:`muon`. A zero-size matrix gets an empty (zero) update,
+      or use `muon`. A zero-size matrix gets an empty (zero) update,
       as in optax.
     ns_mesh: None (default): each matrix is orthogonalised where it lies
       (a sharded matrix is gathered onto every device, which all run its
@@ -241,17 +241,17 @@ def scale_by_muon(
       ``nnx.get_partition_spec(state)`` return): the layout reads each
       named leaf's matrices from its names (``layers``/``stage`` stack axes
       and ``exp``/``expert`` axes are batch axes); see
-      :func:`optax_neuronlr.model_layout`.
+      `model_layout`.
     axis_roles: more axis names for the vocabulary, ``{name: role}`` (e.g.
       ``{"my_layers": "stack"}``).
-    layout: the :class:`~optax_neuronlr.ModelLayout` to read the views from
+    layout: the `ModelLayout` to read the views from
       by path (e.g. ``nlr.model_layout(full_params)`` when this transform
       sees only a part of the tree, inside ``optax.partition``); None: the
       layout of the tree it is given.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
-    :class:`ScaleByMuonState`.
+    `ScaleByMuonState`.
   """
   return muon_direction(momentum, nesterov=nesterov, ns_steps=ns_steps,
                         ns_coeffs=ns_coeffs, eps=eps, ns_dtype=ns_dtype,
@@ -308,8 +308,8 @@ def muon(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon on the hidden matrices, AdamW on every other leaf.
 
-  Hidden leaves (:func:`normuon_labels`) follow ``torch.optim.Muon`` with
-  decoupled weight decay $\lambda$: with $d_t$ of :func:`scale_by_muon`,
+  Hidden leaves (`normuon_labels`) follow ``torch.optim.Muon`` with
+  decoupled weight decay $\lambda$: with $d_t$ of `scale_by_muon`,
 
   $$
   p_t = p_{t-1} (1 - \eta_t \lambda) - \eta_t d_t ;
@@ -318,7 +318,7 @@ def muon(
   the other leaves (embeddings, output head, norm scales, biases) get
   ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``,
   its decay on embeddings and the head only, never on norm scales or biases
-  (:func:`optax_neuronlr.model_layout`'s ``weight_decay``).
+  (`model_layout`'s ``weight_decay``).
   Agrees with ``torch.optim.Muon`` to float64 rounding
   (``python -m optax_neuronlr.parity --case muon``).
 
@@ -340,20 +340,20 @@ def muon(
     b2: AdamW's second-moment decay, in ``[0, 1)``.
     adam_eps: AdamW's $\epsilon$, ``>= 0``.
     adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
-    hidden: which leaves Muon trains; see :func:`normuon_labels` (a bool
+    hidden: which leaves Muon trains; see `normuon_labels` (a bool
       for a bare array param).
-    matrices: the hidden leaves' matrix views (see :func:`scale_by_muon`):
-      None: from :func:`optax_neuronlr.model_layout`, else the last axis as
+    matrices: the hidden leaves' matrix views (see `scale_by_muon`):
+      None: from `model_layout`, else the last axis as
       the output; one view: for every hidden leaf; a pytree (or a callable
       returning one): a leaf given a view is a hidden matrix (as optax's
       dimension numbers), a None entry keeps the layout's choice and view.
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
-      :func:`scale_by_muon`.
-    axis_names: the model's logical axis names (see :func:`scale_by_muon`):
+      `scale_by_muon`.
+    axis_names: the model's logical axis names (see `scale_by_muon`):
       which leaves are hidden matrices and their views come from the names.
     axis_roles: more axis names for the vocabulary, ``{name: role}``.
-    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+    layout: the full tree's `ModelLayout`, read by
       path. The layout is computed once, from the tree this optimizer is
       given; inside ``optax.multi_transform`` / ``optax.masked`` that tree
       is a part (the other leaves ``optax.MaskedNode``, skipped), whose

@@ -1,9 +1,9 @@
 """Which leaves Muon and NorMuon train, through which matrix views, decided once.
 
-:func:`muon_plan` reads a parameter tree once: every leaf's role (from
-:func:`optax_neuronlr.model_layout`, the model's ``axis_names=``, or a
+`muon_plan` reads a parameter tree once: every leaf's role (from
+`model_layout`, the model's ``axis_names=``, or a
 ``layout=`` computed from the full tree), whether it is a hidden matrix
-(``hidden=``, else the layout), its checked :class:`~optax_neuronlr.MatrixView`
+(``hidden=``, else the layout), its checked `MatrixView`
 (``matrices=``, else the layout's) and whether AdamW decays it. The
 optimizers then read the plan by path, never the layout of a part of the
 tree: inside ``optax.partition`` the AdamW part sees the hidden leaves
@@ -48,7 +48,7 @@ _PLAIN = MatrixView((0,), (1,))  # optax's default view of a 2-D leaf
 
 @dataclasses.dataclass(frozen=True)
 class MuonLeaf:
-  """One leaf of a :class:`MuonPlan`.
+  """One leaf of a `MuonPlan`.
 
   Attributes:
     path: the leaf's path.
@@ -69,7 +69,7 @@ class MuonLeaf:
 
 @dataclasses.dataclass(frozen=True)
 class MuonPlan:
-  """Every leaf's :class:`MuonLeaf`, read by path.
+  """Every leaf's `MuonLeaf`, read by path.
 
   Attributes:
     leaves: one entry per array leaf of the tree it was made from.
@@ -189,7 +189,7 @@ def muon_plan(
     axis_names: Any = None, axis_roles: Any = None, every_leaf: bool = False,
     who: str = "muon",
 ) -> MuonPlan:
-  """The :class:`MuonPlan` of ``tree`` (see the module docstring).
+  """The `MuonPlan` of ``tree`` (see the module docstring).
 
   Args:
     tree: the params (or updates) the optimizer is given; ``optax.MaskedNode``
@@ -198,10 +198,10 @@ def muon_plan(
       pytree of bools or a callable ``tree -> pytree``.
     matrices: None, a view, a pytree of views (None: the layout's), or a
       callable ``tree -> pytree``.
-    layout: None, or the :class:`~optax_neuronlr.ModelLayout` of the full
+    layout: None, or the `ModelLayout` of the full
       tree, read by path.
     axis_names: the model's logical axis names (see
-      :func:`optax_neuronlr.model_layout`).
+      `model_layout`).
     axis_roles: more axis names for the vocabulary.
     every_leaf: every leaf is a matrix (``scale_by_muon``): a leaf with no
       view is an error rather than AdamW's.
@@ -330,7 +330,7 @@ def partitioned(
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.partition`` of ``hidden_tx(views)`` on the hidden leaves and
   ``adamw_tx(decay_mask)`` elsewhere, every choice read by path from one
-  :class:`MuonPlan` of the tree the optimizer is given."""
+  `MuonPlan` of the tree the optimizer is given."""
   validation.check_static("hidden", hidden, example=f"nlr.{who}")
   validation.check_static("matrices", matrices, example=f"nlr.{who}")
   check_layout(layout, axis_names, axis_roles)
@@ -355,21 +355,21 @@ def partitioned(
 
 def normuon_labels(params: Any, hidden: Any = None, *, axis_names: Any = None,
                    axis_roles: Any = None, layout: Any = None) -> Any:
-  """``"hidden"`` or ``"adamw"`` per leaf: who trains it in :func:`muon` and
-  :func:`~optax_neuronlr.normuon`.
+  """``"hidden"`` or ``"adamw"`` per leaf: who trains it in `muon` and
+  `normuon`.
 
   Args:
     params: the parameter tree (arrays, ``jax.ShapeDtypeStruct`` or an NNX
       state; a bare array is one leaf).
-    hidden: None: the hidden matrices of :func:`optax_neuronlr.model_layout`
+    hidden: None: the hidden matrices of `model_layout`
       (attention, MLP and recurrent kernels; 2-D leaves of trees without Flax
       names; not embeddings, the output head, norm scales or biases); a
       pytree of bools shaped like the params (a bool for a bare array); or a
       callable ``params -> pytree of bools`` (``optax.masked``'s convention).
     axis_names: the model's logical axis names (see
-      :func:`optax_neuronlr.model_layout`).
+      `model_layout`).
     axis_roles: more axis names for the vocabulary.
-    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by path.
+    layout: the full tree's `ModelLayout`, read by path.
 
   Returns:
     A pytree of strings shaped like the params.

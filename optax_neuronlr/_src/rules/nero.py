@@ -26,10 +26,10 @@ too, as the reference does at construction. Leaves whose units hold one
 element (biases and other vectors, 0-d leaves: the reference's 1-D tensors)
 have one unit per element, $\|g_n\| = |g_n|$, and no constraint.
 
-Here :class:`Nero` is a :class:`~optax_neuronlr.Rule` (``weights=("norm",
+Here `Nero` is a `Rule` (``weights=("norm",
 "centered_norm")`` gives it $s$ on the first step), so the per-neuron rates
-$r_n$ are what :func:`optax_neuronlr.learning_rates` reads; the projection
-$P$ is :func:`project_neurons`, the last transform of :func:`nero`, so that
+$r_n$ are what `learning_rates` reads; the projection
+$P$ is `project_neurons`, the last transform of `nero`, so that
 ``optax.apply_updates(params, updates)`` gives the projected weights.
 """
 
@@ -104,7 +104,7 @@ ScaleByNeroState = Nero().state_class()
 
 
 class ProjectNeuronsState(NamedTuple):
-  """State of :func:`project_neurons`: the number of updates so far."""
+  """State of `project_neurons`: the number of updates so far."""
 
   count: jax.Array
 
@@ -134,12 +134,12 @@ def project_neurons(
   Args:
     eps: $\epsilon$, ``> 0``.
     neuron_axes: which axes of each leaf index neurons, as in
-      :func:`optax_neuronlr.scale_by_rule` with ``granularity="neuron"``
-      (None: the output axes of :func:`optax_neuronlr.model_layout`).
+      `scale_by_rule` with ``granularity="neuron"``
+      (None: the output axes of `model_layout`).
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
-    :class:`ProjectNeuronsState`; its ``update`` needs ``params``.
+    `ProjectNeuronsState`; its ``update`` needs ``params``.
   """
   validation.check_range("eps", eps, low=0.0, low_open=True)
   units_lib.check_granularity("neuron", neuron_axes)
@@ -185,24 +185,24 @@ def scale_by_nero(
 
   Returns $+r_{n,t}\, g$ with
   $r_{n,t} = \eta_t s / (\sqrt{v_{n,t} / (1 - \beta^t)} + \epsilon)$, the
-  :class:`Nero` rule run by :func:`optax_neuronlr.scale_by_rule` with one
+  `Nero` rule run by `scale_by_rule` with one
   unit per output neuron (one per element of vectors). Without the
-  projection: :func:`nero` chains :func:`project_neurons` after it.
+  projection: `nero` chains `project_neurons` after it.
 
   Args:
     learning_rate: $\eta$, a number ``>= 0`` or a schedule.
     beta: decay of the per-neuron EMA of the squared gradient norm, in ``[0, 1)``.
-    constraints: whether the weights are projected (:func:`nero`); here it
+    constraints: whether the weights are projected (`nero`); here it
       chooses the weight scale $s$: the projected neurons' norm (True) or the
       initial weights' (False).
     eps: $\epsilon$ of the denominator, ``> 0``.
     min_lr: lower clamp of $r_n$ (the engine's; see
-      :func:`optax_neuronlr.scale_by_rule`).
+      `scale_by_rule`).
     max_lr: upper clamp of $r_n$.
     neuron_axes: the neurons of each leaf, as in
-      :func:`optax_neuronlr.scale_by_rule` (None: the model layout's output axes).
+      `scale_by_rule` (None: the model layout's output axes).
     state_dtype: dtype of ``exp_avg_sq`` and ``scale``; see
-      :func:`optax_neuronlr.scale_by_rule`.
+      `scale_by_rule`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a

@@ -15,7 +15,7 @@ as well as Adam, and answers with two pieces:
 Vectors (biases, norm scales) are trained with AdamW. The state is the output
 head's momentum, Adam's two moments for the vectors, and one number per neuron
 of every matrix (the last RMS, kept so that
-:func:`optax_neuronlr.learning_rates` can show the applied rates).
+`learning_rates` can show the applied rates).
 
 Per unit $n$ (an output neuron) with direction $d$ ($g$, or the head's
 momentum) and base rate $\eta_t$:
@@ -112,7 +112,7 @@ def scale_by_neuron_norm(
 
   so every unit's update has RMS $\eta_t$ (unless $\rho < \epsilon$). No
   statistic is kept across steps; the state holds the last $\rho$ per unit,
-  from which :func:`optax_neuronlr.learning_rates` recomputes the rates.
+  from which `learning_rates` recomputes the rates.
 
   With the default units (one per index of the last axis) a Flax ``(in,
   out)`` kernel is normalised per output neuron over its fan-in, a
@@ -121,7 +121,7 @@ def scale_by_neuron_norm(
   element's $|d| / \rho = 1$).
 
   ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype`` and ``direction``: the
-  engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
+  engine's shared arguments, see `scale_by_rule`.
 
   Args:
     learning_rate: $\eta$, a number or an optax schedule, first and required
@@ -134,7 +134,7 @@ def scale_by_neuron_norm(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` returning ``+u``; its state
-    is a :data:`ScaleByNeuronNormState`.
+    is a `ScaleByNeuronNormState`.
   """
   validation.check_range("eps", eps, low=0.0, low_open=True)
   return engine.scale_by_rule(
@@ -152,15 +152,15 @@ def neuron_norm_sgd(
     state_dtype: Any = None,
     direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Per-neuron normalised SGD on every leaf: :func:`scale_by_neuron_norm`, negated.
+  r"""Per-neuron normalised SGD on every leaf: `scale_by_neuron_norm`, negated.
 
   ``optax.chain(scale_by_neuron_norm(learning_rate, eps,
   ...), optax.scale(-1.0))``. Every leaf, 1-D ones included, is normalised
   (1-D leaves per element, i.e. sign descent, at the default units); for a
-  transformer use :func:`scale_sgd`, which trains vectors with AdamW.
+  transformer use `scale_sgd`, which trains vectors with AdamW.
 
   ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype`` and ``direction``: the
-  engine's shared arguments, see :func:`optax_neuronlr.scale_by_rule`.
+  engine's shared arguments, see `scale_by_rule`.
 
   Args:
     learning_rate: $\eta$, a number or an optax schedule, ``>= 0``.
@@ -204,7 +204,7 @@ def _label(role: kinds.LeafRole) -> str:
 
 
 def scale_sgd_labels(params: Any, *, head: Any = None, axis_names: Any = None) -> Any:
-  """:func:`scale_sgd`'s label of each leaf: ``"hidden"``, ``"head"`` or ``"vector"``.
+  """`scale_sgd`'s label of each leaf: ``"hidden"``, ``"head"`` or ``"vector"``.
 
   * ``"vector"``: biases, norm scales and every leaf with at most one
     dimension besides its stack axes (the ``(heads, head_dim)`` biases of
@@ -219,14 +219,14 @@ def scale_sgd_labels(params: Any, *, head: Any = None, axis_names: Any = None) -
     params: the parameter tree (arrays, ``jax.ShapeDtypeStruct``, Flax
       linen params or an NNX ``nnx.State``); only paths and shapes are read.
     head: which kernel is the output head. None (default): the head
-      :func:`optax_neuronlr.model_layout` finds (the 2-D kernel of a module
+      `model_layout` finds (the 2-D kernel of a module
       named ``lm_head``, ``head``, ``output``, ``classifier``, ... or a
       read-out ``out`` at the top of the tree; else the one top-level
       ``(d, vocab)`` kernel whose transpose is the shape of an
       ``embedding``; none in a tied model); a path selector (a regular
       expression matching a path or a ``/``-prefix of it); or False for none.
     axis_names: the model's logical axis names (see
-      :func:`optax_neuronlr.model_layout`).
+      `model_layout`).
 
   Returns:
     A tree shaped like ``params``, of the strings above.
@@ -236,7 +236,7 @@ def scale_sgd_labels(params: Any, *, head: Any = None, axis_names: Any = None) -
 
 
 class _Partition:
-  """Labels and units of one :func:`scale_sgd`, cached per tree signature.
+  """Labels and units of one `scale_sgd`, cached per tree signature.
 
   The layout is read once from the full tree (``optax.partition`` calls the
   labels on it); the units of each group's masked tree are looked up by path
@@ -314,17 +314,17 @@ def scale_sgd(
 ) -> optax.GradientTransformationExtraArgs:
   r"""SCALE (Glentis et al., 2025): per-neuron normalised SGD for transformers.
 
-  Three groups of leaves (:func:`scale_sgd_labels`), one
+  Three groups of leaves (`scale_sgd_labels`), one
   ``optax.partition``:
 
   * ``"hidden"`` matrices (attention, MLP, embeddings): $u = \eta_t\, g /
     \max(\rho, \epsilon)$ with $\rho$ the RMS of $g$ over each output
-    neuron's fan-in (:func:`scale_by_neuron_norm`), no momentum;
+    neuron's fan-in (`scale_by_neuron_norm`), no momentum;
   * the ``"head"`` (output layer): the same normalisation of the momentum
     $m_t = \mu m_{t-1} + (1 - \mu) g_t$ (the paper puts momentum only
     there, where the gradient is noisiest);
   * ``"vector"`` leaves (biases, norm scales): AdamW at
-    ``adam_learning_rate`` (:func:`scale_by_adam_mini` on element units,
+    ``adam_learning_rate`` (`scale_by_adam_mini` on element units,
     which is Adam).
 
   Decoupled weight decay $-\eta_t \lambda p$ on the matrices
@@ -349,19 +349,19 @@ def scale_sgd(
     adam_eps: AdamW's $\epsilon$, ``>= 0``.
     adam_weight_decay: decoupled weight decay of the vectors, ``>= 0``.
     head: which kernel is the output head: None (by name or shape, see
-      :func:`scale_sgd_labels`; a warning at ``init`` if none is found), a
+      `scale_sgd_labels`; a warning at ``init`` if none is found), a
       path selector, or False (none; no momentum anywhere).
     granularity: the matrices' units; None (default): one per output neuron
       (both head axes of a ``(d, heads, head_dim)`` query/key/value kernel,
       else the last axis); or any granularity of
-      :func:`optax_neuronlr.scale_by_rule`.
+      `scale_by_rule`.
     state_dtype: dtype of every statistic (momentum, Adam's moments, the
       RMS); None: float32 for bf16/f16 params, else the params' dtype.
     mu_dtype: dtype of the stored first moments (the head's momentum and
       the vectors' AdamW first moment; optax's ``mu_dtype``, the arithmetic
       in at least float32); None: as ``state_dtype``.
     axis_names: the model's logical axis names (``nn.get_partition_spec``,
-      ``nnx.get_partition_spec``; see :func:`optax_neuronlr.model_layout`),
+      ``nnx.get_partition_spec``; see `model_layout`),
       for the labels and units: a scanned stack's units are per layer either
       way, read from the names rather than guessed.
 

@@ -20,11 +20,11 @@ u_t = \eta_t \sqrt{\max(1, n_{out}/n_{in})}\;
 $$
 
 with $\epsilon = 10^{-10}$ in both places, as the reference. Here it is the
-:class:`NorMuon` rule run by :func:`optax_neuronlr.scale_by_rule` with Muon's
+`NorMuon` rule run by `scale_by_rule` with Muon's
 unscaled $O_t$ as the direction: the per-neuron rate
 $r_n = \eta_t g_n / (\sqrt{v_n} + \epsilon)$, with $g_n$ the shape factor
 times the norm ratio of neuron $n$'s matrix, is what
-:func:`optax_neuronlr.learning_rates` reads. The state is Muon's momentum and
+`learning_rates` reads. The state is Muon's momentum and
 two floats per output neuron, $v_n$ and $g_n$ (the rescale depends on this
 step's $O_t$, which ``v`` alone cannot give, so it is kept to read the
 applied rates back exactly).
@@ -74,7 +74,7 @@ class MatrixUnits:
 
 def matrix_units(view: muon_lib.MatrixView, shape: Sequence[int],
                  consistent_rms: Optional[float] = None) -> MatrixUnits:
-  """The :class:`MatrixUnits` of a leaf of ``shape`` seen through ``view``
+  """The `MatrixUnits` of a leaf of ``shape`` seen through ``view``
   (units: every axis but the fan-in, in order)."""
   unit_axes = [a for a in range(len(shape)) if a not in view.reduction_axes]
   blocks = None
@@ -108,7 +108,7 @@ class NorMuon(engine.Rule):
   $s\, \|O\|_F / (\|O / (\sqrt v + \epsilon)\|_F + \epsilon)$ with $s$
   Muon's shape factor, the norms over the matrix (one per layer of a stacked
   leaf, per block of a fused one) as the leaf's ``leaf_info``
-  (:class:`MatrixUnits`) says; without it, over the whole leaf with
+  (`MatrixUnits`) says; without it, over the whole leaf with
   $s = 1$. Rate $\eta\, \mathrm{gain}_n / (\sqrt{v_n} + \epsilon)$.
   Needs units of one output neuron each (the fan-in reduced) and the
   direction to be $O$.
@@ -174,7 +174,7 @@ def scale_by_normuon(
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon's scaling of each matrix: per-neuron normalised Muon.
 
-  With $O_t$ the orthogonalised (Nesterov) momentum of :func:`scale_by_muon`
+  With $O_t$ the orthogonalised (Nesterov) momentum of `scale_by_muon`
   before its shape factor, per output neuron $n$ of each matrix:
 
   $$
@@ -186,13 +186,13 @@ def scale_by_normuon(
   $$
 
   (Li et al., 2025, reference ``normuon_update``). Returns $+u_t$. The
-  per-neuron rate in front of $O_t$ is the :class:`NorMuon` rule's, which
-  :func:`optax_neuronlr.learning_rates` reads.
+  per-neuron rate in front of $O_t$ is the `NorMuon` rule's, which
+  `learning_rates` reads.
 
   Args:
     learning_rate: $\eta$, a number or a schedule, first and required as in
       every ``scale_by_*`` with a rate; 1.0 returns the direction itself
-      (:func:`normuon` passes its rate here, so that the rates read back are
+      (`normuon` passes its rate here, so that the rates read back are
       the applied ones).
     momentum: Muon's momentum $\mu$, in ``[0, 1)``.
     beta2: decay of the per-neuron second moment, in ``[0, 1)``.
@@ -205,20 +205,20 @@ def scale_by_normuon(
       the reference).
     mu_dtype: dtype of the stored momentum (None: the params').
     state_dtype: dtype of ``v`` and ``gain``; the engine's shared argument,
-      see :func:`optax_neuronlr.scale_by_rule`.
-    matrices: each leaf's matrix view, as in :func:`scale_by_muon` (every
+      see `scale_by_rule`.
+    matrices: each leaf's matrix view, as in `scale_by_muon` (every
       leaf needs one); the output neurons are every axis but its fan-in.
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
-      :func:`optax_neuronlr.scale_by_muon`.
+      `scale_by_muon`.
     axis_names: the model's logical axis names (see
-      :func:`optax_neuronlr.scale_by_muon`).
+      `scale_by_muon`).
     axis_roles: more axis names for the vocabulary, ``{name: role}``.
-    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
-      path (see :func:`optax_neuronlr.scale_by_muon`).
+    layout: the full tree's `ModelLayout`, read by
+      path (see `scale_by_muon`).
     consistent_rms: None: the shape factor $\sqrt{\max(1, n_{out}/n_{in})}$;
       a number $c$: $c\sqrt{\max(n_{in}, n_{out})}$ instead (see
-      :func:`normuon`).
+      `normuon`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -285,8 +285,8 @@ def normuon(
 ) -> optax.GradientTransformationExtraArgs:
   r"""NorMuon (Li et al., 2025) on the hidden matrices, AdamW elsewhere.
 
-  Hidden leaves (:func:`normuon_labels`): with $u_t$ of
-  :func:`scale_by_normuon` at rate $\eta_t$ and decoupled weight decay
+  Hidden leaves (`normuon_labels`): with $u_t$ of
+  `scale_by_normuon` at rate $\eta_t$ and decoupled weight decay
   $\lambda$, as the reference's ``SingleDeviceNorMuonWithAuxAdam``:
 
   $$
@@ -296,7 +296,7 @@ def normuon(
   every other leaf (embeddings, output head, norm scales, biases) gets
   ``optax.adamw(adam_learning_rate, b1, b2, adam_eps, adam_weight_decay)``,
   its decay on embeddings and the head only, never on norm scales or biases
-  (:func:`optax_neuronlr.model_layout`'s ``weight_decay``).
+  (`model_layout`'s ``weight_decay``).
   The state is Muon's momentum on the hidden leaves, two floats per output
   neuron (the second moment and its matrix's gain), and AdamW's two moments
   on the rest.
@@ -319,29 +319,29 @@ def normuon(
       AdamW's $m$ (optax's ``mu_dtype``: the arithmetic stays in at least
       float32, only the stored copy is rounded); None: the params'.
     state_dtype: dtype of the per-neuron statistics; the engine's shared
-      argument, see :func:`optax_neuronlr.scale_by_rule`.
+      argument, see `scale_by_rule`.
     adam_learning_rate: AdamW's rate; None: ``learning_rate``.
     b1: AdamW's first-moment decay, in ``[0, 1)``.
     b2: AdamW's second-moment decay, in ``[0, 1)``.
     adam_eps: AdamW's $\epsilon$, ``>= 0``.
     adam_weight_decay: AdamW's decoupled weight decay, ``>= 0``.
     hidden: which leaves NorMuon trains: None (the hidden matrices of
-      :func:`optax_neuronlr.model_layout`), a pytree of bools shaped like the
+      `model_layout`), a pytree of bools shaped like the
       params (a bool for a bare array), or a callable ``params -> pytree of
       bools``.
-    matrices: the hidden leaves' matrix views, as :func:`optax_neuronlr.muon`'s
+    matrices: the hidden leaves' matrix views, as `muon`'s
       (a leaf given a view in a pytree is a hidden matrix; None entries keep
       the layout's choice and view).
     ns_mesh: where Newton-Schulz runs: None (each matrix where it lies) or a
       mesh whose devices each orthogonalise whole matrices; see
-      :func:`optax_neuronlr.scale_by_muon`.
+      `scale_by_muon`.
     axis_names: the model's logical axis names (see
-      :func:`optax_neuronlr.scale_by_muon`).
+      `scale_by_muon`).
     axis_roles: more axis names for the vocabulary, ``{name: role}``.
-    layout: the full tree's :class:`~optax_neuronlr.ModelLayout`, read by
+    layout: the full tree's `ModelLayout`, read by
       path; pass ``nlr.model_layout(full_params)`` inside
       ``optax.multi_transform`` / ``optax.masked`` (see
-      :func:`optax_neuronlr.muon`).
+      `muon`).
     adam_nesterov: Nesterov momentum in AdamW (NAdamW) on the other leaves.
     consistent_rms: None (default): the shape factor
       $\sqrt{\max(1, n_{out}/n_{in})}$; a number $c$ (Moonlight's 0.2):

@@ -1,6 +1,6 @@
 r"""The three neuron-specific rules of reference 000, on the public engine.
 
-Each is a short :class:`~optax_neuronlr.Rule`; :func:`~optax_neuronlr.scale_by_rule`
+Each is a short `Rule`; `scale_by_rule`
 supplies units, clamps, schedules, dtypes and ``direction``. Notation, per unit
 $i$ at step $t$: $m_t$ the unit's mean $|g_t|$, $s_t$ its mean
 $\mathrm{sign}(g_t)$, $\eta_t$ the base rate (a number or a schedule at step
@@ -142,7 +142,7 @@ def scale_by_grad_magnitude_lr(
 
   ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
-  :func:`optax_neuronlr.scale_by_rule`.
+  `scale_by_rule`.
 
   Args:
     learning_rate: initial (base) rate $\eta$, a number or an optax schedule.
@@ -191,11 +191,11 @@ def scale_by_grad_history_lr(
   first step's rate is about $10 \eta / |g|$, and with ``max_lr=1.0`` the
   rate of small-gradient units sits at ``max_lr`` (plain SGD at rate 1). Use
   ``bias_correction=True`` and a ``max_lr`` suited to the model, and watch the
-  clamp fractions of :func:`optax_neuronlr.rate_summary`.
+  clamp fractions of `rate_summary`.
 
   ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
-  :func:`optax_neuronlr.scale_by_rule`.
+  `scale_by_rule`.
 
   Args:
     learning_rate: base rate $\eta$, a number or an optax schedule.
@@ -249,13 +249,13 @@ def scale_by_sign_consistency_lr(
   with $v_0 = c_0 = 0$; $\hat v, \hat c$ are the EMAs themselves (the
   reference) or divided by $1 - \beta^t$ and $1 - \beta_s^t$ with
   ``bias_correction=True``. $|c|$ near 1 means the unit's gradient kept its
-  sign (up to twice the rate of :func:`scale_by_grad_history_lr`); near 0, that
+  sign (up to twice the rate of `scale_by_grad_history_lr`); near 0, that
   it oscillated. At neuron granularity $s$ is the mean sign over the fan-in.
   The reference calls ``sign_beta`` ``sign_memory``.
 
   ``min_lr``, ``max_lr``, ``granularity``, ``neuron_axes``, ``axis_names``, ``state_dtype``
   and ``direction``: the engine's shared arguments, see
-  :func:`optax_neuronlr.scale_by_rule`.
+  `scale_by_rule`.
 
   Args:
     learning_rate: base rate $\eta$, a number or an optax schedule.
@@ -282,7 +282,7 @@ def scale_by_sign_consistency_lr(
 
 grad_magnitude_lr = aliases.negated(
     scale_by_grad_magnitude_lr, "grad_magnitude_lr",
-    """Optimizer of 000 Example 1: :func:`scale_by_grad_magnitude_lr`, negated.
+    """Optimizer of 000 Example 1: `scale_by_grad_magnitude_lr`, negated.
 
     ``optax.chain(scale_by_grad_magnitude_lr(...), optax.scale(-1.0))``, with
     the same arguments.
@@ -294,7 +294,7 @@ grad_magnitude_lr = aliases.negated(
 
 grad_history_lr = aliases.negated(
     scale_by_grad_history_lr, "grad_history_lr",
-    """Optimizer of 000 Example 2: :func:`scale_by_grad_history_lr`, negated.
+    """Optimizer of 000 Example 2: `scale_by_grad_history_lr`, negated.
 
     ``optax.chain(scale_by_grad_history_lr(...), optax.scale(-1.0))``, with
     the same arguments.
@@ -306,7 +306,7 @@ grad_history_lr = aliases.negated(
 
 sign_consistency_lr = aliases.negated(
     scale_by_sign_consistency_lr, "sign_consistency_lr",
-    """Optimizer of 000 Example 3: :func:`scale_by_sign_consistency_lr`, negated.
+    """Optimizer of 000 Example 3: `scale_by_sign_consistency_lr`, negated.
 
     ``optax.chain(scale_by_sign_consistency_lr(...), optax.scale(-1.0))``,
     with the same arguments.

@@ -24,9 +24,9 @@ whose weights are small relative to its gradient moves by a correspondingly
 small step whatever its layer's other neurons do; vectors (biases, norm
 scales: leaves whose neurons hold one element) keep one ratio per leaf there,
 since a ratio per element stalls any element that crosses zero (its own norm
-is the numerator). :class:`TrustRatio` is a
-:class:`~optax_neuronlr.Rule` that reads the weights' norms
-(``weights=("norm",)``), so :func:`optax_neuronlr.learning_rates` shows the
+is the numerator). `TrustRatio` is a
+`Rule` that reads the weights' norms
+(``weights=("norm",)``), so `learning_rates` shows the
 applied $r_U$ per unit.
 """
 
@@ -133,9 +133,9 @@ def scale_by_trust_ratio(
   ``optax.scale_by_trust_ratio(min_norm, trust_coefficient, eps)``. The
   engine's arguments (``min_lr``, ``max_lr``, ``granularity``,
   ``neuron_axes``, ``state_dtype``, ``direction``) are
-  :func:`optax_neuronlr.scale_by_rule`'s, with the engine's units:
-  ``"neuron"`` gives vectors one ratio per element (:func:`lars` and
-  :func:`lamb` pass :func:`neuron_units` instead, one per leaf for vectors).
+  `scale_by_rule`'s, with the engine's units:
+  ``"neuron"`` gives vectors one ratio per element (`lars` and
+  `lamb` pass `neuron_units` instead, one per leaf for vectors).
 
   Args:
     learning_rate: $\eta$, a number ``>= 0`` or a schedule.
@@ -144,7 +144,7 @@ def scale_by_trust_ratio(
     min_norm: floor of both norms, ``>= 0``.
     min_lr: lower clamp of $r_U$.
     max_lr: upper clamp of $r_U$.
-    granularity: the units (see :func:`optax_neuronlr.scale_by_rule`).
+    granularity: the units (see `scale_by_rule`).
     neuron_axes: the neurons with ``granularity="neuron"``.
     state_dtype: dtype of ``trust_ratio``.
     direction: an optax transform whose output is scaled (None: the updates).
@@ -161,7 +161,7 @@ def scale_by_trust_ratio(
 
 
 def _alias_units(granularity: Any, neuron_axes: Any) -> tuple[Any, Any]:
-  """LARS/LAMB's ``granularity="neuron"``: :func:`neuron_units`."""
+  """LARS/LAMB's ``granularity="neuron"``: `neuron_units`."""
   if isinstance(granularity, str) and granularity == "neuron":
     return neuron_units(neuron_axes), None
   return granularity, neuron_axes
@@ -214,13 +214,13 @@ def lars(
     eps: added to the direction's norm, ``>= 0``.
     trust_ratio_mask: the leaves that get a trust ratio (as optax); the others
       step at $\eta_t$ (an ``optax.masked`` branch beside the rule, so
-      :func:`optax_neuronlr.learning_rates` shows None for them).
+      `learning_rates` shows None for them).
     momentum: $\mu$, in ``[0, 1)``.
     nesterov: Nesterov momentum.
     granularity: the units of the trust ratio: ``"neuron"`` (one per output
-      neuron of each matrix, one per leaf for vectors: :func:`neuron_units`),
+      neuron of each matrix, one per leaf for vectors: `neuron_units`),
       ``"tensor"`` (optax's), ``"element"``, ``"global"`` or unit specs (see
-      :func:`optax_neuronlr.scale_by_rule`).
+      `scale_by_rule`).
     neuron_axes: the neurons with ``granularity="neuron"``.
     state_dtype: dtype of the per-unit trust ratios.
 
@@ -286,9 +286,9 @@ def lamb(
     weight_decay: $\lambda$, ``>= 0``, or a schedule.
     mask: the leaves that decay: None (all), a pytree of bools or a callable.
     granularity: the units of the trust ratio: ``"neuron"`` (one per output
-      neuron of each matrix, one per leaf for vectors: :func:`neuron_units`),
+      neuron of each matrix, one per leaf for vectors: `neuron_units`),
       ``"tensor"`` (optax's), ``"element"``, ``"global"`` or unit specs (see
-      :func:`optax_neuronlr.scale_by_rule`).
+      `scale_by_rule`).
     neuron_axes: the neurons with ``granularity="neuron"``.
     state_dtype: dtype of the per-unit trust ratios.
 

@@ -119,6 +119,13 @@ SLOW_MODULES = frozenset({
     "test_sharding.py",       # 8-device runs in subprocesses
     "test_contract.py",       # every optimizer of tests/registry.py x every contract
     "test_fuzz.py",           # hypothesis over every optimizer
+    # Modules of many tests that each compile a model or an optimizer
+    # (together they take the fast subset over 3 minutes).
+    "test_normuon.py", "test_scanned.py", "test_flax.py", "test_readers_matrix.py",
+    "test_optax_muon_cases.py", "test_silent_inputs_3.py", "test_regroup.py",
+    "test_properties.py", "test_checkpoint.py", "test_parity_normuon.py",
+    "test_parity_adam_mini.py", "test_mu_dtype.py", "test_muon_options.py",
+    "test_axis_names.py",
 })
 SLOW_TESTS = (
     "test_adam_mini.py::test_nnx_transformer_as_is",

@@ -19,7 +19,7 @@ import optax
 
 from optax_neuronlr._src import engine
 from optax_neuronlr._src import paths as paths_lib
-from optax_neuronlr._src.rate_record import RecordLearningRateState
+from optax_neuronlr._src import rate_sources as sources_lib
 from optax_neuronlr._src import rule_state
 from optax_neuronlr._src.hyperparams import is_inject_state
 from optax_neuronlr._src.readers import leaf_paths
@@ -161,16 +161,26 @@ class _Walker:
         if not paths:
           self.walk(value, ctx)
     elif isinstance(node, (tuple, list)):
-      # A chain that records its rate (muon's and normuon's branches,
-      # nlr.record_learning_rate): the record is the rate of its leaves.
-      records = [v for v in node if isinstance(v, RecordLearningRateState)]
-      if records:
-        ctx = dataclasses.replace(ctx, base_rate=_scalar(records[-1].applied_lr))
       for value in node:
         self.walk(value, ctx)
     elif isinstance(node, dict):
       for value in node.values():
         self.walk(value, ctx)
+
+
+def _recorded_rates(opt_state: Any) -> dict[str, float]:
+  """The rate each leaf's recorded or injected rate source gives it (the
+  readers' `rate_sources`: Muon's and the AdamW leaves' rates of ``muon`` and
+  ``normuon``, ``record_learning_rate``, an injected group rate)."""
+  out: dict[str, float] = {}
+  for source in sources_lib.rate_sources(opt_state):
+    if source.kind == "rule":
+      continue
+    for keys, rates, _, _ in source.per_leaf():
+      rate = _scalar(rates)
+      if rate is not None:
+        out.setdefault(paths_lib.path_str(keys), rate)
+  return out
 
 
 def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> OptimizerLayout:
@@ -212,8 +222,13 @@ def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> Optimiz
   walker = _Walker(shapes)
   walker.walk(unwrap_variables(opt_state), _Context())
   fallback = walker.stateless_groups[0] if len(walker.stateless_groups) == 1 else "-"
+  recorded = _recorded_rates(opt_state)
   rows = [
       walker.rows.get(p, LayoutRow(p, shape, fallback, "stateless", "-", 0, None))
       for p, shape in shapes.items()
   ]
+  # A rule's row keeps the rule's own rate; every other row takes the rate
+  # the readers find for its leaf (innermost first), else its group's.
+  rows = [r if r.units else r._replace(base_rate=recorded.get(r.path, r.base_rate))
+          for r in rows]
   return OptimizerLayout(tuple(rows))

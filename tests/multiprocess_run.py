@@ -4,8 +4,8 @@ run by tests/test_multiprocess.py, one copy per process.
 ``python multiprocess_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR``: joins the
 cluster (``jax.distributed.initialize`` over localhost, gloo collectives on
 CPU), builds a ``(fsdp=2, model=4)`` mesh over the 8 devices of both
-processes, and trains a small transformer with five optimizers at once (one
-jitted step): Adam-mini, NorMuon, Muon, the per-neuron sign-consistency rule
+processes, and trains a small transformer with five optimizers (one jitted step
+each): Adam-mini, NorMuon, Muon, the per-neuron sign-consistency rule
 on Adam's direction, and ``param_groups`` of Adam whose ``head`` is frozen
 until ``add_param_group`` brings it in at step ``SWITCH``. The parameters
 are sharded FSDP x tensor-parallel, the states by ``nlr.state_shardings``.
@@ -119,16 +119,23 @@ def loss_fn(params, tokens):
   return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
-def make_step(txs):
-  def step(params, states, tokens):
-    new_params, new_states, losses = {}, {}, {}
-    for name, tx in txs.items():
-      loss, grads = jax.value_and_grad(loss_fn)(params[name], tokens)
-      updates, new_states[name] = tx.update(grads, states[name], params[name])
-      new_params[name] = optax.apply_updates(params[name], updates)
-      losses[name] = loss
-    return new_params, new_states, losses
+def make_step(tx):
+  """One optimizer's jitted-to-be training step."""
+  def step(params, state, tokens):
+    loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
   return step
+
+
+def train(steps, params, states, batch, start, stop):
+  """``stop - start`` steps of every optimizer (``steps``: one jitted step each)."""
+  params, states = dict(params), dict(states)
+  for k in range(start, stop):
+    tokens = batch(k)
+    for name, step in steps.items():
+      params[name], states[name], _ = step(params[name], states[name], tokens)
+  return params, states
 
 
 class Sharded:
@@ -151,22 +158,24 @@ class Sharded:
   def state_shardings(self, txs, params):
     return {n: nlr.state_shardings(tx, params[n], self.p_sh) for n, tx in txs.items()}
 
-  def compiled(self, txs, params):
-    p_sh = {n: self.p_sh for n in txs}
+  def compiled(self, txs, params, steps=None):
+    """A jitted step per optimizer; those already in ``steps`` are kept (after
+    ``add_param_group`` only the regrouped optimizer compiles again)."""
     s_sh = self.state_shardings(txs, params)
-    return jax.jit(make_step(txs), in_shardings=(p_sh, s_sh, self.batch_sh),
-                   out_shardings=(p_sh, s_sh, self.replicated)), s_sh
+    steps = steps or {}
+    # In the optimizers' order: every process must call the same programs in
+    # the same order.
+    return {n: steps[n] if n in steps else jax.jit(
+        make_step(tx), in_shardings=(self.p_sh, s_sh[n], self.batch_sh),
+        out_shardings=(self.p_sh, s_sh[n], self.replicated)) for n, tx in txs.items()}
 
   def init(self, txs, params):
     s_sh = self.state_shardings(txs, params)
     return {n: jax.jit(tx.init, out_shardings=s_sh[n])(params[n]) for n, tx in txs.items()}
 
-  def train(self, step, params, states, start, stop):
-    for k in range(start, stop):
-      tokens = jax.make_array_from_callback((BATCH, SEQ + 1), self.batch_sh,
-                                            lambda idx, k=k: batch_at(k)[idx])
-      params, states, _ = step(params, states, tokens)
-    return params, states
+  def batch(self, k):
+    return jax.make_array_from_callback((BATCH, SEQ + 1), self.batch_sh,
+                                        lambda idx: batch_at(k)[idx])
 
   def regroup(self, txs, states, params):
     """``add_param_group`` on the global state, then each leaf onto the new
@@ -175,16 +184,20 @@ class Sharded:
     return txs, jax.device_put(states, self.state_shardings(txs, params))
 
 
+@jax.jit
+def _same_bits(xs, ys):
+  return jnp.all(jnp.stack([
+      jnp.all(jax.lax.bitcast_convert_type(p, jnp.uint8) == jax.lax.bitcast_convert_type(q, jnp.uint8))
+      if p.dtype != jnp.bool_ else jnp.all(p == q) for p, q in zip(xs, ys)]))
+
+
 def bitwise_equal(a, b) -> bool:
   """Whether two trees of global arrays are equal bit for bit (a jitted
   comparison; the result is replicated, so every process reads it)."""
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   if jax.tree.structure(a) != jax.tree.structure(b) or len(la) != len(lb):
     return False
-  same = jax.jit(lambda x, y: jnp.all(jnp.stack([
-      jnp.all(jax.lax.bitcast_convert_type(p, jnp.uint8) == jax.lax.bitcast_convert_type(q, jnp.uint8))
-      if p.dtype != jnp.bool_ else jnp.all(p == q) for p, q in zip(x, y)])))
-  out = same(la, lb)  # replicated on every device: read this process' copy
+  out = _same_bits(la, lb)  # replicated on every device: read this process' copy
   return bool(np.asarray(out.addressable_data(0)))
 
 
@@ -198,13 +211,11 @@ def reference(params0) -> dict:
   txs = optimizers()
   params = {n: jax.tree.map(jnp.asarray, params0) for n in txs}
   states = {n: tx.init(params[n]) for n, tx in txs.items()}
-  step = jax.jit(make_step(txs))
-  for k in range(SWITCH):
-    params, states, _ = step(params, states, batch_at(k))
+  steps = {n: jax.jit(make_step(tx)) for n, tx in txs.items()}
+  params, states = train(steps, params, states, batch_at, 0, SWITCH)
   txs, states = with_new_group(txs, states, params)
-  step = jax.jit(make_step(txs))
-  for k in range(SWITCH, STEPS):
-    params, states, _ = step(params, states, batch_at(k))
+  steps["groups"] = jax.jit(make_step(txs["groups"]))
+  params, states = train(steps, params, states, batch_at, SWITCH, STEPS)
   return params
 
 
@@ -223,10 +234,10 @@ def main() -> None:
   params0 = init_params()
   params = {n: run.put(params0, run.p_sh) for n in txs0}
   states = run.init(txs0, params)
-  step0, _ = run.compiled(txs0, params)
+  steps0 = run.compiled(txs0, params)
 
   # Phase 1: SWITCH steps; a checkpoint of every parameter and state.
-  params, states = run.train(step0, params, states, 0, SWITCH)
+  params, states = train(steps0, params, states, run.batch, 0, SWITCH)
   checkpointer = ocp.StandardCheckpointer()
   ckpt = (workdir / "ckpt").absolute()
   saved = {"params": params, "states": states}
@@ -234,8 +245,8 @@ def main() -> None:
   checkpointer.wait_until_finished()
   # Phase 2: the head joins the param groups; train to STEPS.
   txs, states = run.regroup(txs0, states, params)
-  step, _ = run.compiled(txs, params)
-  final_params, final_states = run.train(step, params, states, SWITCH, STEPS)
+  steps = run.compiled(txs, params, {n: f for n, f in steps0.items() if n != "groups"})
+  final_params, final_states = train(steps, params, states, run.batch, SWITCH, STEPS)
 
   # Resume: restore onto the same shardings, regroup the restored state, go on.
   abstract = jax.tree.map(
@@ -244,7 +255,7 @@ def main() -> None:
   restored = checkpointer.restore(ckpt, abstract)
   restored_equal = bitwise_equal(restored, saved)
   _, states_r = run.regroup(txs0, restored["states"], restored["params"])
-  params_r, states_r = run.train(step, restored["params"], states_r, SWITCH, STEPS)
+  params_r, states_r = train(steps, restored["params"], states_r, run.batch, SWITCH, STEPS)
   resumed_params_equal = bitwise_equal(params_r, final_params)
   resumed_states_equal = bitwise_equal(states_r, final_states)
 

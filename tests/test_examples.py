@@ -12,20 +12,22 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_quick(script: str, tmp_path) -> str:
-  """Runs ``examples/<script> --quick``; checks the figure; returns stdout."""
+def run_quick(script: str, tmp_path, monkeypatch, capsys) -> str:
+  """Runs ``examples/<script> --quick`` (its ``main``, in this process: a process
+  of its own would only add seconds of imports); checks the figure; returns
+  what it printed."""
   out = tmp_path / "figure.png"
-  result = subprocess.run(
-      [sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(out)],
-      capture_output=True, text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+  module = load_example(script[:-3])
+  monkeypatch.setattr(sys, "argv", [script, "--quick", "--out", str(out)])
+  capsys.readouterr()
+  module.main()
   assert out.stat().st_size > 10_000
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  return result.stdout
+  return capsys.readouterr().out
 
 
-def test_compare_strategies_quick(tmp_path):
-  stdout = run_quick("compare_strategies.py", tmp_path)
+def test_compare_strategies_quick(tmp_path, monkeypatch, capsys):
+  stdout = run_quick("compare_strategies.py", tmp_path, monkeypatch, capsys)
   assert "test acc" in stdout
   for name in ("normuon lr=0.02", "adam_mini lr=1e-3", "adam lr=1e-3", "grad_magnitude_lr",
                "grad_history_lr"):
@@ -43,28 +45,28 @@ def test_examples_write_figures_into_results_by_default():
   assert "/results/" in (ROOT / ".gitignore").read_text().split()
 
 
-def test_hypergradient_digits_quick(tmp_path):
-  stdout = run_quick("hypergradient_digits.py", tmp_path)
+def test_hypergradient_digits_quick(tmp_path, monkeypatch, capsys):
+  stdout = run_quick("hypergradient_digits.py", tmp_path, monkeypatch, capsys)
   assert "sgd-hd" in stdout and "adam-hd" in stdout
 
 
-def test_rnn_time_series_quick(tmp_path):
-  stdout = run_quick("rnn_time_series.py", tmp_path)
+def test_rnn_time_series_quick(tmp_path, monkeypatch, capsys):
+  stdout = run_quick("rnn_time_series.py", tmp_path, monkeypatch, capsys)
   assert "sign_consistency_lr" in stdout
 
 
-def test_transfer_learning_quick(tmp_path):
-  stdout = run_quick("transfer_learning.py", tmp_path)
+def test_transfer_learning_quick(tmp_path, monkeypatch, capsys):
+  stdout = run_quick("transfer_learning.py", tmp_path, monkeypatch, capsys)
   assert "global rate" in stdout
 
 
-def test_linen_train_state_quick(tmp_path):
-  stdout = run_quick("linen_train_state.py", tmp_path)
+def test_linen_train_state_quick(tmp_path, monkeypatch, capsys):
+  stdout = run_quick("linen_train_state.py", tmp_path, monkeypatch, capsys)
   assert "Dense_0/kernel" in stdout
 
 
-def test_char_lm_quick(tmp_path):
-  stdout = run_quick("char_lm.py", tmp_path)
+def test_char_lm_quick(tmp_path, monkeypatch, capsys):
+  stdout = run_quick("char_lm.py", tmp_path, monkeypatch, capsys)
   assert "val loss" in stdout and "ms/step" in stdout
   for name in ("adamw", "adam_mini", "scale_sgd"):
     assert name in stdout
@@ -146,8 +148,8 @@ def test_hypergradient_digits_inf_beta_scale_is_a_usage_error(tmp_path):
   assert "must be a finite number > 0" in result.stderr
 
 
-def test_add_param_group_quick(tmp_path):
-  stdout = run_quick("add_param_group.py", tmp_path)
+def test_add_param_group_quick(tmp_path, monkeypatch, capsys):
+  stdout = run_quick("add_param_group.py", tmp_path, monkeypatch, capsys)
   assert "identical bit for bit: PASS" in stdout
   assert "rebuild {'backbone': 60, 'head': 60, 'head2': 0}" in stdout
   assert "fresh optimizer {'backbone': 0, 'head': 0, 'head2': 0}" in stdout

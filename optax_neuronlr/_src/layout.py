@@ -223,12 +223,13 @@ def optimizer_layout(opt_state: optax.OptState, params: optax.Params) -> Optimiz
   walker.walk(unwrap_variables(opt_state), _Context())
   fallback = walker.stateless_groups[0] if len(walker.stateless_groups) == 1 else "-"
   recorded = _recorded_rates(opt_state)
-  rows = [
-      walker.rows.get(p, LayoutRow(p, shape, fallback, "stateless", "-", 0, None))
-      for p, shape in shapes.items()
-  ]
-  # A rule's row keeps the rule's own rate; every other row takes the rate
-  # the readers find for its leaf (innermost first), else its group's.
-  rows = [r if r.units else r._replace(base_rate=recorded.get(r.path, r.base_rate))
-          for r in rows]
-  return OptimizerLayout(tuple(rows))
+
+  def row(path: str, shape: tuple[int, ...]) -> LayoutRow:
+    # A rule's row keeps the rule's own rate; every other row takes the rate
+    # the readers find for its leaf (innermost first), else its group's.
+    r = walker.rows.get(path, LayoutRow(path, shape, fallback, "stateless", "-", 0, None))
+    if r.granularity in ("-", "stateless"):
+      r = r._replace(base_rate=recorded.get(path, r.base_rate))
+    return r
+
+  return OptimizerLayout(tuple(row(p, shape) for p, shape in shapes.items()))
